@@ -1,0 +1,86 @@
+"""The BlobStore interface: where file bodies live, keyed by file id.
+
+A store knows nothing of purposes, names or rows; it keeps bytes under keys and a few string
+metadata values beside them. Writes go through a ``BlobWriter`` so that a body can be sent while
+it is still arriving (the mount's sequential writers, a streamed CLI upload) and memory stays
+bounded whatever the size. An object exists only once its writer commits.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+COPY_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class BlobWriter(ABC):
+    """An object being written. Call ``write`` any number of times, then ``commit`` or ``abort``."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> int:
+        """Make the object visible under its key; returns its size. On failure nothing is left."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything written so far. Safe to call more than once and after a failure."""
+
+
+class BlobStore(ABC):
+    #: Where the bodies go, for messages and ``config show`` (never holds a secret).
+    location: str
+
+    @abstractmethod
+    def ensure_ready(self) -> None:
+        """Check (and if configured, create) the bucket or directory. Raises a clear error."""
+
+    @abstractmethod
+    def writer(self, key: str, metadata: dict[str, str]) -> BlobWriter: ...
+
+    @abstractmethod
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``; ``b""`` past the end. Raises BlobMissing."""
+
+    @abstractmethod
+    def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes ``start..end`` (end exclusive, None for the rest) as chunks."""
+
+    @abstractmethod
+    def head(self, key: str) -> BlobInfo | None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+
+    @abstractmethod
+    def keys(self) -> Iterator[BlobInfo]:
+        """Every object in the store (its metadata not filled in)."""
+
+    def put(
+        self,
+        key: str,
+        body: BinaryIO,
+        metadata: dict[str, str],
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Copy a readable stream into a new object, a chunk at a time."""
+        writer = self.writer(key, metadata)
+        try:
+            while chunk := body.read(COPY_CHUNK):
+                writer.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise

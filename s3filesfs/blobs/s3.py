@@ -1,0 +1,340 @@
+"""The S3 store: object bodies in a bucket, through one shared boto3 client.
+
+Keys are ``prefix + file id`` (no prefix by default: the Llama Stack layout). Bodies are sent with
+a single PUT when they fit in one part and as a multipart upload otherwise; parts go out while the
+body is still arriving, a few at a time, so a writer never holds more than ``concurrency + 1``
+parts in memory. Every boto3 failure is translated here, once, into the project's error tree.
+"""
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from ..errors import (
+    AccessDenied,
+    BlobMissing,
+    BucketNotFound,
+    ConfigError,
+    StorageError,
+    StorageUnavailable,
+)
+from . import BlobInfo, BlobStore, BlobWriter
+
+MIB = 1024 * 1024
+MIN_PART = 5 * MIB  # S3's smallest allowed part (all but the last)
+MAX_PARTS = 10000
+PARTS_PER_SIZE_STEP = 2000  # part size doubles every 2000 parts, up to 16x: ~500 GiB at 8 MiB
+READ_CHUNK = MIB
+
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
+
+
+class _PastEnd(StorageError):
+    """A ranged GET that starts at or beyond the end of the object: an empty read, not an error."""
+
+
+_UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+
+
+class S3BlobStore(BlobStore):
+    def __init__(
+        self,
+        *,
+        bucket_name: str,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        auto_create_bucket: bool = False,
+        prefix: str = "",
+        server_side_encryption: str | None = None,
+        sse_kms_key_id: str | None = None,
+        part_size: int = 8 * MIB,
+        concurrency: int = 4,
+    ):
+        self.bucket = bucket_name
+        self.region = region
+        self.prefix = prefix
+        self.auto_create_bucket = auto_create_bucket
+        self.part_size = max(part_size, MIN_PART)
+        self.concurrency = max(1, concurrency)
+        self.location = f"s3://{bucket_name}/{prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
+        self._endpoint = endpoint_url or f"S3 in {region}"
+        self._sse_args: dict[str, str] = {}
+        if server_side_encryption:
+            self._sse_args["ServerSideEncryption"] = server_side_encryption
+            if sse_kms_key_id:
+                self._sse_args["SSEKMSKeyId"] = sse_kms_key_id
+        credentials = {}
+        # Explicit keys only when both halves are given; otherwise boto3's default chain
+        # (environment, profile, instance role) decides, as the seed provider does.
+        if aws_access_key_id and aws_secret_access_key:
+            credentials = {
+                "aws_access_key_id": aws_access_key_id,
+                "aws_secret_access_key": aws_secret_access_key,
+                "aws_session_token": aws_session_token or None,
+            }
+        client_config = Config(
+            max_pool_connections=self.concurrency * 4 + 8,
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            # S3-compatible servers (MinIO, moto, Ceph) want path-style addressing.
+            s3={"addressing_style": "path"} if endpoint_url else {},
+        )
+        try:
+            # One client for the whole process: boto3 clients are thread-safe, sessions are not.
+            self.client = boto3.session.Session().client(
+                "s3", region_name=region, endpoint_url=endpoint_url, config=client_config, **credentials
+            )
+        except (BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"cannot create the S3 client: {exc}") from exc
+        self._parts_pool = ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="s3-part")
+
+    # --- error translation: the only place boto3 failures become ours ---------------------------
+
+    @contextlib.contextmanager
+    def errors(self, key: str | None = None):
+        try:
+            yield
+        except ClientError as exc:
+            raise self.translate(exc, key) from exc
+        except _UNREACHABLE as exc:
+            raise StorageUnavailable(f"S3 endpoint {self._endpoint} is unreachable: {exc}") from exc
+        except NoCredentialsError as exc:
+            raise ConfigError(
+                "no AWS credentials found: set aws_access_key_id and aws_secret_access_key, "
+                "or configure the AWS credential chain"
+            ) from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 request failed: {exc}") from exc
+
+    def translate(self, exc: ClientError, key: str | None) -> Exception:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code == "InvalidRange":
+            return _PastEnd(code)
+        if code in _MISSING and key is not None:
+            return BlobMissing(f"object {self.prefix}{key} is missing from bucket '{self.bucket}'")
+        if code == "NoSuchBucket" or (code in _MISSING and key is None):
+            return BucketNotFound(self.bucket)
+        if code in _DENIED:
+            return AccessDenied(self.bucket, f"{code} (check the credentials and bucket policy)")
+        message = error.get("Message") or exc
+        return StorageError(f"S3 {exc.operation_name} failed: {code}: {message}")
+
+    # --- the BlobStore interface --------------------------------------------------------------
+
+    def ensure_ready(self) -> None:
+        try:
+            with self.errors():
+                self.client.head_bucket(Bucket=self.bucket)
+            return
+        except BucketNotFound:
+            if not self.auto_create_bucket:
+                raise
+        try:
+            with self.errors():
+                if self.region == "us-east-1":
+                    self.client.create_bucket(Bucket=self.bucket)
+                else:
+                    self.client.create_bucket(
+                        Bucket=self.bucket,
+                        CreateBucketConfiguration={"LocationConstraint": self.region},
+                    )
+        except StorageError as exc:
+            raise StorageError(f"Failed to create S3 bucket '{self.bucket}': {exc}") from exc
+
+    def writer(self, key: str, metadata: dict[str, str]) -> BlobWriter:
+        return _S3Writer(self, self.prefix + key, metadata)
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            with self.errors(key):
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
+                )
+                return response["Body"].read()
+        except _PastEnd:
+            return b""
+
+    def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        if end is not None and end <= start:
+            return iter(())
+        ranged = {}
+        if start or end is not None:
+            ranged["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        try:
+            with self.errors(key):
+                response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **ranged)
+        except _PastEnd:
+            return iter(())
+        return self._chunks(response["Body"], key)
+
+    def _chunks(self, body, key: str) -> Iterator[bytes]:
+        with contextlib.closing(body), self.errors(key):
+            yield from body.iter_chunks(READ_CHUNK)
+
+    def head(self, key: str) -> BlobInfo | None:
+        try:
+            with self.errors(key):
+                response = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except BlobMissing:
+            return None
+        return BlobInfo(key, response["ContentLength"], dict(response.get("Metadata", {})))
+
+    def delete(self, key: str) -> None:
+        try:
+            with self.errors(key):
+                self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except BlobMissing:
+            pass
+
+    def keys(self) -> Iterator[BlobInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self.errors():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(self.prefix) :]
+                    if "/" not in key:  # deeper keys are not ours
+                        yield BlobInfo(key, item["Size"])
+
+
+class _S3Writer(BlobWriter):
+    """A body sent as it arrives: one PUT if it stays small, else a multipart upload."""
+
+    def __init__(self, store: S3BlobStore, full_key: str, metadata: dict[str, str]):
+        self._store = store
+        self._key = full_key
+        self._metadata = metadata
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[Future] = []
+        # Bounds memory: at most `concurrency` parts in flight, plus the one being filled.
+        self._slots = threading.BoundedSemaphore(store.concurrency)
+        self._done = False
+
+    def _part_size(self) -> int:
+        step = min(len(self._parts) // PARTS_PER_SIZE_STEP, 4)
+        return self._store.part_size << step
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise StorageError("write after the upload was committed or aborted")
+        self._buffer += data
+        self._size += len(data)
+        while len(self._buffer) >= self._part_size():
+            size = self._part_size()
+            self._send_part(bytes(self._buffer[:size]))
+            del self._buffer[:size]
+
+    def _send_part(self, body: bytes) -> None:
+        store = self._store
+        try:
+            if self._upload_id is None:
+                with store.errors(self._key):
+                    created = store.client.create_multipart_upload(
+                        Bucket=store.bucket, Key=self._key, Metadata=self._metadata, **store._sse_args
+                    )
+                self._upload_id = created["UploadId"]
+            self._raise_failed_part()
+            if len(self._parts) >= MAX_PARTS:
+                raise StorageError("file too large for one S3 multipart upload")
+            self._slots.acquire()
+            number = len(self._parts) + 1
+            self._parts.append(store._parts_pool.submit(self._upload_part, number, body))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _upload_part(self, number: int, body: bytes) -> dict:
+        store = self._store
+        try:
+            with store.errors(self._key):
+                response = store.client.upload_part(
+                    Bucket=store.bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+                )
+            return {"PartNumber": number, "ETag": response["ETag"]}
+        finally:
+            self._slots.release()
+
+    def _raise_failed_part(self) -> None:
+        for part in self._parts:
+            if part.done() and part.exception():
+                raise part.exception()
+
+    def commit(self) -> int:
+        store = self._store
+        try:
+            if self._upload_id is None:
+                with store.errors(self._key):
+                    store.client.put_object(
+                        Bucket=store.bucket,
+                        Key=self._key,
+                        Body=bytes(self._buffer),
+                        Metadata=self._metadata,
+                        **store._sse_args,
+                    )
+            else:
+                if self._buffer:
+                    self._send_part(bytes(self._buffer))
+                    self._buffer.clear()
+                parts = [part.result() for part in self._parts]
+                with store.errors(self._key):
+                    store.client.complete_multipart_upload(
+                        Bucket=store.bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._buffer = bytearray()
+        return self._size
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._buffer = bytearray()
+        for part in self._parts:
+            part.cancel()
+        if self._upload_id is not None:
+            for part in self._parts:
+                with contextlib.suppress(Exception):
+                    part.result()
+            # Best effort: the server may be the thing that failed. A bucket lifecycle rule for
+            # incomplete multipart uploads cleans up what this cannot.
+            with contextlib.suppress(Exception):
+                self._store.client.abort_multipart_upload(
+                    Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
+                )

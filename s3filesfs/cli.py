@@ -1,0 +1,289 @@
+"""The ``s3filesfs`` command: a thin click layer over FileService.
+
+The only module that imports click. Each command parses arguments, calls the service and prints:
+human tables by default, OpenAI JSON with ``--json``. Errors are turned into exit codes in exactly
+one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage failure, 4 a bug.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__, config
+from .errors import S3FilesError, internal_error
+from .files import open_service
+from .model import LIST_LIMIT_MAX, PURPOSES
+
+PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
+
+
+class Cli(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader went away (`s3filesfs cat ID | head`); not an error of ours.
+            sys.stderr.close()
+            ctx.exit(0)
+        except S3FilesError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except Exception as exc:  # a bug: say so plainly, with the traceback when asked
+            if ctx.find_root().params.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {internal_error(exc).message} (run with --debug for details)", err=True)
+            ctx.exit(4)
+
+
+class State:
+    """What the group options decide; commands build the service only when they need it."""
+
+    def __init__(self, config_path, flags):
+        self.config_path = config_path
+        self.flags = flags
+        self._settings = None
+        self._service = None
+
+    @property
+    def settings(self) -> config.Settings:
+        if self._settings is None:
+            self._settings = config.load(self.config_path, self.flags)
+        return self._settings
+
+    @property
+    def service(self):
+        if self._service is None:
+            self._service = open_service(self.settings)
+        return self._service
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="s3filesfs")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="S3FILESFS_CONFIG",
+              help="Config file (default ~/.config/s3filesfs/config.yaml); a Llama Stack run.yaml works too.")
+@click.option("--bucket", "bucket_name", help="S3 bucket (overrides the config file).")
+@click.option("--endpoint-url", help="S3 endpoint, for MinIO and other S3-compatible servers.")
+@click.option("--region", help="AWS region of the bucket.")
+@click.option("--prefix", help="Key prefix inside the bucket.")
+@click.option("--db-path", type=click.Path(dir_okay=False), help="SQLite metadata database.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Local data folder (embedded store).")
+@click.option("--debug", is_flag=True, help="Log debug output and show tracebacks.")
+@click.pass_context
+def main(ctx, config_path, debug, **flags):
+    """Put files into an OpenAI-style Files store on S3 (or the embedded local store)."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = State(config_path, flags)
+
+
+# --- output helpers ------------------------------------------------------------------------
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(size)
+
+
+def _when(timestamp) -> str:
+    return "never" if timestamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _print_table(files) -> None:
+    rows = [(f.id, _human_size(f.bytes), _when(f.created_at), _when(f.visible_expires_at), f.purpose, f.filename)
+            for f in files]
+    header = ("ID", "SIZE", "CREATED", "EXPIRES", "PURPOSE", "FILENAME")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--purpose", "-p", required=True, type=click.Choice(PURPOSES), help="What the files are for.")
+@click.option("--expires-after", type=int, metavar="SECONDS",
+              help="Expire this many seconds after creation (3600..2592000).")
+@click.option("--filename", help="Name to store (default: the file's own name; required for '-').")
+@click.option("--json", "as_json", is_flag=True, help="Print OpenAI file objects as JSON.")
+@pass_state
+def upload(state, paths, purpose, expires_after, filename, as_json):
+    """Upload files; prints each new file id. Use '-' to read standard input."""
+    if filename and len(paths) > 1:
+        raise click.UsageError("--filename works with a single file")
+    if "-" in paths and not filename:
+        raise click.UsageError("uploading standard input needs --filename")
+    service = state.service
+    failures = []
+    for path in paths:
+        try:
+            created = _upload_one(service, path, purpose, expires_after, filename)
+        except S3FilesError as exc:
+            click.echo(f"error: {path}: {exc.message}", err=True)
+            failures.append(exc)
+            continue
+        if as_json:
+            _print_json(created.to_openai())
+        else:
+            click.echo(f"{created.id}  {_human_size(created.bytes)}  {created.purpose}  {created.filename}")
+    if failures:
+        sys.exit(failures[0].exit_code)
+
+
+def _upload_one(service, path, purpose, expires_after, filename):
+    if path == "-":
+        return service.create(sys.stdin.buffer, filename, purpose, expires_after)
+    try:
+        body = open(path, "rb")
+    except OSError as exc:
+        raise config.ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with body:
+        size = os.fstat(body.fileno()).st_size
+        name = filename or Path(path).name
+        if size < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+            return service.create(body, name, purpose, expires_after)
+        with click.progressbar(length=size, label=name, file=sys.stderr, show_pos=False,
+                               show_percent=True, show_eta=True) as bar:
+            return service.create(body, name, purpose, expires_after, progress=bar.update)
+
+
+@main.command(name="ls")
+@click.option("--purpose", "-p", type=click.Choice(PURPOSES), help="Only files of this purpose.")
+@click.option("--limit", type=click.IntRange(1, LIST_LIMIT_MAX), default=LIST_LIMIT_MAX, show_default=True)
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="desc", show_default=True)
+@click.option("--after", metavar="ID", help="Continue after this file id (from a previous page).")
+@click.option("--json", "as_json", is_flag=True, help="Print the OpenAI list response.")
+@pass_state
+def ls(state, purpose, limit, order, after, as_json):
+    """List files, newest first."""
+    page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
+    if as_json:
+        _print_json(page.to_openai())
+        return
+    _print_table(page.data)
+    if page.has_more:
+        click.echo(f"(more: s3filesfs ls --after {page.data[-1].id})", err=True)
+
+
+@main.command()
+@click.argument("file_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the OpenAI file object.")
+@pass_state
+def info(state, file_id, as_json):
+    """Show one file."""
+    file = state.service.retrieve(file_id)
+    if as_json:
+        _print_json(file.to_openai())
+        return
+    for key, value in file.to_openai().items():
+        if key in ("created_at", "expires_at"):
+            value = f"{value}  ({_when(value)})" if value is not None else "null  (never)"
+        click.echo(f"{key + ':':12} {value}")
+
+
+@main.command()
+@click.argument("file_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write to this path instead of standard output.")
+@pass_state
+def cat(state, file_id, output):
+    """Write a file's content to standard output (or -o PATH)."""
+    _, chunks = state.service.content(file_id)
+    if output is None:
+        out = sys.stdout.buffer
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        return
+    partial = Path(f"{output}.part")
+    try:
+        with open(partial, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@main.command()
+@click.argument("file_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the OpenAI delete responses.")
+@pass_state
+def rm(state, file_ids, as_json):
+    """Delete files by id."""
+    failures = []
+    for file_id in file_ids:
+        try:
+            result = state.service.delete(file_id)
+        except S3FilesError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            failures.append(exc)
+            continue
+        _print_json(result) if as_json else click.echo(f"deleted {file_id}")
+    if failures:
+        sys.exit(failures[0].exit_code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def gc(state, as_json):
+    """Remove expired files from the bucket and the table."""
+    removed = state.service.gc()
+    if as_json:
+        _print_json({"removed": removed})
+    else:
+        click.echo(f"removed {len(removed)} expired file(s)")
+        for file_id in removed:
+            click.echo(f"  {file_id}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def check(state, as_json):
+    """Compare the table with the bucket; exit 1 if they disagree."""
+    report = state.service.check()
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        click.echo("bucket and table agree" if report.clean else "bucket and table disagree:")
+        for label, ids in (("row without object", report.rows_without_objects),
+                           ("object without row", report.objects_without_rows),
+                           ("size differs", report.size_mismatches)):
+            for file_id in ids:
+                click.echo(f"  {label}: {file_id}")
+    if not report.clean:
+        sys.exit(1)
+
+
+@main.group(name="config")
+def config_group():
+    """Inspect the configuration."""
+
+
+@config_group.command()
+@pass_state
+def show(state):
+    """Print the effective configuration, secrets masked."""
+    click.echo(config.dump_yaml(state.settings.masked()), nl=False)

@@ -1,0 +1,322 @@
+"""Settings: one YAML file, environment variables and CLI flags, checked once at start.
+
+Precedence, lowest first:
+
+1. built-in defaults (with no bucket configured, files live in the embedded local store);
+2. the seed's environment names (``S3_BUCKET_NAME``, ``AWS_REGION``, ``S3_ENDPOINT_URL``,
+   ``S3_AUTO_CREATE_BUCKET``) fill in keys the file leaves out, exactly as the seed's sample
+   ``${env.X:=default}`` config does;
+3. the YAML file (default ``~/.config/s3filesfs/config.yaml``); either our own file or a Llama Stack
+   ``run.yaml``, whose ``remote::s3`` files provider block is used;
+4. ``S3FILESFS_<KEY>`` environment variables (``S3FILESFS_BUCKET_NAME``, ``S3FILESFS_DB_PATH``, ...);
+5. CLI flags.
+
+Values may use ``${env.NAME}``, ``${env.NAME:=default}`` and ``${env.NAME:+value}``. Any mistake is
+a ``ConfigError`` whose one-line message names the key. Secrets are masked in ``masked()``.
+"""
+
+import difflib
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .model import PURPOSES
+
+SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+SSE_MODES = ("AES256", "aws:kms")
+SEED_ENV = {
+    "bucket_name": "S3_BUCKET_NAME",
+    "region": "AWS_REGION",
+    "endpoint_url": "S3_ENDPOINT_URL",
+    "auto_create_bucket": "S3_AUTO_CREATE_BUCKET",
+}
+_ENV_REF = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)(?::([=+])([^}]*))?\}")
+
+
+def _xdg(name: str, fallback: str) -> Path:
+    return Path(os.environ.get(name) or Path.home() / fallback)
+
+
+def default_config_path() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "s3filesfs" / "config.yaml"
+
+
+def default_data_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "s3filesfs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # The seed's keys, verbatim.
+    bucket_name: str | None = None
+    region: str = "us-east-1"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    endpoint_url: str | None = None
+    auto_create_bucket: bool = False
+    db_path: Path | None = None  # metadata_store.db_path; None: a default under data_dir
+    # Extensions.
+    aws_session_token: str | None = None
+    prefix: str = ""
+    server_side_encryption: str | None = None
+    sse_kms_key_id: str | None = None
+    purposes: tuple[str, ...] = PURPOSES
+    data_dir: Path = field(default_factory=default_data_dir)
+    upload_part_size_mb: int = 8
+    upload_concurrency: int = 4
+    # Where the settings came from, for messages.
+    source: str = "defaults"
+
+    @property
+    def backend(self) -> str:
+        return "s3" if self.bucket_name else "local"
+
+    @property
+    def local_store_dir(self) -> Path:
+        return self.data_dir / "local"
+
+    @property
+    def metadata_path(self) -> Path:
+        if self.db_path is not None:
+            return self.db_path
+        if self.backend == "local":
+            return self.local_store_dir / "metadata.db"
+        # One database per bucket, so switching buckets never mixes their rows.
+        return self.data_dir / f"s3-{self.bucket_name}.db"
+
+    def masked(self) -> dict:
+        """The effective settings as plain data, with secrets hidden."""
+        shown: dict = {}
+        for f in fields(self):
+            if f.name in ("db_path", "source"):
+                continue
+            value = getattr(self, f.name)
+            if f.name in SECRET_KEYS and value:
+                value = "****" + value[-4:] if f.name == "aws_access_key_id" else "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[f.name] = value
+        shown["metadata_store"] = {"type": "sqlite", "db_path": str(self.metadata_path)}
+        shown["backend"] = self.backend
+        shown["source"] = self.source
+        return shown
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+_SCALAR_KEYS = {f.name for f in fields(Settings)} - {"db_path", "source", "upload_part_size_mb", "upload_concurrency"}
+_SECTIONS = {"metadata_store": {"type", "db_path", "backend", "table_name"}, "upload": {"part_size_mb", "concurrency"}}
+
+
+def _fail(where: str, message: str) -> ConfigError:
+    return ConfigError(f"config error in {where}: {message}")
+
+
+def _unknown(where: str, key: str, known: set[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return _fail(where, f"unknown key '{key}'{hint}")
+
+
+def substitute_env(value, where: str, key: str):
+    """Resolve ``${env.NAME}``, ``${env.NAME:=default}`` and ``${env.NAME:+value}`` in strings."""
+    if isinstance(value, dict):
+        return {k: substitute_env(v, where, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, where, key) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def resolve(match: re.Match) -> str:
+        name, op, arg = match.groups()
+        current = os.environ.get(name)
+        if op == "=":
+            return current if current else arg
+        if op == "+":
+            return arg if current else ""
+        if current is None:
+            raise _fail(where, f"{key} uses ${{env.{name}}}, but {name} is not set")
+        return current
+
+    return _ENV_REF.sub(resolve, value)
+
+
+def _from_run_yaml(document: dict, where: str) -> dict:
+    """The ``remote::s3`` files provider's config from a Llama Stack run.yaml."""
+    providers = (document.get("providers") or {}).get("files") or []
+    for provider in providers:
+        if isinstance(provider, dict) and provider.get("provider_type") == "remote::s3":
+            config = dict(provider.get("config") or {})
+            store = config.get("metadata_store")
+            if isinstance(store, dict) and "backend" in store:
+                # Newer run.yaml files name a storage backend defined once under storage.backends.
+                backends = (document.get("storage") or {}).get("backends") or {}
+                backend = backends.get(store["backend"])
+                if not isinstance(backend, dict):
+                    raise _fail(where, f"metadata_store.backend '{store['backend']}' is not defined under storage.backends")
+                config["metadata_store"] = backend
+            return config
+    raise _fail(where, "this Llama Stack run.yaml has no files provider of type remote::s3")
+
+
+def read_file(path: Path) -> dict:
+    where = str(path)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise _fail(where, f"not readable YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(document, dict):
+        raise _fail(where, "the file must hold a mapping of keys")
+    if "providers" in document and ("apis" in document or "version" in document or "image_name" in document):
+        document = _from_run_yaml(document, where)
+    return substitute_env(document, where, "config")
+
+
+def _flatten(raw: dict, where: str) -> dict:
+    """File layout (with sections) to flat Settings fields."""
+    flat: dict = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise _fail(where, f"{key} must be a mapping")
+            for sub in value:
+                if sub not in _SECTIONS[key]:
+                    raise _unknown(where, f"{key}.{sub}", {f"{key}.{s}" for s in _SECTIONS[key]})
+            if key == "metadata_store":
+                engine = value.get("type", "sqlite")
+                if engine not in ("sqlite", "sql_sqlite"):
+                    raise _fail(where, f"metadata_store.type '{engine}' is not supported (use sqlite)")
+                if value.get("db_path"):
+                    flat["db_path"] = value["db_path"]
+            else:
+                for sub, sub_value in value.items():
+                    flat[f"{key}_{sub}"] = sub_value
+        elif key in _SCALAR_KEYS:
+            flat[key] = value
+        else:
+            raise _unknown(where, key, _SCALAR_KEYS | set(_SECTIONS))
+    return flat
+
+
+def _env_overrides() -> dict:
+    overrides = {}
+    for f in fields(Settings):
+        value = os.environ.get(f"S3FILESFS_{f.name.upper()}")
+        if value and f.name != "source":
+            overrides[f.name] = value
+    return overrides
+
+
+# --- checking --------------------------------------------------------------------------------
+
+
+def _as_bool(value, key: str, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", ""):
+        return False
+    raise _fail(where, f"{key} must be true or false (got {value!r})")
+
+
+def _as_int(value, key: str, where: str, low: int, high: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise _fail(where, f"{key} must be a whole number (got {value!r})") from None
+    if not low <= number <= high:
+        raise _fail(where, f"{key} must be between {low} and {high} (got {number})")
+    return number
+
+
+def _optional(value) -> str | None:
+    text = None if value is None else str(value).strip()
+    return text or None  # the seed's "${env.X:=}" gives "", which means "not set"
+
+
+def _check(values: dict, where: str, s3_selected: bool) -> Settings:
+    v = {key: value for key, value in values.items()}
+    for key in ("bucket_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                "endpoint_url", "server_side_encryption", "sse_kms_key_id"):
+        if key in v:
+            v[key] = _optional(v[key])
+    if v.get("endpoint_url"):
+        parsed = urllib.parse.urlparse(v["endpoint_url"])
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {v['endpoint_url']!r})")
+        try:
+            parsed.port
+        except ValueError:
+            raise _fail(where, f"endpoint_url has a bad port (got {v['endpoint_url']!r})") from None
+    s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))
+    if s3_selected and not v.get("bucket_name"):
+        raise _fail(where, "bucket_name is required to use S3 (remove the S3 settings to use the local store)")
+    if "region" in v:
+        v["region"] = _optional(v["region"]) or "us-east-1"
+    if "auto_create_bucket" in v:
+        v["auto_create_bucket"] = _as_bool(v["auto_create_bucket"], "auto_create_bucket", where)
+    if v.get("server_side_encryption") and v["server_side_encryption"] not in SSE_MODES:
+        raise _fail(where, f"server_side_encryption must be one of {', '.join(SSE_MODES)} "
+                           f"(got {v['server_side_encryption']!r})")
+    if v.get("sse_kms_key_id") and v.get("server_side_encryption") != "aws:kms":
+        raise _fail(where, "sse_kms_key_id needs server_side_encryption: aws:kms")
+    if "prefix" in v:
+        prefix = str(v["prefix"] or "").strip("/")
+        v["prefix"] = f"{prefix}/" if prefix else ""
+    if "purposes" in v:
+        purposes = v["purposes"]
+        if isinstance(purposes, str):
+            purposes = [p.strip() for p in purposes.split(",") if p.strip()]
+        if not isinstance(purposes, list) or not purposes:
+            raise _fail(where, "purposes must be a non-empty list")
+        for purpose in purposes:
+            if purpose not in PURPOSES:
+                raise _fail(where, f"purposes: unknown purpose {purpose!r}; must be one of {', '.join(PURPOSES)}")
+        v["purposes"] = tuple(dict.fromkeys(purposes))
+    for key in ("db_path", "data_dir"):
+        if v.get(key):
+            v[key] = Path(str(v[key])).expanduser()
+        elif key in v:
+            del v[key]
+    if "upload_part_size_mb" in v:
+        v["upload_part_size_mb"] = _as_int(v["upload_part_size_mb"], "upload.part_size_mb", where, 5, 512)
+    if "upload_concurrency" in v:
+        v["upload_concurrency"] = _as_int(v["upload_concurrency"], "upload.concurrency", where, 1, 64)
+    return Settings(**v)
+
+
+def load(config_path: str | Path | None = None, flags: dict | None = None) -> Settings:
+    """Build the effective settings. ``flags`` are CLI values (None means not given)."""
+    explicit = config_path or os.environ.get("S3FILESFS_CONFIG")
+    path = Path(explicit).expanduser() if explicit else default_config_path()
+    values: dict = {}
+    for key, env_name in SEED_ENV.items():
+        if os.environ.get(env_name):
+            values[key] = os.environ[env_name]
+    where, s3_selected = "the environment", False
+    if explicit or path.exists():
+        raw = read_file(path)
+        where = str(path)
+        s3_selected = "bucket_name" in raw
+        values.update(_flatten(raw, where))
+    values.update(_env_overrides())
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    settings = _check(values, where, s3_selected)
+    return replace(settings, source=where if where != "the environment" else "defaults and environment")
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

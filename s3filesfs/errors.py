@@ -1,0 +1,155 @@
+"""The one exception tree of s3filesfs.
+
+Every error the project raises on purpose is an ``S3FilesError``. Each class carries the three ways
+the outside world sees it: the errno the mount returns to the kernel, the HTTP status the API
+answers with, and the exit code of the CLI. They are chosen here and nowhere else, so the mount, the
+socket API and the CLI can never disagree about what a failure means.
+
+Exit codes: 0 ok, 1 the user can fix it (bad input, unknown id, bad config), 2 usage (click's own),
+3 the storage backend failed or could not be reached, 4 an internal error (a bug).
+"""
+
+import errno as _errno
+
+
+class S3FilesError(Exception):
+    """Base class; on its own it means the storage backend failed."""
+
+    errno = _errno.EIO
+    http_status = 500
+    exit_code = 3
+    # The OpenAI error "type" field in API error bodies.
+    error_type = "server_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_openai(self) -> dict:
+        """The OpenAI-shaped error body: {"error": {"message", "type", "param", "code"}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": getattr(self, "param", None),
+                "code": self.__class__.__name__,
+            }
+        }
+
+
+# --- errors the user can fix -----------------------------------------------------------------
+
+
+class UserError(S3FilesError):
+    """Something the caller asked for cannot be done as asked."""
+
+    errno = _errno.EINVAL
+    http_status = 400
+    exit_code = 1
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(UserError):
+    """A request argument is malformed or out of range; ``param`` names it."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidPurpose(InvalidRequest):
+    def __init__(self, purpose: object, allowed: tuple[str, ...]):
+        super().__init__(
+            f"purpose must be one of {', '.join(allowed)} (got {purpose!r})", param="purpose"
+        )
+
+
+class InvalidName(InvalidRequest):
+    """A file name that cannot exist on a filesystem (empty, '.', '..', '/' or NUL inside)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, param="filename")
+
+
+class NameTooLong(InvalidName):
+    errno = _errno.ENAMETOOLONG
+
+
+class NotFound(UserError):
+    errno = _errno.ENOENT
+    http_status = 404
+
+    def __init__(self, file_id: str):
+        super().__init__(f"File '{file_id}' not found")
+        self.file_id = file_id
+
+
+class NotPermitted(UserError):
+    """An operation the store or the mount refuses by design (mkdir, writes to by-id/, ...)."""
+
+    errno = _errno.EPERM
+    http_status = 403
+    error_type = "permission_error"
+
+
+class ConfigError(UserError):
+    """The configuration is wrong; the message names the key."""
+
+    http_status = 500
+
+
+class NoSpace(UserError):
+    """Local staging is full."""
+
+    errno = _errno.ENOSPC
+    http_status = 507
+
+
+# --- errors of the storage backend --------------------------------------------------------------
+
+
+class StorageError(S3FilesError):
+    """The object store or the metadata database failed."""
+
+    http_status = 502
+
+
+class BucketNotFound(StorageError):
+    errno = _errno.ENODEV
+    exit_code = 1
+
+    def __init__(self, bucket: str):
+        super().__init__(
+            f"S3 bucket '{bucket}' does not exist. Either create the bucket manually or set "
+            "'auto_create_bucket: true' in your configuration."
+        )
+
+
+class AccessDenied(StorageError):
+    errno = _errno.EACCES
+    exit_code = 1
+
+    def __init__(self, bucket: str, detail: str = ""):
+        hint = f": {detail}" if detail else ""
+        super().__init__(f"Access denied to S3 bucket '{bucket}'{hint}")
+
+
+class StorageUnavailable(StorageError):
+    """The backend could not be reached (connection refused, timeout, endpoint gone)."""
+
+    http_status = 503
+
+
+class BlobMissing(StorageError):
+    """A metadata row exists but its object does not: the file is treated as gone."""
+
+    errno = _errno.ENOENT
+    http_status = 404
+    exit_code = 1
+
+
+def internal_error(exc: BaseException) -> S3FilesError:
+    """Wrap an unexpected exception so callers can still map it in one place."""
+    err = S3FilesError(f"internal error: {type(exc).__name__}: {exc}")
+    err.exit_code = 4
+    return err

@@ -1,0 +1,296 @@
+"""FileService: the OpenAI Files semantics over a MetadataStore and a BlobStore.
+
+The only module that touches both. Its rules, shared with the Llama Stack ``remote::s3`` provider:
+
+* **create** writes the object first and the row second, so a failed upload registers nothing and
+  a registered file always has its body (a row whose insert fails has its object removed again);
+* **delete** removes the object, then the row; a missing object is not an error;
+* a row whose object has vanished is treated as gone: reading it removes the row and answers
+  not-found. Rows younger than ``ORPHAN_GRACE`` are spared, because the seed server writes its row
+  *before* its object and may simply not have finished;
+* expired files are invisible and removed on touch or by ``gc``;
+* listings are ordered by ``(created_at, id)``, so files created in the same second are never
+  skipped or repeated across pages.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .blobs import BlobStore, BlobWriter
+from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError
+from .metadata import MetadataStore
+from .model import (
+    DEFAULT_FILENAME,
+    LIST_LIMIT_MAX,
+    PURPOSES,
+    FileObject,
+    FilePage,
+    check_purpose,
+    expires_at_for,
+    is_file_id,
+    new_file_id,
+    parse_expires_after,
+)
+
+ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may reap it
+
+
+@dataclass
+class CheckReport:
+    """What ``check()`` found: rows without objects, objects without rows, sizes that differ."""
+
+    rows_without_objects: list[str] = field(default_factory=list)
+    objects_without_rows: list[str] = field(default_factory=list)
+    size_mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.rows_without_objects or self.objects_without_rows or self.size_mismatches)
+
+    def to_dict(self) -> dict:
+        return {
+            "clean": self.clean,
+            "rows_without_objects": self.rows_without_objects,
+            "objects_without_rows": self.objects_without_rows,
+            "size_mismatches": self.size_mismatches,
+        }
+
+
+def object_metadata(file: FileObject) -> dict[str, str]:
+    """The ``x-amz-meta-*`` values that let the index be rebuilt from the bucket alone.
+
+    S3 metadata must be ASCII, so the filename is percent-encoded UTF-8.
+    """
+    return {
+        "filename": urllib.parse.quote(file.filename, safe=""),
+        "purpose": file.purpose,
+        "created-at": str(file.created_at),
+        "expires-at": str(file.expires_at),
+    }
+
+
+class PendingFile:
+    """A file being created: write its body, then ``commit`` to register it (or ``abort``)."""
+
+    def __init__(self, service: "FileService", file: FileObject, writer: BlobWriter):
+        self._service = service
+        self._file = file
+        self._writer = writer
+        self.id = file.id
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def commit(self) -> FileObject:
+        size = self._writer.commit()
+        file = FileObject(**{**self._file.to_row(), "bytes": size})
+        try:
+            self._service.metadata.insert(file.to_row())
+        except BaseException:
+            self._service.blobs.delete(file.id)
+            raise
+        return file
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class FileService:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        purposes: tuple[str, ...] = PURPOSES,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.metadata = metadata
+        self._blobs = blobs
+        self.purposes = tuple(purposes)
+        self.clock = clock
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store, checked once on first use (metadata-only commands never wait on S3)."""
+        if not self._ready:
+            with self._ready_lock:
+                if not self._ready:
+                    self._blobs.ensure_ready()
+                    self._ready = True
+        return self._blobs
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # --- create ------------------------------------------------------------------------------
+
+    def begin(self, filename: str | None, purpose: str, expires_after: object = None) -> PendingFile:
+        check_purpose(purpose, self.purposes)
+        seconds = parse_expires_after(expires_after)
+        created_at = self.now()
+        file = FileObject(
+            id=new_file_id(),
+            filename=filename or DEFAULT_FILENAME,
+            purpose=purpose,
+            bytes=0,
+            created_at=created_at,
+            expires_at=expires_at_for(purpose, created_at, seconds),
+        )
+        return PendingFile(self, file, self.blobs.writer(file.id, object_metadata(file)))
+
+    def create(
+        self,
+        body: BinaryIO,
+        filename: str | None,
+        purpose: str,
+        expires_after: object = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> FileObject:
+        pending = self.begin(filename, purpose, expires_after)
+        try:
+            while chunk := body.read(1024 * 1024):
+                pending.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        except BaseException:
+            pending.abort()
+            raise
+        return pending.commit()
+
+    # --- read --------------------------------------------------------------------------------
+
+    def retrieve(self, file_id: str) -> FileObject:
+        row = self.metadata.get(file_id) if is_file_id(file_id) else None
+        if row is None:
+            raise NotFound(file_id)
+        file = FileObject.from_row(row)
+        if file.is_expired(self.clock()):
+            self._remove(file_id)
+            raise NotFound(file_id)
+        return file
+
+    def list(
+        self,
+        after: str | None = None,
+        limit: int | None = LIST_LIMIT_MAX,
+        order: str | None = "desc",
+        purpose: str | None = None,
+    ) -> FilePage:
+        limit = LIST_LIMIT_MAX if limit is None else limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX} (got {limit!r})", "limit")
+        order = order or "desc"
+        if order not in ("asc", "desc"):
+            raise InvalidRequest(f"order must be 'asc' or 'desc' (got {order!r})", "order")
+        if purpose is not None:
+            check_purpose(purpose, PURPOSES)
+        cursor = None
+        if after:
+            row = self.metadata.get(after) if is_file_id(after) else None
+            if row is None:
+                raise InvalidRequest(f"after: no file '{after}' to continue from", "after")
+            cursor = (int(row["created_at"]), row["id"])
+        rows = self.metadata.page(
+            now=self.now(), limit=limit + 1, descending=order == "desc", purpose=purpose, after=cursor
+        )
+        return FilePage([FileObject.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    def iter_all(self, purpose: str | None = None, order: str = "asc") -> Iterator[FileObject]:
+        """Every live file, page by page."""
+        after = None
+        while True:
+            page = self.list(after=after, purpose=purpose, order=order)
+            yield from page.data
+            if not page.has_more:
+                return
+            after = page.data[-1].id
+
+    def content(self, file_id: str, start: int = 0, end: int | None = None) -> tuple[FileObject, Iterator[bytes]]:
+        """The file and its bytes ``start..end`` (end exclusive) as a stream of chunks."""
+        file = self.retrieve(file_id)
+        try:
+            return file, self.blobs.stream(file_id, start, end)
+        except BlobMissing:
+            raise self._vanished(file) from None
+
+    def read(self, file_id: str, offset: int, length: int) -> bytes:
+        file = self.retrieve(file_id)
+        try:
+            return self.blobs.read(file_id, offset, length)
+        except BlobMissing:
+            raise self._vanished(file) from None
+
+    def _vanished(self, file: FileObject) -> NotFound:
+        if self.now() - file.created_at >= ORPHAN_GRACE:
+            self.metadata.delete(file.id)
+        return NotFound(file.id)
+
+    # --- delete ------------------------------------------------------------------------------
+
+    def delete(self, file_id: str) -> dict:
+        self.retrieve(file_id)  # not found, or expired (and now removed): NotFound
+        self._remove(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    def _remove(self, file_id: str) -> None:
+        self.blobs.delete(file_id)
+        self.metadata.delete(file_id)
+
+    def gc(self) -> list[str]:
+        """Remove every expired file; returns their ids. One failure does not stop the rest."""
+        removed, failures = [], []
+        for file_id in self.metadata.expired(self.now()):
+            try:
+                self._remove(file_id)
+                removed.append(file_id)
+            except S3FilesError as exc:
+                failures.append(exc)
+        if failures and not removed:
+            raise failures[0]
+        return removed
+
+    def check(self) -> CheckReport:
+        """Compare the table with the store, both ways."""
+        report = CheckReport()
+        objects = {info.key: info.size for info in self.blobs.keys() if is_file_id(info.key)}
+        rows = {row["id"]: row for row in self.metadata.all_files()}
+        for file_id, row in sorted(rows.items()):
+            if file_id not in objects:
+                report.rows_without_objects.append(file_id)
+            elif row["bytes"] is not None and int(row["bytes"]) != objects[file_id]:
+                report.size_mismatches.append(file_id)
+        report.objects_without_rows = sorted(set(objects) - set(rows))
+        return report
+
+
+def open_service(settings) -> FileService:
+    """Wire a FileService from ``config.Settings``: the embedded local store or S3."""
+    if settings.backend == "s3":
+        from .blobs.s3 import S3BlobStore  # boto3 is only imported when S3 is used
+
+        blobs: BlobStore = S3BlobStore(
+            bucket_name=settings.bucket_name,
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.aws_access_key_id,
+            aws_secret_access_key=settings.aws_secret_access_key,
+            aws_session_token=settings.aws_session_token,
+            auto_create_bucket=settings.auto_create_bucket,
+            prefix=settings.prefix,
+            server_side_encryption=settings.server_side_encryption,
+            sse_kms_key_id=settings.sse_kms_key_id,
+            part_size=settings.upload_part_size_mb * 1024 * 1024,
+            concurrency=settings.upload_concurrency,
+        )
+    else:
+        from .blobs.local import LocalBlobStore
+
+        blobs = LocalBlobStore(settings.local_store_dir)
+    return FileService(MetadataStore(settings.metadata_path), blobs, purposes=settings.purposes)

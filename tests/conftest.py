@@ -1,0 +1,49 @@
+"""Shared fixtures: an isolated environment for every test and a real S3 server process.
+
+A server that cannot start fails the tests that need it; nothing is skipped for a missing part.
+"""
+
+import os
+
+import pytest
+
+from tests.s3server import MotoServer
+
+# Variables that would make a test depend on the machine it runs on.
+_LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """No test reads the user's config, data or AWS credentials."""
+    for name in list(os.environ):
+        if name.startswith(_LEAKY_ENV):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    # boto3 must never find a real credential file or instance role.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto server process for the session; tests isolate themselves by bucket name."""
+    try:
+        server = MotoServer().start()
+    except Exception as exc:  # no skip: a missing server is a failed run
+        pytest.fail(f"could not start the S3 test server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_s3_server():
+    """A server of the test's own, for tests that stop and restart it."""
+    try:
+        server = MotoServer().start()
+    except Exception as exc:
+        pytest.fail(f"could not start the S3 test server: {exc}")
+    yield server
+    server.stop()
