@@ -115,8 +115,8 @@ _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"db_path", "source", "uploa
 _SECTIONS = {"metadata_store": {"type", "db_path", "backend", "table_name"}, "upload": {"part_size_mb", "concurrency"}}
 
 
-def _fail(where: str, message: str) -> ConfigError:
-    return ConfigError(f"config error in {where}: {message}")
+def _fail(where: str | None, message: str) -> ConfigError:
+    return ConfigError(f"config error in {where}: {message}" if where else f"config error: {message}")
 
 
 def _unknown(where: str, key: str, known: set[str]) -> ConfigError:
@@ -128,7 +128,7 @@ def _unknown(where: str, key: str, known: set[str]) -> ConfigError:
 def substitute_env(value, where: str, key: str):
     """Resolve ``${env.NAME}``, ``${env.NAME:=default}`` and ``${env.NAME:+value}`` in strings."""
     if isinstance(value, dict):
-        return {k: substitute_env(v, where, f"{key}.{k}") for k, v in value.items()}
+        return {k: substitute_env(v, where, f"{key}.{k}" if key else k) for k, v in value.items()}
     if isinstance(value, list):
         return [substitute_env(v, where, key) for v in value]
     if not isinstance(value, str):
@@ -166,7 +166,8 @@ def _from_run_yaml(document: dict, where: str) -> dict:
     raise _fail(where, "this Llama Stack run.yaml has no files provider of type remote::s3")
 
 
-def read_file(path: Path) -> dict:
+def read_file(path: Path) -> tuple[dict, bool]:
+    """The file's settings, and whether they came from a Llama Stack run.yaml (which means S3)."""
     where = str(path)
     try:
         document = yaml.safe_load(path.read_text()) or {}
@@ -176,12 +177,17 @@ def read_file(path: Path) -> dict:
         raise _fail(where, f"not readable YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(document, dict):
         raise _fail(where, "the file must hold a mapping of keys")
-    if "providers" in document and ("apis" in document or "version" in document or "image_name" in document):
+    run_yaml = is_run_yaml(document)
+    if run_yaml:
         document = _from_run_yaml(document, where)
-    return substitute_env(document, where, "config")
+    return substitute_env(document, where, ""), run_yaml
 
 
-def _flatten(raw: dict, where: str) -> dict:
+def is_run_yaml(document: dict) -> bool:
+    return "providers" in document and any(k in document for k in ("apis", "version", "image_name"))
+
+
+def _flatten(raw: dict, where: str | None) -> dict:
     """File layout (with sections) to flat Settings fields."""
     flat: dict = {}
     for key, value in raw.items():
@@ -247,7 +253,7 @@ def _optional(value) -> str | None:
     return text or None  # the seed's "${env.X:=}" gives "", which means "not set"
 
 
-def _check(values: dict, where: str, s3_selected: bool) -> Settings:
+def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     v = {key: value for key, value in values.items()}
     for key in ("bucket_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                 "endpoint_url", "server_side_encryption", "sse_kms_key_id"):
@@ -306,16 +312,16 @@ def load(config_path: str | Path | None = None, flags: dict | None = None) -> Se
     for key, env_name in SEED_ENV.items():
         if os.environ.get(env_name):
             values[key] = os.environ[env_name]
-    where, s3_selected = "the environment", False
+    where, s3_selected = None, False
     if explicit or path.exists():
-        raw = read_file(path)
+        # A Llama Stack remote::s3 provider means S3, even if its bucket name came out empty.
+        raw, s3_selected = read_file(path)
         where = str(path)
-        s3_selected = "bucket_name" in raw
         values.update(_flatten(raw, where))
     values.update(_env_overrides())
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     settings = _check(values, where, s3_selected)
-    return replace(settings, source=where if where != "the environment" else "defaults and environment")
+    return replace(settings, source=where or "defaults, environment and flags")
 
 
 def dump_yaml(data: dict) -> str:
