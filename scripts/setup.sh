@@ -37,4 +37,12 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 echo "setup: installing s3filesfs${S3FILESFS_EXTRAS:+[$S3FILESFS_EXTRAS]} into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${S3FILESFS_EXTRAS:+[$S3FILESFS_EXTRAS]}"
+# pip's output is kept for when it fails; setuptools' build chatter is noise otherwise.
+pip_log=$(mktemp)
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${S3FILESFS_EXTRAS:+[$S3FILESFS_EXTRAS]}" >"$pip_log" 2>&1; then
+  cat "$pip_log" >&2
+  rm -f "$pip_log"
+  echo "setup: pip install failed" >&2
+  exit 1
+fi
+rm -f "$pip_log"
