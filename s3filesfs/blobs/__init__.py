@@ -7,11 +7,8 @@ bounded whatever the size. An object exists only once its writer commits.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
-
-COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,22 +62,3 @@ class BlobStore(ABC):
     @abstractmethod
     def keys(self) -> Iterator[BlobInfo]:
         """Every object in the store (its metadata not filled in)."""
-
-    def put(
-        self,
-        key: str,
-        body: BinaryIO,
-        metadata: dict[str, str],
-        progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Copy a readable stream into a new object, a chunk at a time."""
-        writer = self.writer(key, metadata)
-        try:
-            while chunk := body.read(COPY_CHUNK):
-                writer.write(chunk)
-                if progress:
-                    progress(len(chunk))
-            return writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
