@@ -40,15 +40,16 @@ PARTS_PER_SIZE_STEP = 2000  # part size doubles every 2000 parts, up to 16x: ~50
 READ_CHUNK = MIB
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+# Why access was refused, as far as the code tells (HEAD requests carry only the status).
 _DENIED = {
-    "AccessDenied",
-    "403",
-    "Forbidden",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "AllAccessDisabled",
+    "InvalidAccessKeyId": "the server does not know this access key id",
+    "SignatureDoesNotMatch": "the secret access key is wrong",
+    "ExpiredToken": "the session token has expired",
+    "InvalidToken": "the session token is not valid",
+    "AccessDenied": "the credentials lack permission or a bucket policy forbids it",
+    "AllAccessDisabled": "all access to this bucket is disabled",
+    "403": "the credentials were refused or lack permission",
+    "Forbidden": "the credentials were refused or lack permission",
 }
 
 
@@ -143,7 +144,7 @@ class S3BlobStore(BlobStore):
         if code == "NoSuchBucket" or (code in _MISSING and key is None):
             return BucketNotFound(self.bucket)
         if code in _DENIED:
-            return AccessDenied(self.bucket, f"{code} (check the credentials and bucket policy)")
+            return AccessDenied(self.bucket, _DENIED[code])
         message = error.get("Message") or exc
         return StorageError(f"S3 {exc.operation_name} failed: {code}: {message}")
 
