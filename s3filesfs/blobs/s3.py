@@ -155,6 +155,11 @@ class S3BlobStore(BlobStore):
             with self.errors():
                 self.client.head_bucket(Bucket=self.bucket)
             return
+        except AccessDenied:
+            # A HEAD answer has no body, so it cannot say *why*; a GET's error code can.
+            with self.errors():
+                self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            raise
         except BucketNotFound:
             if not self.auto_create_bucket:
                 raise
