@@ -24,8 +24,10 @@ def free_port() -> int:
 
 
 class MotoServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, require_auth: bool = False):
         self.port = port or free_port()
+        # moto checks credentials against its own IAM once this many requests have been served.
+        self.extra_env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if require_auth else {}
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
@@ -33,7 +35,7 @@ class MotoServer:
     def start(self, timeout: float = 30.0) -> "MotoServer":
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
