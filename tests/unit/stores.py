@@ -1,0 +1,150 @@
+"""Helpers shared by the unit tests: a settable clock, the three stores behind one face, and the
+check that bucket and table agree.
+
+Each ``Backend`` holds a FileService and a way to look at (or tamper with) the objects directly,
+behind the service's back: files in the local store's directory, or raw boto3 calls on the bucket.
+"""
+
+import contextlib
+import errno
+import json
+from pathlib import Path
+from unittest import mock
+
+from botocore.exceptions import ClientError
+
+from s3filesfs.files import FileService
+
+# A fixed start, far from "now", so no test depends on the machine's clock.
+EPOCH = 1_750_000_000
+
+
+class Clock:
+    """A clock the test moves by hand; FileService takes it as ``clock=``."""
+
+    def __init__(self, start: float = EPOCH):
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def assert_clean(service: FileService) -> None:
+    """Bucket and table agree: every row has its object (of the row's size) and vice versa."""
+    report = service.check()
+    assert report.clean, report.to_dict()
+
+
+def storage_failure(operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": "InternalError", "Message": "We encountered an internal error."}},
+                       operation)
+
+
+class Backend:
+    """One store under test. Subclasses give direct access to the objects."""
+
+    name: str
+    service: FileService
+    clock: Clock
+
+    def object_body(self, file_id: str) -> bytes | None:
+        raise NotImplementedError
+
+    def object_metadata(self, file_id: str) -> dict:
+        raise NotImplementedError
+
+    def remove_object(self, file_id: str) -> None:
+        """Delete an object out of band."""
+        raise NotImplementedError
+
+    def plant_object(self, key: str, body: bytes) -> None:
+        """Write an object out of band, with no metadata (as the seed does)."""
+        raise NotImplementedError
+
+    def object_keys(self) -> set[str]:
+        raise NotImplementedError
+
+    def failing_put(self):
+        """A context in which committing an object fails inside the store."""
+        raise NotImplementedError
+
+    def leftovers(self) -> list:
+        """Half-written uploads the store still keeps (temporary files, multipart uploads)."""
+        raise NotImplementedError
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, service: FileService, clock: Clock, root: Path):
+        self.service, self.clock, self.root = service, clock, root
+
+    def object_body(self, file_id):
+        path = self.root / "objects" / file_id
+        return path.read_bytes() if path.exists() else None
+
+    def object_metadata(self, file_id):
+        return json.loads((self.root / "meta" / f"{file_id}.json").read_text())
+
+    def remove_object(self, file_id):
+        (self.root / "objects" / file_id).unlink()
+
+    def plant_object(self, key, body):
+        (self.root / "objects" / key).write_bytes(body)
+
+    def object_keys(self):
+        return {p.name for p in (self.root / "objects").iterdir()}
+
+    def failing_put(self):
+        # The disk fails while the body is made durable, just before it would become visible.
+        return mock.patch("s3filesfs.blobs.local.os.fsync", side_effect=OSError(errno.EIO, "Input/output error"))
+
+    def leftovers(self):
+        return sorted(p.name for p in (self.root / "tmp").iterdir())
+
+
+class S3Backend(Backend):
+    def __init__(self, name: str, service: FileService, clock: Clock, client, bucket: str, prefix: str = ""):
+        self.name, self.service, self.clock = name, service, clock
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+
+    def _get(self, file_id):
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + file_id)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def object_body(self, file_id):
+        response = self._get(file_id)
+        return None if response is None else response["Body"].read()
+
+    def object_metadata(self, file_id):
+        return self.client.head_object(Bucket=self.bucket, Key=self.prefix + file_id)["Metadata"]
+
+    def remove_object(self, file_id):
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + file_id)
+
+    def plant_object(self, key, body):
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def object_keys(self):
+        keys = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys.update(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    @contextlib.contextmanager
+    def failing_put(self):
+        store_client = self.service.blobs.client
+        with mock.patch.object(store_client, "put_object", side_effect=storage_failure("PutObject")), \
+             mock.patch.object(store_client, "complete_multipart_upload",
+                               side_effect=storage_failure("CompleteMultipartUpload")):
+            yield
+
+    def leftovers(self):
+        return self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
