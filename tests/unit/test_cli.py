@@ -1,0 +1,352 @@
+"""The installed ``s3filesfs`` command, run as a subprocess the way users and scripts run it."""
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+import s3filesfs
+from s3filesfs import cli
+from tests.s3server import SECRET_KEY
+
+SCRIPT = Path(sys.executable).with_name("s3filesfs")
+FILE_ID = re.compile(r"file-[0-9a-f]{32}")
+
+
+def run(*args, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the command with the test's isolated environment (temp XDG folders, no AWS settings)."""
+    return subprocess.run([str(SCRIPT), *map(str, args)], input=stdin, capture_output=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def ok(*args, **kwargs) -> str:
+    result = run(*args, **kwargs)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def json_documents(text: str) -> list:
+    """Every JSON document printed one after the other (pretty-printed, so not one per line)."""
+    decoder, documents, index = json.JSONDecoder(), [], 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        document, index = decoder.raw_decode(text, index)
+        documents.append(document)
+    return documents
+
+
+def assert_file_object(data: dict) -> None:
+    assert set(data) == {"object", "id", "bytes", "created_at", "expires_at", "filename", "purpose"}
+    assert data["object"] == "file"
+    assert FILE_ID.fullmatch(data["id"])
+    assert isinstance(data["bytes"], int) and isinstance(data["created_at"], int)
+
+
+def assert_list_object(data: dict) -> None:
+    assert set(data) == {"object", "data", "has_more", "first_id", "last_id"}
+    assert data["object"] == "list"
+    for item in data["data"]:
+        assert_file_object(item)
+    assert data["first_id"] == (data["data"][0]["id"] if data["data"] else "")
+    assert data["last_id"] == (data["data"][-1]["id"] if data["data"] else "")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def samples(tmp_path):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"alpha\n")
+    (folder / "b.jsonl").write_bytes(b'{"custom_id": 1}\n{"custom_id": 2}\n')
+    (folder / "c.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    return folder
+
+
+# --- the basics -------------------------------------------------------------------------------
+
+
+def test_version():
+    assert ok("--version").strip() == f"s3filesfs, version {s3filesfs.__version__}"
+
+
+def _all_commands(group: click.Group, prefix=()):
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+@pytest.mark.parametrize("command", list(_all_commands(cli.main)), ids=lambda c: " ".join(c) or "main")
+def test_help_on_every_command(command):
+    out = ok(*command, "--help")
+    assert out.startswith(f"Usage: s3filesfs {' '.join(command)}".rstrip())
+    assert "Show this message and exit." in out
+    if not command:
+        assert ok("-h") == out
+
+
+# --- a session on the embedded local store ----------------------------------------------------
+
+
+def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
+    out = ok("upload", samples / "a.txt", samples / "b.jsonl", samples / "c.bin", "--purpose", "batch")
+    lines = out.splitlines()
+    assert len(lines) == 3
+    ids = [FILE_ID.match(line).group() for line in lines]
+    assert [line.split()[-1] for line in lines] == ["a.txt", "b.jsonl", "c.bin"]
+    assert "3.0 MiB" in lines[2]
+
+    listing = json.loads(ok("ls", "--json"))
+    assert_list_object(listing)
+    assert {item["id"] for item in listing["data"]} == set(ids)
+    assert listing["has_more"] is False
+
+    table = ok("ls").splitlines()
+    assert table[0].split() == ["ID", "SIZE", "CREATED", "EXPIRES", "PURPOSE", "FILENAME"]
+    assert sorted(line.split()[0] for line in table[1:]) == sorted(ids)
+
+    info = json.loads(ok("info", ids[1], "--json"))
+    assert_file_object(info)
+    assert (info["id"], info["filename"], info["purpose"], info["bytes"]) == (ids[1], "b.jsonl", "batch", 34)
+    assert info["expires_at"] == info["created_at"] + 2592000
+    human = ok("info", ids[1])
+    assert f"id:          {ids[1]}" in human and "filename:    b.jsonl" in human
+
+    assert run("cat", ids[0]).stdout == b"alpha\n"
+    target = tmp_path / "out" / "copy.bin"
+    target.parent.mkdir()
+    assert ok("cat", ids[2], "-o", target) == ""
+    assert target.read_bytes() == (samples / "c.bin").read_bytes()
+    assert not Path(f"{target}.part").exists()
+
+    assert ok("check").strip() == "bucket and table agree"
+    assert ok("rm", ids[0], ids[1]).splitlines() == [f"deleted {ids[0]}", f"deleted {ids[1]}"]
+    assert [item["id"] for item in json.loads(ok("ls", "--json"))["data"]] == [ids[2]]
+    gone = run("info", ids[0])
+    assert gone.returncode == 1
+    assert gone.stderr.decode().strip() == f"error: File '{ids[0]}' not found"
+    assert json.loads(ok("check", "--json")) == {"clean": True, "rows_without_objects": [],
+                                                 "objects_without_rows": [], "size_mismatches": []}
+    # The files really are in the embedded store under the data folder.
+    objects = tmp_path / "data" / "s3filesfs" / "local" / "objects"
+    assert sorted(p.name for p in objects.iterdir()) == [ids[2]]
+
+
+def test_upload_json_gives_openai_file_objects(samples):
+    out = ok("upload", samples / "a.txt", samples / "b.jsonl", "--purpose", "assistants",
+             "--expires-after", "7200", "--json")
+    documents = json_documents(out)
+    assert len(documents) == 2
+    for document, name in zip(documents, ["a.txt", "b.jsonl"]):
+        assert_file_object(document)
+        assert (document["filename"], document["purpose"]) == (name, "assistants")
+        assert document["expires_at"] == document["created_at"] + 7200
+
+
+def test_upload_from_stdin_with_filename():
+    body = bytes(range(256)) * 100
+    file = json.loads(ok("upload", "-", "--filename", "piped.bin", "--purpose", "user_data", "--json", stdin=body))
+    assert_file_object(file)
+    assert (file["filename"], file["bytes"]) == ("piped.bin", len(body))
+    assert run("cat", file["id"]).stdout == body
+
+
+def test_upload_with_a_filename_renames_a_single_file(samples):
+    file = json.loads(ok("upload", samples / "a.txt", "--filename", "renamed.txt", "-p", "vision", "--json"))
+    assert file["filename"] == "renamed.txt"
+
+
+def test_ls_pages_with_limit_order_and_after(samples):
+    ids = [json.loads(ok("upload", samples / name, "-p", "evals", "--json"))["id"]
+           for name in ("a.txt", "b.jsonl", "c.bin")]
+    ok("upload", samples / "a.txt", "-p", "vision")
+    first = json.loads(ok("ls", "--purpose", "evals", "--order", "asc", "--limit", "2", "--json"))
+    assert_list_object(first)
+    assert first["has_more"] is True
+    rest = json.loads(ok("ls", "--purpose", "evals", "--order", "asc", "--limit", "2",
+                         "--after", first["last_id"], "--json"))
+    assert rest["has_more"] is False
+    seen = [item["id"] for item in first["data"] + rest["data"]]
+    assert sorted(seen) == sorted(ids) and len(seen) == 3
+    hinted = run("ls", "--limit", "1")
+    assert hinted.returncode == 0
+    assert re.search(r"\(more: s3filesfs ls --after file-[0-9a-f]{32}\)", hinted.stderr.decode())
+
+
+def test_gc_removes_expired_files(samples, tmp_path):
+    keep = json.loads(ok("upload", samples / "a.txt", "-p", "assistants", "--json"))["id"]
+    doomed = json.loads(ok("upload", samples / "b.jsonl", "-p", "batch", "--expires-after", "3600", "--json"))["id"]
+    assert ok("gc").strip() == "removed 0 expired file(s)"
+    # Let an hour pass for that file: its expiry is moved into the past, behind the command's back.
+    with sqlite3.connect(tmp_path / "data" / "s3filesfs" / "local" / "metadata.db") as conn:
+        conn.execute("UPDATE openai_files SET expires_at = expires_at - 7200 WHERE id = ?", (doomed,))
+    assert [item["id"] for item in json.loads(ok("ls", "--json"))["data"]] == [keep]
+    assert json.loads(ok("gc", "--json")) == {"removed": [doomed]}
+    assert not (tmp_path / "data" / "s3filesfs" / "local" / "objects" / doomed).exists()
+    assert ok("check").strip() == "bucket and table agree"
+
+
+def test_check_exits_1_when_bucket_and_table_disagree(samples, tmp_path):
+    file_id = json.loads(ok("upload", samples / "a.txt", "-p", "assistants", "--json"))["id"]
+    (tmp_path / "data" / "s3filesfs" / "local" / "objects" / file_id).unlink()
+    result = run("check")
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines() == ["bucket and table disagree:", f"  row without object: {file_id}"]
+    report = run("check", "--json")
+    assert report.returncode == 1
+    assert json.loads(report.stdout)["rows_without_objects"] == [file_id]
+
+
+# --- exit codes -------------------------------------------------------------------------------
+
+
+def test_unknown_id_exits_1(samples):
+    unknown = "file-" + "0" * 32
+    for command in (["info", unknown], ["cat", unknown], ["rm", unknown]):
+        result = run(*command)
+        assert result.returncode == 1, command
+        assert result.stderr.decode().strip() == f"error: File '{unknown}' not found"
+        assert result.stdout == b""
+
+
+def test_rm_deletes_what_it_can_and_exits_1_for_the_rest(samples):
+    file_id = json.loads(ok("upload", samples / "a.txt", "-p", "assistants", "--json"))["id"]
+    result = run("rm", "file-" + "0" * 32, file_id, "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"id": file_id, "object": "file", "deleted": True}
+    assert json.loads(ok("ls", "--json"))["data"] == []
+
+
+def test_bad_expires_after_exits_1_and_uploads_nothing(samples):
+    result = run("upload", samples / "a.txt", "-p", "batch", "--expires-after", "10")
+    assert result.returncode == 1
+    assert "expires_after.seconds: Input should be greater than or equal to 3600" in result.stderr.decode()
+    assert json.loads(ok("ls", "--json"))["data"] == []
+
+
+def test_unreadable_input_file_exits_1(tmp_path):
+    result = run("upload", tmp_path / "no-such-file.txt", "-p", "batch")
+    assert result.returncode == 1
+    assert "no-such-file.txt" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["upload", "{a}", "--purpose", "training"], "Invalid value for '--purpose'"),
+    (["upload", "{a}"], "Missing option '--purpose'"),
+    (["upload", "{a}", "-p", "batch", "--expires-after", "soon"], "Invalid value for '--expires-after'"),
+    (["upload", "-", "-p", "batch"], "uploading standard input needs --filename"),
+    (["upload", "{a}", "{a}", "-p", "batch", "--filename", "x"], "--filename works with a single file"),
+    (["ls", "--limit", "0"], "Invalid value for '--limit'"),
+    (["ls", "--order", "random"], "Invalid value for '--order'"),
+    (["rm"], "Missing argument"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_usage_errors_exit_2(samples, args, complaint):
+    result = run(*[arg.format(a=samples / "a.txt") for arg in args])
+    assert result.returncode == 2
+    assert complaint in result.stderr.decode()
+    if args[0] == "upload":
+        assert not (samples.parent / "data" / "s3filesfs" / "local" / "metadata.db").exists()
+
+
+def test_bad_config_exits_1_with_one_line_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("bucket_name: files\nauto_create: true\n")
+    result = run("--config", path, "ls")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (f"error: config error in {path}: unknown key 'auto_create' "
+                                      "(did you mean 'auto_create_bucket'?)\n")
+    missing = run("--config", tmp_path / "missing.yaml", "ls")
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr.decode()
+
+
+def test_unreachable_storage_exits_3(samples, tmp_path):
+    env = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY123456", "AWS_SECRET_ACCESS_KEY": "secret-that-stays-hidden"}
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    common = ["--bucket", "files", "--endpoint-url", endpoint, "--db-path", tmp_path / "files.db"]
+    result = run(*common, "upload", samples / "a.txt", "-p", "batch", env=env)
+    assert result.returncode == 3, result.stderr.decode()
+    stderr = result.stderr.decode()
+    assert f"S3 endpoint {endpoint} is unreachable" in stderr
+    assert "secret-that-stays-hidden" not in stderr
+    assert "Traceback" not in stderr
+    # Listing needs only the table, so it still answers (and nothing was registered).
+    assert json.loads(ok(*common, "ls", "--json", env=env))["data"] == []
+
+
+# --- against a real S3 server -----------------------------------------------------------------
+
+
+@pytest.fixture
+def server_config(s3_server, tmp_path):
+    bucket = s3_server.new_bucket_name()
+    values = s3_server.settings_values(bucket, aws_session_token="session-token-value-9876",
+                                       metadata_store={"type": "sqlite", "db_path": str(tmp_path / "s3.db")})
+    path = tmp_path / "s3.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path, bucket
+
+
+def test_session_against_the_s3_server(server_config, samples, s3_server, tmp_path):
+    path, bucket = server_config
+    created = json_documents(ok("--config", path, "upload", samples / "a.txt", samples / "c.bin",
+                                "-p", "fine-tune", "--json"))
+    ids = [file["id"] for file in created]
+    client = s3_server.client()
+    assert sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]) == sorted(ids)
+    assert client.get_object(Bucket=bucket, Key=ids[0])["Body"].read() == b"alpha\n"
+    listing = json.loads(ok("--config", path, "ls", "--json"))
+    assert_list_object(listing)
+    assert {item["id"] for item in listing["data"]} == set(ids)
+    target = tmp_path / "copy.bin"
+    ok("--config", path, "cat", ids[1], "-o", target)
+    assert target.read_bytes() == (samples / "c.bin").read_bytes()
+    assert ok("--config", path, "check").strip() == "bucket and table agree"
+    ok("--config", path, "rm", ids[1])
+    assert [item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]] == [ids[0]]
+    assert ok("--config", path, "check").strip() == "bucket and table agree"
+
+
+def test_config_show_masks_the_secrets(server_config, s3_server, tmp_path):
+    path, bucket = server_config
+    out = ok("--config", path, "config", "show")
+    shown = yaml.safe_load(out)
+    assert shown["bucket_name"] == bucket
+    assert shown["endpoint_url"] == s3_server.endpoint_url
+    assert shown["backend"] == "s3"
+    assert shown["source"] == str(path)
+    assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "s3.db")}
+    assert shown["aws_secret_access_key"] == "********"
+    assert shown["aws_session_token"] == "********"
+    for secret in (SECRET_KEY, "session-token-value-9876"):
+        assert secret not in out
+    # Flags show through, secrets stay hidden however they arrive.
+    out = ok("--config", path, "--prefix", "team", "config", "show",
+             env={"S3FILESFS_AWS_SECRET_ACCESS_KEY": "another-secret-from-env"})
+    assert yaml.safe_load(out)["prefix"] == "team/"
+    assert "another-secret-from-env" not in out and SECRET_KEY not in out
+
+
+def test_config_show_on_a_fresh_machine(tmp_path):
+    shown = yaml.safe_load(ok("config", "show"))
+    assert shown["backend"] == "local"
+    assert shown["bucket_name"] is None
+    assert shown["metadata_store"]["db_path"] == str(tmp_path / "data" / "s3filesfs" / "local" / "metadata.db")
