@@ -13,6 +13,7 @@ Results go to ``bench/results/upload-<time>.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +56,7 @@ def child_env(server) -> dict:
     return env
 
 
-def run_s3filesfs(server, work: Path, path: Path, size: int, run: int, args) -> Measured:
+def run_s3filesfs(server, work: Path, path: Path, size: int, run: int, args, tree: Path | None = None) -> Measured:
     bucket = server.new_bucket_name()  # fresh; the tool creates it (auto_create_bucket)
     values = server.settings_values(bucket, metadata_store={"type": "sqlite", "db_path": str(work / f"meta-{run}.db")})
     upload = {}
@@ -70,6 +72,8 @@ def run_s3filesfs(server, work: Path, path: Path, size: int, run: int, args) -> 
                "upload", str(path), "--purpose", "batch", "--json"]
     env = child_env(server)
     env["XDG_DATA_HOME"] = str(work / "data")  # nothing of the run lands in the user's home
+    if tree is not None:  # another checkout's package shadows the installed one
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     result = run_measured(command, env=env, interval=args.interval)
     if result.returncode != 0:
         raise SystemExit(f"s3filesfs upload failed ({result.returncode}):\n{result.stderr}")
@@ -91,6 +95,12 @@ def run_boto3(server, work: Path, path: Path, size: int, run: int, args) -> Meas
         raise SystemExit(f"boto3 upload_file failed ({result.returncode}):\n{result.stderr}")
     result.extra = {"bucket": bucket, "key": key}
     return result
+
+
+def server_cpu_seconds(server) -> float:
+    """CPU time the S3 server has used so far: moto is single-process Python, often the bottleneck."""
+    times = psutil.Process(server.process.pid).cpu_times()
+    return times.user + times.system
 
 
 def verify_and_clean(server, result: Measured, size: int, tool: str) -> None:
@@ -115,11 +125,21 @@ def main(argv=None) -> int:
     parser.add_argument("--part-size-mb", type=int, help="s3filesfs upload.part_size_mb (default: the project's)")
     parser.add_argument("--concurrency", type=int, help="s3filesfs upload.concurrency (default: the project's)")
     parser.add_argument("--only", choices=("s3filesfs", "boto3"), help="run one tool only (no ratio)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                        help="also run s3filesfs from another source tree (a folder holding the "
+                             "s3filesfs package, e.g. from `git archive REV s3filesfs`), interleaved "
+                             "with the others; repeatable")
     args = parser.parse_args(argv)
     size = args.size_mb * MIB
     tools = {S3FILESFS: run_s3filesfs, BOTO3: run_boto3}
     if args.only:
         tools = {name: fn for name, fn in tools.items() if name.startswith(args.only)}
+    for spec in args.tree:
+        name, _, folder = spec.partition("=")
+        folder = Path(folder).resolve()
+        if not name or not (folder / "s3filesfs" / "__init__.py").exists():
+            parser.error(f"--tree {spec}: expected NAME=DIR with DIR/s3filesfs/__init__.py")
+        tools[f"{S3FILESFS} @{name}"] = functools.partial(run_s3filesfs, tree=folder)
 
     runs: dict[str, list[Measured]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory(prefix="bench-upload-", dir=args.dir) as tmp, moto_server() as server:
@@ -129,15 +149,26 @@ def main(argv=None) -> int:
         digest = make_test_file(path, size)
         print(f"test file: {path} ({args.size_mb} MiB, written in {time.perf_counter() - started:.1f} s)")
         print(f"S3 server: moto {machine()['moto']} at {server.endpoint_url}")
+        # A fresh moto server is slow on its first large object (its heap grows page by page), so
+        # an untimed upload comes first; otherwise whichever tool goes first pays for it.
+        started = time.perf_counter()
+        server.client().create_bucket(Bucket="warm-up")
+        server.client().upload_file(str(path), "warm-up", "warm-up")
+        server.client().delete_object(Bucket="warm-up", Key="warm-up")
+        print(f"warm-up upload (untimed, in-process boto3): {time.perf_counter() - started:.1f} s")
+        width = max(len(name) for name in tools)
         for run in range(args.repeat):
-            order = list(tools) if run % 2 == 0 else list(reversed(tools))
+            order = list(tools) if run % 2 == 0 else list(reversed(tools))  # who goes first alternates
             for name in order:
+                server_cpu = server_cpu_seconds(server)
                 result = tools[name](server, work, path, size, run, args)
+                result.extra["server_cpu_seconds"] = server_cpu_seconds(server) - server_cpu
                 verify_and_clean(server, result, size, name)
                 runs[name].append(result)
-                print(f"  run {run + 1}/{args.repeat}  {name:<18} {result.seconds:7.2f} s  "
+                print(f"  run {run + 1}/{args.repeat}  {name:<{width}} {result.seconds:7.2f} s  "
                       f"{args.size_mb / result.seconds:7.1f} MiB/s  peak RSS {result.peak_rss / MIB:6.1f} MiB "
-                      f"(ru_maxrss {result.ru_maxrss / MIB:.1f} MiB, {result.samples} samples)", flush=True)
+                      f"(ru_maxrss {result.ru_maxrss / MIB:.1f} MiB, {result.samples} samples), "
+                      f"CPU {result.cpu_seconds:.1f} s, server CPU {result.extra['server_cpu_seconds']:.1f} s", flush=True)
 
     summary = {}
     for name, results in runs.items():

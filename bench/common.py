@@ -90,6 +90,7 @@ class Measured:
     peak_rss: int  # bytes: the largest sum of RSS over the process and its children (psutil samples)
     ru_maxrss: int  # bytes: the kernel's high-water mark for the child (wait4), exact but per-process
     samples: int
+    cpu_seconds: float = 0.0  # user + system time of the child (wait4), to tell CPU-bound from waiting
     stdout: str = ""
     stderr: str = ""
     extra: dict = field(default_factory=dict)
@@ -164,6 +165,7 @@ def run_measured(command: list[str], *, env: dict | None = None, interval: float
             peak_rss=peak,
             ru_maxrss=usage.ru_maxrss * 1024,  # kilobytes on Linux
             samples=samples,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
         )
