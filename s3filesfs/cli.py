@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config
-from .errors import S3FilesError, internal_error
+from .errors import S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
 
@@ -221,6 +221,8 @@ def cat(state, file_id, output):
             for chunk in chunks:
                 out.write(chunk)
         os.replace(partial, output)
+    except OSError as exc:  # the output path, not the store: the user can fix it
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)
 

@@ -241,6 +241,15 @@ def test_bad_expires_after_exits_1_and_uploads_nothing(samples):
     assert json.loads(ok("ls", "--json"))["data"] == []
 
 
+def test_cat_to_a_path_that_cannot_be_written_exits_1(samples, tmp_path):
+    file_id = json.loads(ok("upload", samples / "a.txt", "-p", "assistants", "--json"))["id"]
+    target = tmp_path / "no-such-folder" / "out.txt"
+    result = run("cat", file_id, "-o", target)
+    assert result.returncode == 1, result.stderr.decode()
+    assert result.stderr.decode() == f"error: cannot write {target}: No such file or directory\n"
+    assert not target.parent.exists()
+
+
 def test_unreadable_input_file_exits_1(tmp_path):
     result = run("upload", tmp_path / "no-such-file.txt", "-p", "batch")
     assert result.returncode == 1
