@@ -182,6 +182,37 @@ def test_pending_file_is_invisible_until_commit_and_abort_leaves_nothing(backend
     assert_clean(service)
 
 
+def test_streamed_writes_of_any_size_and_buffer_type_round_trip(backend):
+    """Writes that straddle part boundaries, empty writes, and callers that reuse their buffer."""
+    service = backend.service
+    body = os.urandom(17 * MIB + 123)
+    sizes = [1, 3 * MIB + 7, 0, 5 * MIB - 1, 65536, 8 * MIB, 2 * MIB + 1]
+    reused = bytearray(8 * MIB)
+    pending = service.begin("odd.bin", "batch")
+    offset, n = 0, 0
+    while offset < len(body):
+        size = min(sizes[n % len(sizes)], len(body) - offset)
+        piece = body[offset:offset + size]
+        kind = n % 3
+        if kind == 0:
+            pending.write(piece)
+        elif kind == 1:
+            chunk = bytearray(piece)
+            pending.write(chunk)
+            chunk[:] = b"\0" * len(chunk)  # the caller reuses its buffer at once
+        else:
+            view = memoryview(reused)[:size]
+            view[:] = piece
+            pending.write(view)
+            view[:] = b"\xff" * size
+        offset, n = offset + size, n + 1
+    created = pending.commit()
+    assert created.bytes == len(body)
+    assert content_of(service, created.id) == body
+    assert backend.object_body(created.id) == body
+    assert_clean(service)
+
+
 def test_a_second_service_on_the_same_store_sees_the_files(backend):
     created = upload(backend.service, b"persisted", "p.txt")
     again = FileService(MetadataStore(backend.service.metadata.path), backend.service.blobs, clock=backend.clock)
