@@ -8,6 +8,7 @@ parts in memory. Every boto3 failure is translated here, once, into the project'
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -242,13 +243,19 @@ class S3BlobStore(BlobStore):
 
 
 class _S3Writer(BlobWriter):
-    """A body sent as it arrives: one PUT if it stays small, else a multipart upload."""
+    """A body sent as it arrives: one PUT if it stays small, else a multipart upload.
+
+    Written chunks are kept as they come (a queue of ``bytes``, not one growing buffer) and
+    joined into a part only once a slot is free, so the bytes are copied once on their way out:
+    at most ``concurrency`` parts are in flight and one part's worth is waiting, whatever the size.
+    """
 
     def __init__(self, store: S3BlobStore, full_key: str, metadata: dict[str, str]):
         self._store = store
         self._key = full_key
         self._metadata = metadata
-        self._buffer = bytearray()
+        self._pending: deque[bytes] = deque()  # written, not yet sent, in order
+        self._pending_size = 0
         self._size = 0
         self._upload_id: str | None = None
         self._parts: list[Future] = []
@@ -263,14 +270,33 @@ class _S3Writer(BlobWriter):
     def write(self, data: bytes) -> None:
         if self._done:
             raise StorageError("write after the upload was committed or aborted")
-        self._buffer += data
-        self._size += len(data)
-        while len(self._buffer) >= self._part_size():
-            size = self._part_size()
-            self._send_part(bytes(self._buffer[:size]))
-            del self._buffer[:size]
+        if not data:
+            return
+        # Kept by reference; a caller's mutable buffer (bytearray, memoryview) is copied first.
+        chunk = data if type(data) is bytes else bytes(data)
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        self._size += len(chunk)
+        while self._pending_size >= self._part_size():
+            self._send_part(self._part_size())
 
-    def _send_part(self, body: bytes) -> None:
+    def _take(self, size: int) -> bytes:
+        """The first ``size`` pending bytes as one body; a part that is one whole chunk is not copied."""
+        pieces = []
+        wanted = size
+        while wanted:
+            chunk = self._pending[0]
+            if len(chunk) <= wanted:
+                pieces.append(self._pending.popleft())
+                wanted -= len(chunk)
+            else:
+                pieces.append(memoryview(chunk)[:wanted])
+                self._pending[0] = chunk[wanted:]
+                wanted = 0
+        self._pending_size -= size
+        return b"".join(pieces)
+
+    def _send_part(self, size: int) -> None:
         store = self._store
         try:
             if self._upload_id is None:
@@ -286,9 +312,16 @@ class _S3Writer(BlobWriter):
             self._raise_failed_part()
             if len(self._parts) >= MAX_PARTS:
                 raise StorageError("file too large for one S3 multipart upload")
+            # Wait for a free slot before building the body, so that no finished part sits in
+            # memory waiting for one.
             self._slots.acquire()
-            number = len(self._parts) + 1
-            self._parts.append(store._parts_pool.submit(self._upload_part, number, body))
+            try:
+                body = self._take(size)
+                number = len(self._parts) + 1
+                self._parts.append(store._parts_pool.submit(self._upload_part, number, body))
+            except BaseException:
+                self._slots.release()
+                raise
         except BaseException:
             self.abort()
             raise
@@ -325,14 +358,13 @@ class _S3Writer(BlobWriter):
                     store.client.put_object(
                         Bucket=store.bucket,
                         Key=self._key,
-                        Body=bytes(self._buffer),
+                        Body=self._take(self._pending_size),
                         Metadata=self._metadata,
                         **store._sse_args,
                     )
             else:
-                if self._buffer:
-                    self._send_part(bytes(self._buffer))
-                    self._buffer.clear()
+                if self._pending_size:
+                    self._send_part(self._pending_size)
                 parts = [part.result() for part in self._parts]
                 with store.errors(self._key):
                     store.client.complete_multipart_upload(
@@ -345,14 +377,15 @@ class _S3Writer(BlobWriter):
             self.abort()
             raise
         self._done = True
-        self._buffer = bytearray()
+        self._pending.clear()
         return self._size
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        self._buffer = bytearray()
+        self._pending.clear()
+        self._pending_size = 0
         for part in self._parts:
             part.cancel()
         if self._upload_id is not None:
