@@ -149,6 +149,18 @@ def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
     assert sorted(p.name for p in objects.iterdir()) == [ids[2]]
 
 
+def test_cat_into_a_reader_that_goes_away_is_not_an_error(samples):
+    file_id = json.loads(ok("upload", samples / "c.bin", "-p", "batch", "--json"))["id"]
+    # `s3filesfs cat ID | head -c 10`: the reader closes the pipe long before the 3 MiB are written.
+    process = subprocess.Popen([str(SCRIPT), "cat", file_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ))
+    assert process.stdout.read(10) == (samples / "c.bin").read_bytes()[:10]
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""
+    process.stderr.close()
+
+
 def test_upload_json_gives_openai_file_objects(samples):
     out = ok("upload", samples / "a.txt", samples / "b.jsonl", "--purpose", "assistants",
              "--expires-after", "7200", "--json")
