@@ -18,7 +18,7 @@ import click
 from . import __version__, config
 from .errors import S3FilesError, internal_error
 from .files import open_service
-from .model import LIST_LIMIT_MAX, PURPOSES
+from .model import LIST_LIMIT_MAX, PURPOSES, FileObject, FilePage
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -175,8 +175,15 @@ def _upload_one(service, path, purpose, expires_after, filename):
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI list response.")
 @pass_state
 def ls(state, purpose, limit, order, after, as_json):
-    """List files, newest first."""
-    page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
+    """List files, newest first (through the daemon's socket when one runs)."""
+    client = _daemon_client(state)
+    if client is not None:
+        body = client.get("/v1/files", {"after": after, "limit": limit, "order": order, "purpose": purpose})
+        page = FilePage([FileObject(**{k: f[k] for k in ("id", "filename", "purpose", "bytes", "created_at",
+                                                           "expires_at")}) for f in body["data"]],
+                        has_more=body["has_more"])
+    else:
+        page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
     if as_json:
         _print_json(page.to_openai())
         return
@@ -287,3 +294,71 @@ def config_group():
 def show(state):
     """Print the effective configuration, secrets masked."""
     click.echo(config.dump_yaml(state.settings.masked()), nl=False)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def _daemon_client(state):
+    """A client for a running daemon's socket, or None when no daemon answers there."""
+    from .daemon.client import DaemonClient
+
+    client = DaemonClient(state.settings.api_socket_path)
+    return client if client.running() else None
+
+
+@main.command()
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False),
+              help="Folder holding one sub-folder per purpose (default ~/S3Files).")
+@click.option("--delete", is_flag=True, default=None, help="Delete a file's id when its local file is removed.")
+@click.option("--listen", metavar="HOST:PORT", help="Also serve the API over TCP (needs --api-key-env).")
+@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the TCP listener's bearer key.")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="Unix socket of the API.")
+@pass_state
+def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
+    """Watch the drop folders and upload what lands there; runs in the foreground."""
+    state.flags.update(sync_watch_dir=watch_dir, sync_delete=delete, api_listen=listen,
+                       api_api_key_env=api_key_env, api_socket=socket_path)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)  # a service's log is its journal
+    from .daemon.service import DaemonService
+
+    sys.exit(DaemonService(state.settings).run())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_state
+def status(state, as_json):
+    """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
+    client = _daemon_client(state)
+    if client is None:
+        from .metadata import MetadataStore
+
+        counts = MetadataStore(state.settings.metadata_path).journal_counts()
+        if as_json:
+            _print_json({"running": False, "socket": str(state.settings.api_socket_path),
+                         "counts": {"journal": counts}})
+        else:
+            click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
+            click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
+        sys.exit(1)
+    info = client.get("/v1/status")
+    if as_json:
+        _print_json({"running": True, **info})
+        return
+    click.echo(f"daemon running (pid {info['pid']}) since {_when(info['started_at'])}")
+    click.echo(f"watching:   {', '.join(info['watched_folders'])}")
+    click.echo(f"queue:      {info['queue_length']} waiting, {info['waiting_to_settle']} settling, "
+               f"{len(info['in_flight'])} uploading")
+    journal = info["counts"]["journal"]
+    click.echo("journal:    " + (", ".join(f"{n} {s}" for s, n in sorted(journal.items())) or "empty"))
+    run = info["counts"]["this_run"]
+    click.echo("this run:   " + (", ".join(f"{n} {k}" for k, n in sorted(run.items())) or "nothing yet"))
+    click.echo(f"last sync:  {_when(info['last_sync_at']) if info['last_sync_at'] else 'none yet'}")
+    for item in info["in_flight"]:
+        click.echo(f"  uploading {item['path']}")
+    for failure in info["failed"]:
+        click.echo(f"  failed    {failure['path']}: {failure['error']}")
+    for item in info["not_uploaded"]:
+        click.echo(f"  skipped   {item['path']}: {item['reason']}")
