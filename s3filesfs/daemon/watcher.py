@@ -132,6 +132,14 @@ class Watcher(FileSystemEventHandler):
         else:
             self.uploader.submit(rel)
 
+    def on_attrib(self, event: FileSystemEvent) -> None:
+        # touch, chmod, our own xattr: no content written, so no close follows; the settle rule
+        # and the sha256 comparison decide whether anything needs sending.
+        if not event.is_directory:
+            rel = self.relative(event.src_path)
+            if rel is not None:
+                self.uploader.submit(rel)
+
     def on_moved(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             self.scan()  # a renamed folder: let the journal and the disk meet again
