@@ -54,7 +54,9 @@ class Uploader:
         self.delete = delete
         self.retry_base = retry_base
         self.retry_cap = retry_cap
-        self._lock = threading.Condition()
+        mutex = threading.Lock()
+        self._lock = threading.Condition(mutex)  # workers wait on it for work
+        self._timer_wakeup = threading.Condition(mutex)  # the timer thread on this one, so no wakeup is lost
         self._queue: collections.deque[str] = collections.deque()
         self._queued: dict[str, bool] = {}  # path -> confirmed complete (a close or a move was seen)
         self._again: dict[str, bool] = {}  # submitted while in flight
@@ -84,6 +86,7 @@ class Uploader:
         self._stopping.set()
         with self._lock:
             self._lock.notify_all()
+            self._timer_wakeup.notify_all()
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -120,7 +123,7 @@ class Uploader:
     def _later_submit(self, path: str, delay: float) -> None:
         with self._lock:
             heapq.heappush(self._later, (time.monotonic() + delay, path))
-            self._lock.notify_all()
+            self._timer_wakeup.notify()
 
     # --- status ------------------------------------------------------------------------------
 
@@ -150,7 +153,7 @@ class Uploader:
                     due.append(heapq.heappop(self._later)[1])
                 if not due:
                     timeout = self._later[0][0] - now if self._later else None
-                    self._lock.wait(timeout)
+                    self._timer_wakeup.wait(timeout)
                     continue
             for path in due:
                 self.submit(path)

@@ -118,7 +118,10 @@ class Daemon:
             streak[0] = streak[0] + 1 if self.service.idle() else 0
             return streak[0] >= 6
 
-        wait_for(quiet, timeout, "the uploader to go idle", interval=0.1)
+        try:
+            wait_for(quiet, timeout, "the uploader to go idle", interval=0.1)
+        except pytest.fail.Exception:
+            pytest.fail(f"the uploader never went idle: {self.service.uploader.snapshot()}")
 
     def status(self) -> dict:
         return self.client.get("/v1/status").json()
