@@ -350,7 +350,7 @@ def status(state, as_json):
     click.echo(f"daemon running (pid {info['pid']}) since {_when(info['started_at'])}")
     click.echo(f"watching:   {', '.join(info['watched_folders'])}")
     click.echo(f"queue:      {info['queue_length']} waiting, {info['waiting_to_settle']} settling, "
-               f"{len(info['in_flight'])} uploading")
+               f"{len(info['in_flight'])} uploading, {len(info['retrying'])} retrying")
     journal = info["counts"]["journal"]
     click.echo("journal:    " + (", ".join(f"{n} {s}" for s, n in sorted(journal.items())) or "empty"))
     run = info["counts"]["this_run"]

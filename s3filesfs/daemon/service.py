@@ -135,6 +135,7 @@ class DaemonService:
             "queue_length": snapshot["queue_length"],
             "waiting_to_settle": snapshot["waiting_to_settle"],
             "in_flight": snapshot["in_flight"],
+            "retrying": snapshot["retrying"],
             "recent_failures": snapshot["recent_failures"],
             "failed": self.journal.failures(),
             "counts": {"journal": self.journal.counts(), "this_run": snapshot["this_run"]},

@@ -11,7 +11,8 @@ so a crash, a restart or a duplicate event can only repeat checks, never uploads
   only touched; anything else is uploaded under a new id which then replaces the old one;
 * a missing file forgets its entry, and deletes its id only in ``delete`` mode.
 
-Storage errors are retried with exponential backoff; after ``max_retries`` the failure is kept in
+Storage errors are retried with exponential backoff, on timers so that a long outage does not hold
+the workers (files that land meanwhile still get their first attempt); after ``max_retries`` the failure is kept in
 the journal (state ``failed``) and shown by ``/v1/status``; the next scan tries again.
 """
 
@@ -61,7 +62,8 @@ class Uploader:
         self._queued: dict[str, bool] = {}  # path -> confirmed complete (a close or a move was seen)
         self._again: dict[str, bool] = {}  # submitted while in flight
         self._in_flight: dict[str, dict] = {}
-        self._later: list[tuple[float, str]] = []  # (monotonic due time, path): settle timers
+        self._later: list[tuple[float, str, bool]] = []  # (monotonic due, path, confirmed): timers
+        self._attempts: dict[str, int] = {}  # path -> failed attempts so far (retries are timers too)
         self._writing: dict[str, float] = {}  # path -> when a write was seen without its close
         self._synced: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) just registered
         self._failures: collections.deque[dict] = collections.deque(maxlen=50)
@@ -120,9 +122,9 @@ class Uploader:
                 return
             self._writing[path] = time.monotonic()
 
-    def _later_submit(self, path: str, delay: float) -> None:
+    def _later_submit(self, path: str, delay: float, confirmed: bool = False) -> None:
         with self._lock:
-            heapq.heappush(self._later, (time.monotonic() + delay, path))
+            heapq.heappush(self._later, (time.monotonic() + delay, path, confirmed))
             self._timer_wakeup.notify()
 
     # --- status ------------------------------------------------------------------------------
@@ -131,7 +133,8 @@ class Uploader:
         with self._lock:
             return {
                 "queue_length": len(self._queue),
-                "waiting_to_settle": len(self._later),
+                "waiting_to_settle": sum(1 for _, path, _ in self._later if path not in self._attempts),
+                "retrying": sorted(self._attempts),
                 "in_flight": [dict(info) for info in self._in_flight.values()],
                 "recent_failures": list(self._failures),
                 "this_run": dict(self.stats),
@@ -150,13 +153,13 @@ class Uploader:
             with self._lock:
                 now = time.monotonic()
                 while self._later and self._later[0][0] <= now:
-                    due.append(heapq.heappop(self._later)[1])
+                    due.append(heapq.heappop(self._later)[1:])
                 if not due:
                     timeout = self._later[0][0] - now if self._later else None
                     self._timer_wakeup.wait(timeout)
                     continue
-            for path in due:
-                self.submit(path)
+            for path, confirmed in due:
+                self.submit(path, confirmed)
 
     def _work(self) -> None:
         while True:
@@ -181,26 +184,29 @@ class Uploader:
                         self._lock.notify()
 
     def _sync(self, path: str, confirmed: bool) -> None:
+        """One attempt; a storage failure is retried later by the timer, so the worker is free."""
         purpose = path.split("/", 1)[0]
-        attempts = 0
-        while not self._stopping.is_set():
-            try:
-                self._sync_once(path, confirmed)
-                return
-            except StorageError as exc:
-                attempts += 1
-                final = attempts > self.max_retries
-                if isinstance(exc, BucketNotFound):
-                    self.service.recheck_storage()  # with auto_create_bucket it comes back
-                self._failed(path, purpose, attempts, exc.message, final)
-                if final:
-                    return
-                delay = min(self.retry_cap, self.retry_base * 2 ** (attempts - 1))
-                if self._stopping.wait(delay):
-                    return
-            except S3FilesError as exc:  # the user's to fix (a bad name, missing credentials)
-                self._failed(path, purpose, attempts + 1, exc.message, True)
-                return
+        try:
+            self._sync_once(path, confirmed)
+        except StorageError as exc:
+            with self._lock:
+                attempts = self._attempts[path] = self._attempts.get(path, 0) + 1
+            final = attempts > self.max_retries
+            if isinstance(exc, BucketNotFound):
+                self.service.recheck_storage()  # with auto_create_bucket it comes back
+            self._failed(path, purpose, attempts, exc.message, final)
+            if final:
+                with self._lock:
+                    self._attempts.pop(path, None)
+            else:
+                self._later_submit(path, min(self.retry_cap, self.retry_base * 2 ** (attempts - 1)), confirmed)
+        except S3FilesError as exc:  # the user's to fix (a bad name, missing credentials)
+            with self._lock:
+                attempts = self._attempts.pop(path, 0) + 1
+            self._failed(path, purpose, attempts, exc.message, True)
+        else:
+            with self._lock:
+                self._attempts.pop(path, None)
 
     def _failed(self, path: str, purpose: str, attempts: int, message: str, final: bool) -> None:
         log.warning("upload of %s failed (attempt %d%s): %s", path, attempts, ", giving up" if final else "", message)

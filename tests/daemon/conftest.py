@@ -139,8 +139,8 @@ def short_dir():
 def env(s3_server, tmp_path, short_dir):
     made = []
 
-    def make(**options) -> Env:
-        world = Env(s3_server, tmp_path, short_dir, **options)
+    def make(server=None, **options) -> Env:
+        world = Env(server or s3_server, tmp_path, short_dir, **options)
         made.append(world)
         return world
 
