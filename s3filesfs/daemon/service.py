@@ -140,7 +140,7 @@ class DaemonService:
             "failed": self.journal.failures(),
             "counts": {"journal": self.journal.counts(), "this_run": snapshot["this_run"]},
             "last_sync_at": snapshot["last_sync_at"],
-            "not_uploaded": [{"path": path, "reason": why} for path, why in sorted(self.watcher.unsupported.items())],
+            "not_uploaded": self.watcher.reports(),
         }
 
     def idle(self) -> bool:

@@ -43,6 +43,7 @@ class Watcher(FileSystemEventHandler):
         self._observer = None
         self._lock = threading.Lock()
         self.unsupported: dict[str, str] = {}  # relative path -> why it is not uploaded
+        self._logged: set[str] = set()  # reported once in the log, not at every rescan
 
     @property
     def folders(self) -> list[str]:
@@ -96,10 +97,15 @@ class Watcher(FileSystemEventHandler):
         else:
             why = "files in sub-folders of a purpose folder are not uploaded"
         with self._lock:
-            if str(rel) in self.unsupported:
-                return
             self.unsupported[str(rel)] = why
+            if str(rel) in self._logged:
+                return
+            self._logged.add(str(rel))
         log.warning("not uploading %s: %s", rel, why)
+
+    def reports(self) -> list[dict]:
+        with self._lock:
+            return [{"path": path, "reason": why} for path, why in sorted(self.unsupported.items())]
 
     def _forget_report(self, path: str | bytes) -> None:
         try:

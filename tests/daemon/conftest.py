@@ -159,11 +159,11 @@ def write(path: Path, data: bytes) -> Path:
 class DaemonProcess:
     """``s3filesfs daemon`` as a real subprocess."""
 
-    def __init__(self, env: Env, log_path: Path):
+    def __init__(self, env: Env, log_path: Path, args=()):
         self.env = env
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "s3filesfs"), "--config", str(env.config_path), "daemon"],
+            [str(Path(sys.executable).parent / "s3filesfs"), "--config", str(env.config_path), "daemon", *args],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.client = socket_client(env.socket)
         wait_for(lambda: self.process.poll() is not None or self.client.get("/v1/status").status_code == 200,
@@ -185,8 +185,8 @@ class DaemonProcess:
 def daemon_process():
     started = []
 
-    def start(env: Env, log_path: Path) -> DaemonProcess:
-        proc = DaemonProcess(env, log_path)
+    def start(env: Env, log_path: Path, args=()) -> DaemonProcess:
+        proc = DaemonProcess(env, log_path, args)
         started.append(proc)
         return proc
 

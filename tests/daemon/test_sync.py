@@ -1,10 +1,12 @@
 """Watching and uploading: a real watchdog observer, a real socket, a real moto server."""
 
 import errno
-import hashlib
 import os
+import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,20 @@ def test_temporary_names_wait_and_other_folders_are_reported(env):
     daemon.settle()
     assert [(f["filename"], f["bytes"]) for f in daemon.listed()] == [("photo.jpg", 7)]
     assert list(world.objects().values()) == [b"partial"]
+    assert daemon.files.check().clean
+
+
+def test_file_moved_in_from_outside_is_uploaded_after_settling(env, tmp_path):
+    # A move from outside the watched tree arrives as a bare "created" event: no close will follow,
+    # so the settle rule decides.
+    world = env(sync={"settle_seconds": 0.5})
+    daemon = world.start()
+    outside = write(tmp_path / "elsewhere" / "report.pdf", b"%PDF-1.7 moved in")
+    os.rename(outside, world.watch / "assistants" / "report.pdf")
+    [file] = wait_for(lambda: daemon.listed(), 20, "the moved file")
+    assert file["filename"] == "report.pdf" and file["purpose"] == "assistants"
+    daemon.settle()
+    assert world.objects() == {file["id"]: b"%PDF-1.7 moved in"}
     assert daemon.files.check().clean
 
 
@@ -177,14 +193,20 @@ def test_restart_reconciles_what_changed_while_down(env):
 
 def test_sigterm_stops_cleanly_and_status_falls_back(env, daemon_process, tmp_path):
     world = env()
-    proc = daemon_process(world, tmp_path / "daemon.log")
-    write(world.watch / "batch" / "one.txt", b"one")
-    wait_for(lambda: proc.status()["counts"]["journal"].get("done") == 1, 20, "the upload")
-    cli = [str(Path_exe()), "--config", str(world.config_path)]
+    drop = tmp_path / "Drop"  # --watch and --delete on the command line win over the config file
+    proc = daemon_process(world, tmp_path / "daemon.log", ["--watch", str(drop), "--delete"])
+    write(drop / "batch" / "one.txt", b"one")
+    write(drop / "batch" / "two.txt", b"two")
+    wait_for(lambda: proc.status()["counts"]["journal"].get("done") == 2, 20, "the uploads")
+    assert proc.status()["delete"] is True
+    (drop / "batch" / "two.txt").unlink()
+    wait_for(lambda: proc.status()["counts"]["journal"] == {"done": 1}, 20, "the deletion")
+    assert len(world.object_keys()) == 1
+    cli = [str(Path(sys.executable).parent / "s3filesfs"), "--config", str(world.config_path)]
     running = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=30)
     assert running.returncode == 0 and "daemon running" in running.stdout
     listed_live = subprocess.run([*cli, "ls"], capture_output=True, text=True, timeout=30)
-    assert proc.kill(__import__("signal").SIGTERM) == 0
+    assert proc.kill(signal.SIGTERM) == 0
     assert not world.socket.exists()
     stopped = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=30)
     assert stopped.returncode == 1
@@ -193,13 +215,3 @@ def test_sigterm_stops_cleanly_and_status_falls_back(env, daemon_process, tmp_pa
     assert listed_live.returncode == listed_db.returncode == 0
     assert listed_live.stdout == listed_db.stdout and "one.txt" in listed_db.stdout
 
-
-def Path_exe():
-    import sys
-    from pathlib import Path
-
-    return Path(sys.executable).parent / "s3filesfs"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
