@@ -168,5 +168,6 @@ class ApiServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(10)
+        if self.thread.is_alive():
+            self.thread.join(10)
         self.sock.close()

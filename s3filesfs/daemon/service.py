@@ -48,10 +48,18 @@ class DaemonService:
         self._servers: list[ApiServer] = []
         self._stop = threading.Event()
         self._rescanner: threading.Thread | None = None
+        self._owns_socket = False  # never remove the socket of another daemon that refused us
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # release the socket and threads of a half-started daemon
+            raise
+
+    def _start(self) -> None:
         api_key = None
         if self.settings.api_listen:
             api_key = os.environ.get(self.settings.api_api_key_env or "")
@@ -59,6 +67,7 @@ class DaemonService:
                 raise ConfigError(f"--listen needs a key: set the environment variable "
                                   f"{self.settings.api_api_key_env or '(see --api-key-env)'}")
         self._servers.append(ApiServer(create_app(self.service, self.status), bind_unix(self.socket_path), "unix"))
+        self._owns_socket = True
         if self.settings.api_listen:
             sock = bind_tcp(self.settings.api_listen)
             self._servers.append(ApiServer(create_app(self.service, self.status, api_key), sock, "tcp"))
@@ -92,10 +101,9 @@ class DaemonService:
         for server in self._servers:
             server.stop()
         self._servers.clear()
-        try:
-            self.socket_path.unlink()
-        except FileNotFoundError:
-            pass
+        if self._owns_socket:
+            self.socket_path.unlink(missing_ok=True)
+            self._owns_socket = False
         return clean
 
     def run(self) -> int:
@@ -112,7 +120,7 @@ class DaemonService:
             while not stop.wait(1.0):
                 pass
         finally:
-            clean = self.stop() if self.started_at else True
+            clean = self.stop() if self.started_at else True  # (a failed start already stopped)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if not clean:

@@ -151,6 +151,7 @@ def test_tcp_listener_requires_the_bearer_key(env, monkeypatch):
     assert made.status_code == 200
     # The Unix socket stays key-free (its permissions are the guard).
     assert daemon.client.get(f"/v1/files/{made.json()['id']}").status_code == 200
+    assert daemon.files.check().clean
 
 
 def test_listen_without_a_key_is_refused(env):
@@ -160,3 +161,14 @@ def test_listen_without_a_key_is_refused(env):
 
     with pytest.raises(ConfigError, match="S3FILESFS_UNSET_KEY"):
         DaemonService(world.settings()).start()
+
+
+def test_a_second_daemon_on_the_same_socket_is_refused(env, tmp_path):
+    world = env()
+    first = world.start()
+    from s3filesfs.daemon.service import DaemonService
+    from s3filesfs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already serving"):
+        DaemonService(world.settings()).start()
+    assert first.client.get("/v1/status").status_code == 200  # the first one's socket survived

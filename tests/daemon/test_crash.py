@@ -93,13 +93,15 @@ def test_body_without_row_left_by_a_crash_is_removed_and_uploaded_again(env):
 def test_s3_server_outage_loses_nothing(env, own_s3_server):
     world = env(server=own_s3_server, sync={"max_retries": 100})
     daemon = world.start()
+    assert daemon.files.check().clean  # the bucket exists and the store has checked it once
     own_s3_server.stop()
     expected = make_files(world.watch / "user_data", 5, 1000)
     wait_for(lambda: {f["path"] for f in daemon.status()["recent_failures"]} == {f"user_data/{n}" for n in expected},
              30, "every upload to fail while the server is down")
     wait_for(lambda: all(e.state == "retrying" for e in daemon.service.journal.all())
              and len(daemon.service.journal.all()) == 5, 20, "the journal to show the retries")
-    # moto keeps its data in memory: the restarted server is empty and the bucket is created again.
+    # moto keeps its data in memory: the restarted server is empty; the daemon's first attempts get
+    # NoSuchBucket and it re-creates the bucket (auto_create_bucket) instead of failing forever.
     own_s3_server.start()
     wait_for(lambda: len(daemon.listed()) == 5, 60, "the uploads after the server came back")
     daemon.settle()

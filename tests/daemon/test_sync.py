@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from s3filesfs.files import open_service
 from tests.daemon.conftest import wait_for, write
 
 
@@ -78,13 +79,13 @@ def test_slow_writer_is_uploaded_once_and_complete(env):
     # Pauses between writes are longer than the settle time: only the close may trigger the upload.
     world = env(sync={"settle_seconds": 0.3})
     daemon = world.start()
-    chunks = [bytes([65 + i]) * 50_000 for i in range(8)]
+    chunks = [bytes([65 + i]) * 50_000 for i in range(6)]
     path = world.watch / "fine-tune" / "train.jsonl"
     with open(path, "wb") as out:
         for chunk in chunks:
             out.write(chunk)
             out.flush()
-            time.sleep(0.6)  # the writer's pace, not a wait for the daemon
+            time.sleep(0.5)  # the writer's pace, not a wait for the daemon
             assert daemon.listed() == [], "uploaded while still being written"
     wait_for(lambda: daemon.listed(), 20, "the upload after close")
     daemon.settle()
@@ -214,4 +215,5 @@ def test_sigterm_stops_cleanly_and_status_falls_back(env, daemon_process, tmp_pa
     listed_db = subprocess.run([*cli, "ls"], capture_output=True, text=True, timeout=30)
     assert listed_live.returncode == listed_db.returncode == 0
     assert listed_live.stdout == listed_db.stdout and "one.txt" in listed_db.stdout
+    assert open_service(world.settings()).check().clean
 
