@@ -17,8 +17,9 @@ import click
 
 from . import __version__, config
 from .errors import S3FilesError, internal_error
+from .daemon.client import DaemonClient, status_lines
 from .files import open_service
-from .model import LIST_LIMIT_MAX, PURPOSES, FileObject, FilePage
+from .model import LIST_LIMIT_MAX, PURPOSES
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -178,10 +179,7 @@ def ls(state, purpose, limit, order, after, as_json):
     """List files, newest first (through the daemon's socket when one runs)."""
     client = _daemon_client(state)
     if client is not None:
-        body = client.get("/v1/files", {"after": after, "limit": limit, "order": order, "purpose": purpose})
-        page = FilePage([FileObject(**{k: f[k] for k in ("id", "filename", "purpose", "bytes", "created_at",
-                                                           "expires_at")}) for f in body["data"]],
-                        has_more=body["has_more"])
+        page = client.list(after=after, limit=limit, order=order, purpose=purpose)
     else:
         page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
     if as_json:
@@ -301,7 +299,6 @@ def show(state):
 
 def _daemon_client(state):
     """A client for a running daemon's socket, or None when no daemon answers there."""
-    from .daemon.client import DaemonClient
 
     client = DaemonClient(state.settings.api_socket_path)
     return client if client.running() else None
@@ -333,9 +330,7 @@ def status(state, as_json):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     client = _daemon_client(state)
     if client is None:
-        from .metadata import MetadataStore
-
-        counts = MetadataStore(state.settings.metadata_path).journal_counts()
+        counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
                          "counts": {"journal": counts}})
@@ -346,19 +341,5 @@ def status(state, as_json):
     info = client.get("/v1/status")
     if as_json:
         _print_json({"running": True, **info})
-        return
-    click.echo(f"daemon running (pid {info['pid']}) since {_when(info['started_at'])}")
-    click.echo(f"watching:   {', '.join(info['watched_folders'])}")
-    click.echo(f"queue:      {info['queue_length']} waiting, {info['waiting_to_settle']} settling, "
-               f"{len(info['in_flight'])} uploading, {len(info['retrying'])} retrying")
-    journal = info["counts"]["journal"]
-    click.echo("journal:    " + (", ".join(f"{n} {s}" for s, n in sorted(journal.items())) or "empty"))
-    run = info["counts"]["this_run"]
-    click.echo("this run:   " + (", ".join(f"{n} {k}" for k, n in sorted(run.items())) or "nothing yet"))
-    click.echo(f"last sync:  {_when(info['last_sync_at']) if info['last_sync_at'] else 'none yet'}")
-    for item in info["in_flight"]:
-        click.echo(f"  uploading {item['path']}")
-    for failure in info["failed"]:
-        click.echo(f"  failed    {failure['path']}: {failure['error']}")
-    for item in info["not_uploaded"]:
-        click.echo(f"  skipped   {item['path']}: {item['reason']}")
+    else:
+        click.echo("\n".join(status_lines(info)))
