@@ -11,7 +11,8 @@ their meaning and the order of writes that makes uploads exactly-once across cra
 A restart that finds ``pending_id`` asks the store whether that id exists: if it does, the upload
 happened and is promoted; if not, it did not and the file is uploaded again.
 
-States: ``uploading`` (an id is pending), ``retrying`` (the last attempt failed, another will
+States: ``uploading`` (an id is pending), ``interrupted`` (an upload stopped before its commit,
+or found uncommitted after a crash; it is sent again), ``retrying`` (the last attempt failed, another will
 follow), ``failed`` (retries exhausted; kept and shown, retried on the next scan), ``done``.
 """
 
@@ -21,10 +22,11 @@ import time
 from dataclasses import dataclass
 
 UPLOADING = "uploading"
+INTERRUPTED = "interrupted"
 RETRYING = "retrying"
 FAILED = "failed"
 DONE = "done"
-STATES = (UPLOADING, RETRYING, FAILED, DONE)
+STATES = (UPLOADING, INTERRUPTED, RETRYING, FAILED, DONE)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class Journal:
 
     def drop_pending(self, path: str) -> None:
         """The pending upload did not happen (and whatever it left was removed)."""
-        self._put(path, pending_id=None, pending_size=None, pending_mtime_ns=None, pending_sha256=None)
+        self._put(path, state=INTERRUPTED, pending_id=None, pending_size=None, pending_mtime_ns=None,
+                  pending_sha256=None)
 
     def replaced_deleted(self, path: str) -> None:
         self._put(path, old_id=None)

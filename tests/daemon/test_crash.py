@@ -108,3 +108,31 @@ def test_s3_server_outage_loses_nothing(env, own_s3_server):
     assert_store_matches(world, daemon, expected)
     assert daemon.service.journal.counts() == {"done": 5}
     assert daemon.status()["counts"]["this_run"]["failed_attempts"] >= 5
+
+
+def test_sigterm_during_a_large_upload_then_restart(env, daemon_process, tmp_path):
+    world = env()
+    proc = daemon_process(world, tmp_path / "daemon-1.log")
+    body = bytes(range(256)) * (48 * 1024 * 4)  # 48 MiB: several multipart parts
+    write(tmp_path / "big.bin", body)
+    (tmp_path / "big.bin").rename(world.watch / "fine-tune" / "big.bin")
+    wait_for(lambda: any(item.get("state") == "uploading" for item in proc.status()["in_flight"]), 30,
+             "the upload to be under way", interval=0.01)
+    assert proc.kill(signal.SIGTERM) == 0  # finished or cleanly abandoned, and exit 0
+    s3 = world.server.client()
+    assert s3.list_multipart_uploads(Bucket=world.bucket).get("Uploads", []) == []
+    from s3filesfs.metadata import MetadataStore
+
+    entry = MetadataStore(world.db).journal_get("fine-tune/big.bin")
+    # Either it finished (done, one object) or it was abandoned (no pending id, no object).
+    assert (entry["state"], entry["pending_id"], len(world.object_keys())) in (
+        ("done", None, 1), ("interrupted", None, 0)), entry
+
+    daemon = world.start()
+    wait_for(lambda: daemon.listed(), 60, "the upload to be completed after the restart")
+    daemon.settle()
+    [file] = daemon.listed()
+    assert file["bytes"] == len(body)
+    assert world.objects() == {file["id"]: body}
+    assert daemon.entry("fine-tune/big.bin").pending_id is None
+    assert daemon.files.check().clean
