@@ -17,9 +17,9 @@ import click
 
 from . import __version__, config
 from .errors import S3FilesError, internal_error
-from .daemon.client import DaemonClient, status_lines
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
+from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
