@@ -19,6 +19,7 @@ from . import __version__, config
 from .errors import S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
+from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -175,8 +176,12 @@ def _upload_one(service, path, purpose, expires_after, filename):
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI list response.")
 @pass_state
 def ls(state, purpose, limit, order, after, as_json):
-    """List files, newest first."""
-    page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
+    """List files, newest first (through the daemon's socket when one runs)."""
+    client = _daemon_client(state)
+    if client is not None:
+        page = client.list(after=after, limit=limit, order=order, purpose=purpose)
+    else:
+        page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
     if as_json:
         _print_json(page.to_openai())
         return
@@ -289,3 +294,54 @@ def config_group():
 def show(state):
     """Print the effective configuration, secrets masked."""
     click.echo(config.dump_yaml(state.settings.masked()), nl=False)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def _daemon_client(state):
+    """A client for a running daemon's socket, or None when no daemon answers there."""
+
+    client = DaemonClient(state.settings.api_socket_path)
+    return client if client.running() else None
+
+
+@main.command()
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False),
+              help="Folder holding one sub-folder per purpose (default ~/S3Files).")
+@click.option("--delete", is_flag=True, default=None, help="Delete a file's id when its local file is removed.")
+@click.option("--listen", metavar="HOST:PORT", help="Also serve the API over TCP (needs --api-key-env).")
+@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the TCP listener's bearer key.")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="Unix socket of the API.")
+@pass_state
+def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
+    """Watch the drop folders and upload what lands there; runs in the foreground."""
+    state.flags.update(sync_watch_dir=watch_dir, sync_delete=delete, api_listen=listen,
+                       api_api_key_env=api_key_env, api_socket=socket_path)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)  # a service's log is its journal
+    from .daemon.service import DaemonService
+
+    sys.exit(DaemonService(state.settings).run())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_state
+def status(state, as_json):
+    """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
+    client = _daemon_client(state)
+    if client is None:
+        counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
+        if as_json:
+            _print_json({"running": False, "socket": str(state.settings.api_socket_path),
+                         "counts": {"journal": counts}})
+        else:
+            click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
+            click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
+        sys.exit(1)
+    info = client.get("/v1/status")
+    if as_json:
+        _print_json({"running": True, **info})
+    else:
+        click.echo("\n".join(status_lines(info)))

@@ -69,6 +69,15 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     upload_part_size_mb: int = 8
     upload_concurrency: int = 4
+    # The sync daemon (section "sync:") and its API (section "api:").
+    sync_watch_dir: Path = field(default_factory=lambda: Path.home() / "S3Files")
+    sync_settle_seconds: float = 2.0
+    sync_workers: int = 4
+    sync_delete: bool = False
+    sync_max_retries: int = 8
+    api_socket: Path | None = None  # None: $XDG_RUNTIME_DIR/s3filesfs/api.sock or /tmp/s3filesfs-<uid>/
+    api_listen: str | None = None  # HOST:PORT of the optional TCP listener
+    api_api_key_env: str | None = None  # the environment variable holding its bearer key
     # Where the settings came from, for messages.
     source: str = "defaults"
 
@@ -79,6 +88,14 @@ class Settings:
     @property
     def local_store_dir(self) -> Path:
         return self.data_dir / "local"
+
+    @property
+    def api_socket_path(self) -> Path:
+        if self.api_socket is not None:
+            return self.api_socket
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = Path(runtime) / "s3filesfs" if runtime else Path(f"/tmp/s3filesfs-{os.getuid()}")
+        return base / "api.sock"
 
     @property
     def metadata_path(self) -> Path:
@@ -113,6 +130,9 @@ class Settings:
 
 _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"db_path", "source", "upload_part_size_mb", "upload_concurrency"}
 _SECTIONS = {"metadata_store": {"type", "db_path", "backend", "table_name"}, "upload": {"part_size_mb", "concurrency"}}
+_SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_retries"}
+_SECTIONS["api"] = {"socket", "listen", "api_key_env"}
+_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api") for key in _SECTIONS[section]}
 
 
 def _fail(where: str | None, message: str) -> ConfigError:
@@ -301,7 +321,40 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         v["upload_part_size_mb"] = _as_int(v["upload_part_size_mb"], "upload.part_size_mb", where, 5, 512)
     if "upload_concurrency" in v:
         v["upload_concurrency"] = _as_int(v["upload_concurrency"], "upload.concurrency", where, 1, 64)
+    _check_daemon(v, where)
     return Settings(**v)
+
+
+def _check_daemon(v: dict, where) -> None:
+    """The ``sync:`` and ``api:`` sections, checked in place."""
+    for key in ("sync_watch_dir", "api_socket"):
+        if v.get(key):
+            v[key] = Path(str(v[key])).expanduser()
+        elif key in v:
+            del v[key]
+    if "sync_settle_seconds" in v:
+        try:
+            settle = float(str(v["sync_settle_seconds"]).strip())
+        except ValueError:
+            raise _fail(where, f"sync.settle_seconds must be a number (got {v['sync_settle_seconds']!r})") from None
+        if not 0.05 <= settle <= 3600:
+            raise _fail(where, f"sync.settle_seconds must be between 0.05 and 3600 (got {settle})")
+        v["sync_settle_seconds"] = settle
+    if "sync_workers" in v:
+        v["sync_workers"] = _as_int(v["sync_workers"], "sync.workers", where, 1, 64)
+    if "sync_max_retries" in v:
+        v["sync_max_retries"] = _as_int(v["sync_max_retries"], "sync.max_retries", where, 0, 1000)
+    if "sync_delete" in v:
+        v["sync_delete"] = _as_bool(v["sync_delete"], "sync.delete", where)
+    for key in ("api_listen", "api_api_key_env"):
+        if key in v:
+            v[key] = _optional(v[key])
+    if v.get("api_listen"):
+        host, sep, port = v["api_listen"].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _fail(where, f"api.listen must be HOST:PORT (got {v['api_listen']!r})")
+        if not v.get("api_api_key_env"):
+            raise _fail(where, "api.listen needs api.api_key_env: the TCP listener always requires a bearer key")
 
 
 def load(config_path: str | Path | None = None, flags: dict | None = None) -> Settings:

@@ -126,6 +126,15 @@ class FileService:
                     self._ready = True
         return self._blobs
 
+    def recheck_storage(self) -> None:
+        """Check the blob store again on next use (re-creating the bucket if configured).
+
+        For long-running callers: a bucket that vanished (an emptied test server, a re-created
+        environment) comes back under ``auto_create_bucket`` instead of failing forever.
+        """
+        with self._ready_lock:
+            self._ready = False
+
     def now(self) -> int:
         return int(self.clock())
 
@@ -242,6 +251,16 @@ class FileService:
     def _remove(self, file_id: str) -> None:
         self.blobs.delete(file_id)
         self.metadata.delete(file_id)
+
+    def abandon(self, file_id: str) -> bool:
+        """Remove what an interrupted create left under ``file_id``: an object without a row.
+
+        A registered file (one with a row) is left alone; returns True if the id was free of a row.
+        """
+        if self.metadata.get(file_id) is not None:
+            return False
+        self.blobs.delete(file_id)
+        return True
 
     def gc(self) -> list[str]:
         """Remove every expired file; returns their ids. One failure does not stop the rest."""

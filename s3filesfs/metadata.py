@@ -39,6 +39,29 @@ INDEXES = (
     f"CREATE INDEX IF NOT EXISTS s3filesfs_{TABLE}_order ON {TABLE} (created_at, id)",
     f"CREATE INDEX IF NOT EXISTS s3filesfs_{TABLE}_purpose ON {TABLE} (purpose, created_at, id)",
 )
+JOURNAL = "s3filesfs_journal"
+JOURNAL_COLUMNS = ("path", "purpose", "state", "file_id", "size", "mtime_ns", "sha256",
+                   "pending_id", "pending_size", "pending_mtime_ns", "pending_sha256",
+                   "old_id", "attempts", "error", "updated_at")
+JOURNAL_DDL = f"""
+CREATE TABLE IF NOT EXISTS {JOURNAL} (
+    path VARCHAR PRIMARY KEY,
+    purpose VARCHAR,
+    state VARCHAR,
+    file_id VARCHAR,
+    size BIGINT,
+    mtime_ns BIGINT,
+    sha256 VARCHAR,
+    pending_id VARCHAR,
+    pending_size BIGINT,
+    pending_mtime_ns BIGINT,
+    pending_sha256 VARCHAR,
+    old_id VARCHAR,
+    attempts INTEGER,
+    error VARCHAR,
+    updated_at INTEGER
+)
+"""
 # Public rows, as the seed writes them for an unauthenticated caller: owner '' and JSON null.
 PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
 
@@ -160,3 +183,71 @@ class MetadataStore:
                 f"UPDATE {TABLE} SET {assignments} WHERE id = :id", {**fields, "id": file_id}
             )
         return cursor.rowcount > 0
+
+    # --- s3filesfs_journal: the sync daemon's record of local files ----------------------------
+    #
+    # One row per local path ("purpose/name"). ``file_id``/``size``/``mtime_ns``/``sha256`` describe
+    # the content that is registered; ``pending_*`` an upload whose id was chosen but that may not
+    # have been committed (a crash leaves it for the next start to resolve); ``old_id`` a replaced
+    # id still to be deleted. Plain SQL, no upsert syntax, so PostgreSQL runs it as is.
+
+    def _ensure_journal(self) -> None:
+        if getattr(self, "_journal_ready", False):
+            return
+        with self._errors("create journal"):
+            self._db().execute(JOURNAL_DDL)
+            self._db().execute(
+                f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)"
+            )
+        self._journal_ready = True
+
+    def journal_get(self, path: str) -> dict | None:
+        self._ensure_journal()
+        with self._errors("journal get"):
+            rows = list(self._db().query(f"SELECT * FROM {JOURNAL} WHERE path = ?", [path]))
+        return rows[0] if rows else None
+
+    def journal_put(self, path: str, **values) -> None:
+        """Set columns of ``path``'s entry, creating it if missing."""
+        unknown = set(values) - set(JOURNAL_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown journal columns {sorted(unknown)}")
+        self._ensure_journal()
+        with self._errors("journal put"):
+            db = self._db()
+            if values:
+                assignments = ", ".join(f"{name} = :{name}" for name in values)
+                cursor = db.execute(f"UPDATE {JOURNAL} SET {assignments} WHERE path = :path",
+                                    {**values, "path": path})
+                if cursor.rowcount > 0:
+                    return
+            row = {name: None for name in JOURNAL_COLUMNS}
+            row.update(values, path=path)
+            names = ", ".join(row)
+            db.execute(f"INSERT INTO {JOURNAL} ({names}) VALUES ({', '.join(':' + n for n in row)})", row)
+
+    def journal_delete(self, path: str) -> bool:
+        self._ensure_journal()
+        with self._errors("journal delete"):
+            cursor = self._db().execute(f"DELETE FROM {JOURNAL} WHERE path = ?", [path])
+        return cursor.rowcount > 0
+
+    def journal_all(self) -> list[dict]:
+        self._ensure_journal()
+        with self._errors("journal list"):
+            return list(self._db().query(f"SELECT * FROM {JOURNAL} ORDER BY path"))
+
+    def journal_counts(self) -> dict[str, int]:
+        """Number of entries per state."""
+        self._ensure_journal()
+        with self._errors("journal counts"):
+            rows = self._db().query(f"SELECT state, COUNT(*) AS n FROM {JOURNAL} GROUP BY state")
+            return {row["state"]: row["n"] for row in rows}
+
+    def journal_failures(self, limit: int = 20) -> list[dict]:
+        """The most recent entries whose last attempt failed."""
+        self._ensure_journal()
+        with self._errors("journal failures"):
+            return list(self._db().query(
+                f"SELECT path, purpose, error, attempts, updated_at FROM {JOURNAL} "
+                f"WHERE state = 'failed' ORDER BY updated_at DESC, path LIMIT ?", [limit]))

@@ -53,6 +53,20 @@ def check_name(name: str) -> str:
     return name
 
 
+# Names that editors, browsers and sync tools use while a file is still being written. They stay
+# local: the daemon never uploads them and the mount keeps them in staging until renamed.
+_TEMPORARY_SUFFIXES = ("~", ".swp", ".tmp", ".part", ".crdownload")
+_RSYNC_TEMP = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")  # rsync's ".name.XXXXXX"
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for ``.*``, ``*~``, ``*.swp``, ``*.tmp``, ``*.part``, ``*.crdownload`` and rsync's ``.name.XXXXXX``."""
+    if not name:
+        return False
+    # rsync's names start with a dot too; the explicit pattern documents them.
+    return name.startswith(".") or bool(_RSYNC_TEMP.match(name)) or name.lower().endswith(_TEMPORARY_SUFFIXES)
+
+
 def parse_expires_after(value: object) -> int | None:
     """Validate an OpenAI ``expires_after`` and return its seconds (None when absent).
 

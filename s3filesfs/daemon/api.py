@@ -1,0 +1,173 @@
+"""The daemon's HTTP API: the OpenAI Files API plus ``/v1/status``, served by uvicorn.
+
+The main listener is a Unix socket (mode 0600 in a 0700 folder: only its owner can connect); an
+optional TCP listener serves the same app behind a bearer key. Every error leaves as an OpenAI-shaped
+body ``{"error": {"message", "type", "param", "code"}}`` whose status comes from ``errors.py``:
+validation problems are 400 (not FastAPI's 422), unknown ids 404, storage failures 502/503.
+Handlers are plain functions, so FastAPI runs the blocking FileService calls in its thread pool.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ConfigError, InvalidRequest, S3FilesError, internal_error
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, error_type: str, param=None, code=None) -> JSONResponse:
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(service, status: Callable[[], dict], api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="s3filesfs", docs_url=None, redoc_url=None, openapi_url=None)
+
+    if api_key is not None:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next):
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+                              "invalid_request_error", code="invalid_api_key")
+            return await call_next(request)
+
+    @app.exception_handler(S3FilesError)
+    async def store_error(_request, exc: S3FilesError):
+        return JSONResponse(exc.to_openai(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError):
+        problems = exc.errors()
+        first = problems[0] if problems else {}
+        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+        return JSONResponse(InvalidRequest(message, param).to_openai(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):
+        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, str(exc.detail), error_type)
+
+    @app.exception_handler(Exception)
+    async def bug(_request, exc: Exception):
+        log.exception("internal error in the API")
+        return JSONResponse(internal_error(exc).to_openai(), status_code=500)
+
+    @app.get("/v1/files")
+    def list_files(after: str | None = None, limit: int | None = None, order: str | None = None,
+                   purpose: str | None = None):
+        return service.list(after=after, limit=limit, order=order, purpose=purpose).to_openai()
+
+    @app.get("/v1/files/{file_id}")
+    def retrieve(file_id: str):
+        return service.retrieve(file_id).to_openai()
+
+    @app.get("/v1/files/{file_id}/content")
+    def content(file_id: str):
+        file, chunks = service.content(file_id)
+        return StreamingResponse(chunks, media_type="application/octet-stream",
+                                 headers={"Content-Length": str(file.bytes)})
+
+    @app.delete("/v1/files/{file_id}")
+    def delete(file_id: str):
+        return service.delete(file_id)
+
+    @app.post("/v1/files")
+    def upload(file: UploadFile = File(...), purpose: str = Form(...),
+               anchor: str | None = Form(None, alias="expires_after[anchor]"),
+               seconds: str | None = Form(None, alias="expires_after[seconds]")):
+        expires_after = None
+        if anchor is not None or seconds is not None:
+            expires_after = {"anchor": anchor, "seconds": seconds}
+        return service.create(file.file, file.filename, purpose, expires_after).to_openai()
+
+    @app.get("/v1/status")
+    def get_status():
+        return status()
+
+    return app
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening socket at ``path``: folder 0700, socket 0600; a stale socket file is replaced."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700 and folder.stat().st_uid == os.getuid():
+        os.chmod(folder, 0o700)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody answers: left by a daemon that was killed
+        else:
+            raise ConfigError(f"another daemon is already serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # no window in which the socket is reachable by others
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def bind_tcp(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+class ApiServer:
+    """One uvicorn server on one already-bound socket, run in a thread."""
+
+    def __init__(self, app: FastAPI, sock: socket.socket, name: str):
+        self.sock = sock
+        self.name = name
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
+                                       name=f"api-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(10)
+        self.sock.close()

@@ -1,0 +1,138 @@
+"""Crashes and outages: SIGKILL mid-upload, the interrupted-commit windows, an S3 server that goes away."""
+
+import signal
+
+from tests.daemon.conftest import wait_for, write
+
+
+def make_files(folder, count, size):
+    files = {}
+    for number in range(count):
+        data = (f"{number:05}".encode() * (size // 5 + 1))[:size]
+        write(folder / f"part-{number:03}.bin", data)
+        files[f"part-{number:03}.bin"] = data
+    return files
+
+
+def assert_store_matches(world, daemon, expected: dict[str, bytes]):
+    listed = daemon.listed()
+    assert sorted(f["filename"] for f in listed) == sorted(expected)  # each name exactly once
+    objects = world.objects()
+    assert len(objects) == len(expected)  # no object uploaded twice, none left behind
+    names = {f["id"]: f["filename"] for f in listed}
+    assert {names[key]: body for key, body in objects.items()} == expected
+    assert daemon.files.check().clean
+
+
+def test_sigkill_during_uploads_then_restart(env, daemon_process, tmp_path):
+    world = env(sync={"workers": 4})
+    proc = daemon_process(world, tmp_path / "daemon-1.log")
+    source = tmp_path / "source"
+    expected = make_files(source, 200, 128 * 1024)
+    for name, data in expected.items():  # dropped one after another, like a big copy
+        write(world.watch / "batch" / name, data)
+    status = wait_for(lambda: (s := proc.status())["counts"]["this_run"].get("uploaded", 0) >= 10 and s,
+                      60, "uploads to be under way", interval=0.01)
+    assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
+    done_before = status["counts"]["this_run"].get("uploaded", 0)
+    assert done_before < 200 and status["in_flight"], "the kill came too late to interrupt anything"
+
+    restarted = world.start()  # the same config, in-process this time
+    wait_for(lambda: len(restarted.listed()) >= 200, 60, "all 200 files after the restart")
+    restarted.settle()
+    assert_store_matches(world, restarted, expected)
+    assert restarted.service.journal.counts() == {"done": 200}
+
+
+def test_commit_that_landed_before_a_crash_is_not_uploaded_again(env):
+    world = env()
+    daemon = world.start()
+    daemon.stop()
+    path = write(world.watch / "vision" / "a.png", b"\x89PNG one")
+    st = path.stat()
+    # The daemon died right after commit, before recording it as done.
+    files, journal = daemon.files, daemon.service.journal
+    pending = files.begin("a.png", "vision")
+    journal.begin_upload("vision/a.png", "vision", pending.id, st.st_size, st.st_mtime_ns)
+    pending.write(b"\x89PNG one")
+    journal.pending_content("vision/a.png", "sha-recorded-before-commit")
+    pending.commit()
+
+    daemon = world.start()
+    wait_for(lambda: daemon.entry("vision/a.png").state == "done", 20, "the pending id to be resolved")
+    daemon.settle()
+    assert daemon.entry("vision/a.png").file_id == pending.id
+    assert daemon.service.uploader.stats["uploaded"] == 0
+    assert daemon.service.uploader.stats["recovered"] == 1
+    assert list(world.objects()) == [pending.id]
+    assert daemon.files.check().clean
+
+
+def test_body_without_row_left_by_a_crash_is_removed_and_uploaded_again(env):
+    world = env()
+    daemon = world.start()
+    daemon.stop()
+    path = write(world.watch / "vision" / "b.png", b"\x89PNG two")
+    st = path.stat()
+    files, journal = daemon.files, daemon.service.journal
+    pending = files.begin("b.png", "vision")
+    journal.begin_upload("vision/b.png", "vision", pending.id, st.st_size, st.st_mtime_ns)
+    pending.abort()
+    # The object had reached the bucket, but the row never did.
+    world.server.client().put_object(Bucket=world.bucket, Key=pending.id, Body=b"\x89PNG two")
+
+    daemon = world.start()
+    wait_for(lambda: daemon.listed(), 20, "the upload after the restart")
+    daemon.settle()
+    [file] = daemon.listed()
+    assert file["id"] != pending.id
+    assert world.objects() == {file["id"]: b"\x89PNG two"}
+    assert daemon.files.check().clean
+
+
+def test_s3_server_outage_loses_nothing(env, own_s3_server):
+    world = env(server=own_s3_server, sync={"max_retries": 100})
+    daemon = world.start()
+    assert daemon.files.check().clean  # the bucket exists and the store has checked it once
+    own_s3_server.stop()
+    expected = make_files(world.watch / "user_data", 5, 1000)
+    wait_for(lambda: {f["path"] for f in daemon.status()["recent_failures"]} == {f"user_data/{n}" for n in expected},
+             30, "every upload to fail while the server is down")
+    wait_for(lambda: all(e.state == "retrying" for e in daemon.service.journal.all())
+             and len(daemon.service.journal.all()) == 5, 20, "the journal to show the retries")
+    # moto keeps its data in memory: the restarted server is empty; the daemon's first attempts get
+    # NoSuchBucket and it re-creates the bucket (auto_create_bucket) instead of failing forever.
+    own_s3_server.start()
+    wait_for(lambda: len(daemon.listed()) == 5, 60, "the uploads after the server came back")
+    daemon.settle()
+    assert_store_matches(world, daemon, expected)
+    assert daemon.service.journal.counts() == {"done": 5}
+    assert daemon.status()["counts"]["this_run"]["failed_attempts"] >= 5
+
+
+def test_sigterm_during_a_large_upload_then_restart(env, daemon_process, tmp_path):
+    world = env()
+    proc = daemon_process(world, tmp_path / "daemon-1.log")
+    body = bytes(range(256)) * (48 * 1024 * 4)  # 48 MiB: several multipart parts
+    write(tmp_path / "big.bin", body)
+    (tmp_path / "big.bin").rename(world.watch / "fine-tune" / "big.bin")
+    wait_for(lambda: any(item.get("state") == "uploading" for item in proc.status()["in_flight"]), 30,
+             "the upload to be under way", interval=0.01)
+    assert proc.kill(signal.SIGTERM) == 0  # finished or cleanly abandoned, and exit 0
+    s3 = world.server.client()
+    assert s3.list_multipart_uploads(Bucket=world.bucket).get("Uploads", []) == []
+    from s3filesfs.metadata import MetadataStore
+
+    entry = MetadataStore(world.db).journal_get("fine-tune/big.bin")
+    # Either it finished (done, one object) or it was abandoned (no pending id, no object).
+    assert (entry["state"], entry["pending_id"], len(world.object_keys())) in (
+        ("done", None, 1), ("interrupted", None, 0)), entry
+
+    daemon = world.start()
+    wait_for(lambda: daemon.listed(), 60, "the upload to be completed after the restart")
+    daemon.settle()
+    [file] = daemon.listed()
+    assert file["bytes"] == len(body)
+    assert world.objects() == {file["id"]: body}
+    assert daemon.entry("fine-tune/big.bin").pending_id is None
+    assert daemon.files.check().clean
