@@ -548,6 +548,7 @@ def test_bad_list_arguments_are_rejected(backend, kwargs, param):
         backend.service.list(**kwargs)
     assert raised.value.param == param
     assert param in str(raised.value)
+    assert_clean(backend.service)
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
