@@ -176,8 +176,10 @@ def _upload_one(service, path, purpose, expires_after, filename):
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI list response.")
 @pass_state
 def ls(state, purpose, limit, order, after, as_json):
-    """List files, newest first (through the daemon's socket when one runs)."""
+    """List files, newest first (through the daemon's socket when one runs on this database)."""
     client = _daemon_client(state)
+    if client is not None and client.get("/v1/status").get("database") != str(state.settings.metadata_path):
+        client = None  # that daemon serves another store (other config or --db-path): read ours
     if client is not None:
         page = client.list(after=after, limit=limit, order=order, purpose=purpose)
     else:

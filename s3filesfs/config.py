@@ -281,6 +281,10 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
             v[key] = _optional(v[key])
     if v.get("endpoint_url"):
         parsed = urllib.parse.urlparse(v["endpoint_url"])
+        if parsed.username or parsed.password:
+            # Refused (and not echoed): a secret in a URL would leak into every message and log.
+            raise _fail(where, "endpoint_url must not hold credentials; use aws_access_key_id and "
+                               "aws_secret_access_key")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {v['endpoint_url']!r})")
         try:

@@ -207,6 +207,10 @@ def test_sigterm_stops_cleanly_and_status_falls_back(env, daemon_process, tmp_pa
     running = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=30)
     assert running.returncode == 0 and "daemon running" in running.stdout
     listed_live = subprocess.run([*cli, "ls"], capture_output=True, text=True, timeout=30)
+    # Pointed at another database, ls must read that one, not ask the daemon about its own.
+    elsewhere = subprocess.run([*cli, "--db-path", str(tmp_path / "other.db"), "ls"],
+                               capture_output=True, text=True, timeout=30)
+    assert elsewhere.returncode == 0 and "one.txt" not in elsewhere.stdout
     assert proc.kill(signal.SIGTERM) == 0
     assert not world.socket.exists()
     stopped = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=30)

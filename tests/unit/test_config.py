@@ -407,3 +407,13 @@ def test_masked_leaves_unset_secrets_empty():
     assert shown["aws_secret_access_key"] is None
     assert shown["backend"] == "local"
     assert os.fspath(config.load().local_store_dir) in config.dump_yaml(shown)
+
+
+def test_endpoint_url_with_embedded_credentials_is_refused_without_echoing_them():
+    from s3filesfs import config as config_module
+    from s3filesfs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        config_module.load(flags={"bucket_name": "b", "endpoint_url": "http://admin:hunter2@127.0.0.1:9000"})
+    assert "endpoint_url must not hold credentials" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
