@@ -177,8 +177,8 @@ def _upload_one(service, path, purpose, expires_after, filename):
 @pass_state
 def ls(state, purpose, limit, order, after, as_json):
     """List files, newest first (through the daemon's socket when one runs on this database)."""
-    client = _daemon_client(state)
-    if client is not None and client.get("/v1/status").get("database") != str(state.settings.metadata_path):
+    client, info = _running_daemon(state)
+    if info is not None and info.get("database") != str(state.settings.metadata_path):
         client = None  # that daemon serves another store (other config or --db-path): read ours
     if client is not None:
         page = client.list(after=after, limit=limit, order=order, purpose=purpose)
@@ -301,11 +301,11 @@ def show(state):
 # --- the daemon ------------------------------------------------------------------------------
 
 
-def _daemon_client(state):
-    """A client for a running daemon's socket, or None when no daemon answers there."""
-
+def _running_daemon(state):
+    """``(client, status)`` for the daemon on our socket, or ``(None, None)`` when none answers."""
     client = DaemonClient(state.settings.api_socket_path)
-    return client if client.running() else None
+    info = client.status()
+    return (client, info) if info is not None else (None, None)
 
 
 @main.command()
@@ -332,8 +332,8 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
 @pass_state
 def status(state, as_json):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
-    client = _daemon_client(state)
-    if client is None:
+    _, info = _running_daemon(state)
+    if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
@@ -342,7 +342,6 @@ def status(state, as_json):
             click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
             click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
         sys.exit(1)
-    info = client.get("/v1/status")
     if as_json:
         _print_json({"running": True, **info})
     else:

@@ -316,7 +316,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
             if purpose not in PURPOSES:
                 raise _fail(where, f"purposes: unknown purpose {purpose!r}; must be one of {', '.join(PURPOSES)}")
         v["purposes"] = tuple(dict.fromkeys(purposes))
-    for key in ("db_path", "data_dir"):
+    for key in ("db_path", "data_dir", "sync_watch_dir", "api_socket"):
         if v.get(key):
             v[key] = Path(str(v[key])).expanduser()
         elif key in v:
@@ -331,11 +331,6 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
 
 def _check_daemon(v: dict, where) -> None:
     """The ``sync:`` and ``api:`` sections, checked in place."""
-    for key in ("sync_watch_dir", "api_socket"):
-        if v.get(key):
-            v[key] = Path(str(v[key])).expanduser()
-        elif key in v:
-            del v[key]
     if "sync_settle_seconds" in v:
         try:
             settle = float(str(v["sync_settle_seconds"]).strip())

@@ -117,6 +117,8 @@ class MetadataStore:
                     db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {sql_type}")
         for statement in INDEXES:
             db.execute(statement)
+        db.execute(JOURNAL_DDL)
+        db.execute(f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)")
 
     # --- openai_files ------------------------------------------------------------------------
 
@@ -191,18 +193,7 @@ class MetadataStore:
     # have been committed (a crash leaves it for the next start to resolve); ``old_id`` a replaced
     # id still to be deleted. Plain SQL, no upsert syntax, so PostgreSQL runs it as is.
 
-    def _ensure_journal(self) -> None:
-        if getattr(self, "_journal_ready", False):
-            return
-        with self._errors("create journal"):
-            self._db().execute(JOURNAL_DDL)
-            self._db().execute(
-                f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)"
-            )
-        self._journal_ready = True
-
     def journal_get(self, path: str) -> dict | None:
-        self._ensure_journal()
         with self._errors("journal get"):
             rows = list(self._db().query(f"SELECT * FROM {JOURNAL} WHERE path = ?", [path]))
         return rows[0] if rows else None
@@ -212,7 +203,6 @@ class MetadataStore:
         unknown = set(values) - set(JOURNAL_COLUMNS)
         if unknown:
             raise ValueError(f"unknown journal columns {sorted(unknown)}")
-        self._ensure_journal()
         with self._errors("journal put"):
             db = self._db()
             if values:
@@ -227,26 +217,22 @@ class MetadataStore:
             db.execute(f"INSERT INTO {JOURNAL} ({names}) VALUES ({', '.join(':' + n for n in row)})", row)
 
     def journal_delete(self, path: str) -> bool:
-        self._ensure_journal()
         with self._errors("journal delete"):
             cursor = self._db().execute(f"DELETE FROM {JOURNAL} WHERE path = ?", [path])
         return cursor.rowcount > 0
 
     def journal_all(self) -> list[dict]:
-        self._ensure_journal()
         with self._errors("journal list"):
             return list(self._db().query(f"SELECT * FROM {JOURNAL} ORDER BY path"))
 
     def journal_counts(self) -> dict[str, int]:
         """Number of entries per state."""
-        self._ensure_journal()
         with self._errors("journal counts"):
             rows = self._db().query(f"SELECT state, COUNT(*) AS n FROM {JOURNAL} GROUP BY state")
             return {row["state"]: row["n"] for row in rows}
 
     def journal_failures(self, limit: int = 20) -> list[dict]:
         """The most recent entries whose last attempt failed."""
-        self._ensure_journal()
         with self._errors("journal failures"):
             return list(self._db().query(
                 f"SELECT path, purpose, error, attempts, updated_at FROM {JOURNAL} "

@@ -1,7 +1,7 @@
 """The client side of the daemon's socket, for the CLI: plain ``http.client`` over AF_UNIX.
 
 Kept free of the daemon's heavy imports (watchdog, uvicorn), so ``s3filesfs ls`` stays quick.
-``DaemonClient.running()`` says whether a daemon answers; errors from the API are turned back into
+``DaemonClient.status()`` says whether a daemon answers; errors from the API are turned back into
 the project's exceptions so the CLI maps them to exit codes as it does for local calls.
 """
 
@@ -35,18 +35,17 @@ class DaemonClient:
         self.path = Path(path)
         self.timeout = timeout
 
-    def running(self) -> bool:
+    def status(self) -> dict | None:
+        """The daemon's ``/v1/status``, or None when no daemon answers on the socket."""
         try:
-            self.get("/v1/status")
+            return self.get("/v1/status")
         except (OSError, S3FilesError):
-            return False
-        return True
+            return None
 
     def list(self, **params) -> FilePage:
         """``GET /v1/files`` as a FilePage, so callers print it exactly as a local listing."""
         body = self.get("/v1/files", params)
-        fields = ("id", "filename", "purpose", "bytes", "created_at", "expires_at")
-        return FilePage([FileObject(**{k: f[k] for k in fields}) for f in body["data"]], has_more=body["has_more"])
+        return FilePage([FileObject.from_row(f) for f in body["data"]], has_more=body["has_more"])
 
     def get(self, url: str, params: dict | None = None) -> dict:
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
