@@ -1,0 +1,74 @@
+"""Fixtures for the mount tests: real FUSE mounts in a subprocess over two backends.
+
+* ``mount``: one mount per test module and backend ("local": the embedded store; "s3": a fresh
+  bucket on the session's moto server). Tests share it, so they use unique names (``unique()``).
+* ``fresh_mount``: a mount of the test's own, for tests that need an empty store.
+
+After every test the store is checked: bucket and table agree and no staging file or multipart
+upload was left behind by that test. Without /dev/fuse or fusermount3 the tests are skipped, except
+under ``CI=true``, where that is a failure.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from tests.fs.mounting import Mount
+
+BACKENDS = ["local", "s3"]
+
+
+def _fuse_missing() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def fuse():
+    missing = _fuse_missing()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"FUSE mount tests cannot run: {missing}")
+        pytest.skip(f"FUSE mount tests need FUSE: {missing}")
+
+
+def _start(request, backend: str) -> Mount:
+    server = request.getfixturevalue("s3_server") if backend == "s3" else None
+    m = Mount(backend, server)
+    try:
+        return m.start()
+    except BaseException:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)
+        raise
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def mount(request, fuse):
+    m = _start(request, request.param)
+    yield m
+    m.stop()
+    shutil.rmtree(m.root, ignore_errors=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_mount(request, fuse):
+    m = _start(request, request.param)
+    yield m
+    m.stop()
+    shutil.rmtree(m.root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _store_agrees(request):
+    """Every mount test ends with bucket and table agreeing, and nothing of its own left staged."""
+    mounts = [request.getfixturevalue(name) for name in ("mount", "fresh_mount") if name in request.fixturenames]
+    baselines = [m.snapshot() for m in mounts]
+    yield
+    for m, baseline in zip(mounts, baselines):
+        if m.process is not None:
+            m.assert_consistent(baseline)

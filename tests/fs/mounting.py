@@ -1,0 +1,237 @@
+"""A real s3filesfs mount in a subprocess, for the mount tests.
+
+``Mount`` starts ``python -m s3filesfs ... mount MP --foreground`` on the embedded local store or on
+a bucket of the test S3 server, waits until the kernel shows the mountpoint, and stops it with
+SIGTERM (falling back to ``fusermount3 -u -z``). Tests look behind the mount's back through
+``service()`` (a FileService on the same database and store) and ``plant()``, and end with
+``assert_consistent()``: bucket and table agree, no half-written upload and no staging file is left.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from s3filesfs import config
+from s3filesfs.files import object_metadata, open_service
+from s3filesfs.model import FileObject, expires_at_for, new_file_id
+
+from tests.s3server import ACCESS_KEY, SECRET_KEY
+
+MOUNT_TIMEOUT = 20.0
+_LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+
+
+def wait_for(predicate, timeout=5.0, what="condition", interval=0.02):
+    """Poll ``predicate`` until it returns something truthy; AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = predicate()
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def unique(stem="f", ext=".txt") -> str:
+    """A name no other test of a shared mount uses."""
+    return f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+
+
+class Mount:
+    """One mount process. ``backend`` is "local" (embedded store) or "s3" (needs ``server``)."""
+
+    def __init__(self, backend: str, server=None, root: Path | None = None, extra_args=()):
+        self.backend = backend
+        self.server = server
+        self.root = Path(root or tempfile.mkdtemp(prefix="s3fs-", dir="/tmp"))
+        self.mountpoint = self.root / "mnt"
+        self.staging = self.root / "staging"
+        self.data_dir = self.root / "data"
+        self.log_path = self.root / "mount.log"
+        self.bucket = server.new_bucket_name() if backend == "s3" else None
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen | None = None
+        self._service = None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- settings shared by the mount, the CLI and the test's own service ----------------------
+
+    @property
+    def global_args(self) -> list[str]:
+        args = ["--data-dir", str(self.data_dir)]
+        if self.backend == "s3":
+            args += ["--bucket", self.bucket, "--endpoint-url", self.server.endpoint_url]
+        return args
+
+    @property
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}
+        env.update({
+            "XDG_CONFIG_HOME": str(self.root / "config"),
+            "XDG_DATA_HOME": str(self.root / "xdg-data"),
+            "XDG_RUNTIME_DIR": str(self.root / "run"),
+            "AWS_CONFIG_FILE": str(self.root / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.root / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.backend == "s3":
+            env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                        "S3FILESFS_AUTO_CREATE_BUCKET": "true"})
+        return env
+
+    def flags(self) -> dict:
+        flags = {"data_dir": str(self.data_dir)}
+        if self.backend == "s3":
+            flags.update(bucket_name=self.bucket, endpoint_url=self.server.endpoint_url,
+                         aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                         auto_create_bucket=True)
+        return flags
+
+    def command(self, *args) -> list[str]:
+        return [sys.executable, "-m", "s3filesfs", *self.global_args, *args]
+
+    def cli(self, *args, timeout=60, check=True, input=None) -> subprocess.CompletedProcess:
+        """Run ``s3filesfs`` on the same store as the mount, in another process."""
+        result = subprocess.run(self.command(*args), env=self.env, capture_output=True, text=True,
+                                timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"s3filesfs {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, timeout=MOUNT_TIMEOUT) -> "Mount":
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        command = self.command("mount", str(self.mountpoint), "--foreground",
+                               "--staging-dir", str(self.staging), *self.extra_args)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(self.mountpoint):
+            if self.process.poll() is not None:
+                raise AssertionError(f"the mount process exited with {self.process.returncode} before "
+                                     f"mounting:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"{self.mountpoint} not mounted within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout=20.0) -> int | None:
+        """SIGTERM, wait; a mount that will not go is lazily unmounted and killed. Returns the exit code."""
+        code = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+                self.process.kill()
+                self.process.wait()
+        elif self.process is not None:
+            code = self.process.returncode
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        self.process = None
+        if self._service is not None:
+            self._service.metadata.close()
+            self._service = None
+        return code
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines=40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def __truediv__(self, name) -> Path:
+        return self.mountpoint / name
+
+    # --- behind the mount's back ---------------------------------------------------------------
+
+    def settings(self):
+        return config.load(None, self.flags())
+
+    def service(self):
+        """A FileService on the same store and database as the mount."""
+        if self._service is None:
+            self._service = open_service(self.settings())
+        return self._service
+
+    def plant(self, filename: str, purpose: str = "assistants", body: bytes = b"planted\n",
+              created_at: int | None = None, expires_at: int | None = None, file_id: str | None = None) -> FileObject:
+        """Write an object and its row directly (object first), with a chosen ``created_at``."""
+        service = self.service()
+        created_at = int(time.time()) if created_at is None else created_at
+        if expires_at is None:
+            expires_at = expires_at_for(purpose, created_at, None)
+        file = FileObject(id=file_id or new_file_id(), filename=filename, purpose=purpose, bytes=len(body),
+                          created_at=created_at, expires_at=expires_at)
+        writer = service.blobs.writer(file.id, object_metadata(file))
+        writer.write(body)
+        writer.commit()
+        service.metadata.insert(file.to_row())
+        return file
+
+    def rows(self) -> dict[str, dict]:
+        return {row["id"]: row for row in self.service().metadata.all_files()}
+
+    def object_keys(self) -> set[str]:
+        return {info.key for info in self.service().blobs.keys()}
+
+    def staged_files(self) -> set[str]:
+        """Regular files under the staging folder, relative to it."""
+        if not self.staging.exists():
+            return set()
+        return {str(p.relative_to(self.staging)) for p in self.staging.rglob("*") if p.is_file()}
+
+    def pending_uploads(self) -> list:
+        """Multipart uploads left open in the bucket (S3 only)."""
+        if self.backend != "s3":
+            return []
+        client = self.server.client()
+        return [u["Key"] for u in client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])]
+
+    def snapshot(self) -> dict:
+        """What the store holds now: rows, objects, staged files, problems of ``check()``."""
+        report = self.service().check()
+        return {"rows": set(self.rows()), "objects": self.object_keys(), "staged": self.staged_files(),
+                "uploads": set(self.pending_uploads()),
+                "problems": set(report.rows_without_objects) | set(report.objects_without_rows)
+                | set(report.size_mismatches)}
+
+    def assert_unchanged(self, before: dict) -> None:
+        """Nothing was added or removed since ``before``: no row, object, staging file or upload."""
+        after = self.snapshot()
+        for key in ("rows", "objects", "staged", "uploads"):
+            assert after[key] == before[key], (
+                f"{key} changed: added {sorted(after[key] - before[key])}, removed {sorted(before[key] - after[key])}")
+
+    def assert_consistent(self, baseline: dict | None = None, expected_staged=()) -> None:
+        """Bucket and table agree and nothing is left in staging (beyond ``baseline``, if given)."""
+        now = self.snapshot()
+        old_problems = baseline["problems"] if baseline else set()
+        new_problems = now["problems"] - old_problems
+        assert not new_problems, f"bucket and table disagree: {self.service().check().to_dict()}"
+        old_staged = baseline["staged"] if baseline else set()
+        left = {p for p in now["staged"] - old_staged if Path(p).name not in expected_staged}
+        assert not left, f"staging files left behind: {sorted(left)}"
+        old_uploads = baseline["uploads"] if baseline else set()
+        assert not (now["uploads"] - old_uploads), f"multipart uploads left open: {now['uploads']}"
