@@ -224,7 +224,7 @@ class Mount:
             assert after[key] == before[key], (
                 f"{key} changed: added {sorted(after[key] - before[key])}, removed {sorted(before[key] - after[key])}")
 
-    def assert_consistent(self, baseline: dict | None = None, expected_staged=()) -> None:
+    def assert_consistent(self, baseline: dict | None = None, expected_staged=(".mount.lock",)) -> None:
         """Bucket and table agree and nothing is left in staging (beyond ``baseline``, if given)."""
         now = self.snapshot()
         old_problems = baseline["problems"] if baseline else set()

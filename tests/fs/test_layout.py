@@ -1,0 +1,285 @@
+"""What the mount shows: folders, modes, sizes, times, xattrs, by-id/, index.jsonl and the naming
+rules (duplicates, names a filesystem cannot hold, expired files).
+
+Files are planted behind the mount's back (object and row written directly), so each test controls
+``created_at`` and names the API allows but a filesystem does not.
+"""
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+
+import pytest
+
+from s3filesfs.model import EXPIRES_AFTER_MAX, PURPOSES, new_file_id
+
+from tests.fs.mounting import unique, wait_for
+
+SHOWN = 3.0  # seconds a planted file may take to show (the listing cache is about 1 s)
+OLD = 1_700_000_000  # a created_at in the past, for files that never expire
+
+
+def listed(mount, folder, name):
+    return wait_for(lambda: name in os.listdir(mount / folder), SHOWN, f"{folder}/{name} in the listing")
+
+
+def errno_of(call, *args):
+    with pytest.raises(OSError) as info:
+        call(*args)
+    return info.value.errno
+
+
+def test_root_lists_purposes_by_id_and_index(mount):
+    assert sorted(os.listdir(mount.mountpoint)) == sorted([*PURPOSES, "by-id", "index.jsonl"])
+    output = subprocess.run(["ls", "-l", str(mount.mountpoint)], capture_output=True, text=True, check=True).stdout
+    for name in (*PURPOSES, "by-id", "index.jsonl"):
+        assert name in output
+
+
+def test_folder_modes(mount):
+    root = os.stat(mount.mountpoint)
+    assert stat.S_ISDIR(root.st_mode) and stat.S_IMODE(root.st_mode) == 0o555
+    by_id = os.stat(mount / "by-id")
+    assert stat.S_ISDIR(by_id.st_mode) and stat.S_IMODE(by_id.st_mode) == 0o555
+    for purpose in PURPOSES:
+        st = os.stat(mount / purpose)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755, purpose
+        assert st.st_uid == os.getuid()
+    index = os.stat(mount / "index.jsonl")
+    assert stat.S_ISREG(index.st_mode) and stat.S_IMODE(index.st_mode) == 0o444
+
+
+def test_file_attributes_from_the_row(mount):
+    body = os.urandom(12345)
+    planted = mount.plant(unique("attrs"), "vision", body, created_at=OLD)
+    listed(mount, "vision", planted.filename)
+    st = os.stat(mount / "vision" / planted.filename)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
+    assert st.st_size == len(body)
+    assert st.st_mtime == st.st_ctime == st.st_atime == OLD
+    assert st.st_nlink == 1
+    assert st.st_uid == os.getuid()
+    # The same through the tools people use.
+    out = subprocess.run(["stat", "-c", "%s %Y %a", str(mount / "vision" / planted.filename)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(body)), str(OLD), "644"]
+    ls = subprocess.run(["ls", "-l", str(mount / "vision")], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in ls.splitlines() if line.endswith(planted.filename))
+    assert line.startswith("-rw-r--r--") and f" {len(body)} " in line
+    by_id = os.stat(mount / "by-id" / planted.id)
+    assert stat.S_IMODE(by_id.st_mode) == 0o444 and by_id.st_size == len(body) and by_id.st_mtime == OLD
+
+
+def test_xattrs_of_a_file_that_never_expires(mount):
+    planted = mount.plant(unique("xattr"), "assistants", b"abc", created_at=OLD)
+    path = mount / "assistants" / planted.filename
+    listed(mount, "assistants", planted.filename)
+    expected = {"user.openai.file_id": planted.id.encode(), "user.openai.purpose": b"assistants",
+                "user.openai.created_at": str(OLD).encode(), "user.openai.expires_at": b"null"}
+    for target in (path, mount / "by-id" / planted.id):
+        assert set(os.listxattr(target)) == set(expected)
+        for name, value in expected.items():
+            assert os.getxattr(target, name) == value, name
+    dump = subprocess.run(["getfattr", "-d", "-m", "user.openai", str(path)],
+                          capture_output=True, text=True, check=True).stdout
+    assert f'user.openai.file_id="{planted.id}"' in dump
+    assert 'user.openai.purpose="assistants"' in dump
+    assert f'user.openai.created_at="{OLD}"' in dump
+    assert 'user.openai.expires_at="null"' in dump
+
+
+def test_xattrs_of_a_file_that_expires(mount):
+    created = int(time.time()) - 10
+    planted = mount.plant(unique("batch", ".jsonl"), "batch", b"{}\n", created_at=created)
+    listed(mount, "batch", planted.filename)
+    path = mount / "batch" / planted.filename
+    assert os.getxattr(path, "user.openai.expires_at") == str(created + EXPIRES_AFTER_MAX).encode()
+    assert os.getxattr(path, "user.openai.purpose") == b"batch"
+
+
+def test_xattrs_cannot_be_set_or_removed(mount):
+    planted = mount.plant(unique("ro-xattr"), "assistants", b"x", created_at=OLD)
+    path = mount / "assistants" / planted.filename
+    listed(mount, "assistants", planted.filename)
+    assert errno_of(os.setxattr, path, "user.openai.file_id", b"file-" + b"0" * 32) == errno.ENOTSUP
+    assert errno_of(os.setxattr, path, "user.other", b"1") == errno.ENOTSUP
+    assert errno_of(os.removexattr, path, "user.openai.file_id") == errno.ENOTSUP
+    assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
+    assert errno_of(os.getxattr, path, "user.other") == errno.ENODATA
+
+
+def test_copied_in_file_carries_its_new_id(mount, tmp_path):
+    source = tmp_path / unique("copied")
+    source.write_bytes(os.urandom(3000))
+    target = mount / "user_data" / source.name
+    subprocess.run(["cp", str(source), str(target)], check=True)
+    file_id = os.getxattr(target, "user.openai.file_id").decode()
+    row = mount.rows()[file_id]
+    assert (row["filename"], row["purpose"], row["bytes"]) == (source.name, "user_data", 3000)
+    assert (mount / "by-id" / file_id).read_bytes() == source.read_bytes()
+    listing = json.loads(mount.cli("ls", "--json", "--purpose", "user_data").stdout)
+    assert file_id in [f["id"] for f in listing["data"]]
+
+
+def test_by_id_lists_every_file_and_opens_one_not_yet_listed(mount):
+    first = mount.plant(unique("byid"), "evals", b"one", created_at=OLD)
+    wait_for(lambda: first.id in os.listdir(mount / "by-id"), SHOWN, "the id in by-id/")
+    # An id planted just now opens at once, before any listing shows it.
+    second = mount.plant(unique("byid"), "fine-tune", b"two", created_at=OLD)
+    assert (mount / "by-id" / second.id).read_bytes() == b"two"
+    assert errno_of(os.stat, mount / "by-id" / new_file_id()) == errno.ENOENT
+    assert errno_of(os.stat, mount / "by-id" / "not-an-id") == errno.ENOENT
+
+
+def read_index(mount):
+    return [json.loads(line) for line in (mount / "index.jsonl").read_text().splitlines()]
+
+
+def test_index_jsonl_holds_file_objects_with_their_path(mount):
+    planted = mount.plant(unique("indexed", ".pdf"), "assistants", b"%PDF", created_at=OLD)
+
+    def entry():
+        return next((e for e in read_index(mount) if e["id"] == planted.id), None)
+
+    found = wait_for(entry, SHOWN, "the file in index.jsonl")
+    assert found == {"id": planted.id, "object": "file", "bytes": 4, "created_at": OLD, "expires_at": None,
+                     "filename": planted.filename, "purpose": "assistants",
+                     "path": f"assistants/{planted.filename}"}
+    entries = read_index(mount)
+    assert [(e["created_at"], e["id"]) for e in entries] == sorted((e["created_at"], e["id"]) for e in entries)
+    # Every entry's path is a real path in the mount.
+    for e in entries:
+        assert os.getxattr(mount / e["path"], "user.openai.file_id") == e["id"].encode()
+    assert os.stat(mount / "index.jsonl").st_size == len((mount / "index.jsonl").read_bytes())
+
+
+def test_duplicate_names_oldest_plain_others_decorated(mount):
+    name = unique("report", ".pdf")
+    stem = name[:-len(".pdf")]
+    newer = mount.plant(name, "assistants", b"newer", created_at=OLD + 10)  # planted first on purpose
+    older = mount.plant(name, "assistants", b"older", created_at=OLD)
+    decorated = f"{stem} ({newer.id}).pdf"
+    listed(mount, "assistants", decorated)
+    names = [n for n in os.listdir(mount / "assistants") if n.startswith(stem)]
+    assert sorted(names) == sorted([name, decorated])
+    assert (mount / "assistants" / name).read_bytes() == b"older"
+    assert os.getxattr(mount / "assistants" / decorated, "user.openai.file_id") == newer.id.encode()
+    paths = {e["id"]: e["path"] for e in read_index(mount)}
+    assert paths[older.id] == f"assistants/{name}" and paths[newer.id] == f"assistants/{decorated}"
+
+
+def test_duplicate_names_same_second_ordered_by_id(mount):
+    name = unique("same")
+    ids = sorted(new_file_id() for _ in range(3))
+    for file_id in reversed(ids):
+        mount.plant(name, "evals", file_id.encode(), created_at=OLD, file_id=file_id)
+    stem, ext = os.path.splitext(name)
+    expected = [name] + [f"{stem} ({i}){ext}" for i in ids[1:]]
+    wait_for(lambda: all(n in os.listdir(mount / "evals") for n in expected), SHOWN, "all three names")
+    for shown, file_id in zip(expected, ids):
+        assert (mount / "evals" / shown).read_bytes() == file_id.encode()
+
+
+@pytest.mark.parametrize("base, template", [
+    ("README", "{p}README ({id})"),
+    ("data.tar.gz", "{p}data.tar ({id}).gz"),
+])
+def test_duplicate_decoration_uses_the_last_suffix(mount, base, template):
+    prefix = unique("dup", "-")
+    mount.plant(prefix + base, "vision", b"a", created_at=OLD)
+    second = mount.plant(prefix + base, "vision", b"b", created_at=OLD + 1)
+    expected = template.format(p=prefix, id=second.id)
+    listed(mount, "vision", expected)
+    assert (mount / "vision" / expected).read_bytes() == b"b"
+    assert (mount / "vision" / (prefix + base)).read_bytes() == b"a"
+
+
+def test_decorated_name_is_a_real_path(mount):
+    name = unique("twin", ".csv")
+    stem = name[:-4]
+    mount.plant(name, "user_data", b"first", created_at=OLD)
+    second = mount.plant(name, "user_data", b"second", created_at=OLD + 1)
+    third = mount.plant(name, "user_data", b"third", created_at=OLD + 2)
+    decorated2 = mount / "user_data" / f"{stem} ({second.id}).csv"
+    decorated3 = mount / "user_data" / f"{stem} ({third.id}).csv"
+    listed(mount, "user_data", decorated3.name)
+    renamed = mount / "user_data" / unique("renamed", ".csv")
+    os.rename(decorated2, renamed)
+    assert os.getxattr(renamed, "user.openai.file_id") == second.id.encode()
+    assert mount.rows()[second.id]["filename"] == renamed.name
+    os.unlink(decorated3)
+    assert third.id not in mount.rows()
+    assert third.id not in mount.object_keys()
+    assert (mount / "user_data" / name).read_bytes() == b"first"
+
+
+@pytest.mark.parametrize("api_name, shown", [
+    ("a/b.txt", "a\uff0fb.txt"),
+    ("reports/2024/q1.csv", "reports\uff0f2024\uff0fq1.csv"),
+    ("nul\0byte", "nul\u2400byte"),
+])
+def test_names_with_slash_or_nul_are_shown_safely(mount, api_name, shown):
+    prefix = unique("safe", "-")
+    planted = mount.plant(prefix + api_name, "assistants", b"safe", created_at=OLD)
+    listed(mount, "assistants", prefix + shown)
+    path = mount / "assistants" / (prefix + shown)
+    assert path.read_bytes() == b"safe"
+    assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
+    entry = next(e for e in read_index(mount) if e["id"] == planted.id)
+    assert entry["filename"] == prefix + api_name and entry["path"] == f"assistants/{prefix + shown}"
+
+
+@pytest.mark.parametrize("api_name", ["", ".", "..", "x" * 256, "é" * 128])
+def test_unshowable_names_become_the_bare_id(mount, api_name):
+    planted = mount.plant(api_name, "fine-tune", b"bare", created_at=OLD)
+    listed(mount, "fine-tune", planted.id)
+    path = mount / "fine-tune" / planted.id
+    assert path.read_bytes() == b"bare"
+    assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
+    entry = next(e for e in read_index(mount) if e["id"] == planted.id)
+    assert entry["path"] == f"fine-tune/{planted.id}"
+
+
+def test_expired_files_are_not_shown(mount):
+    now = int(time.time())
+    expired = mount.plant(unique("expired"), "batch", b"old", created_at=now - 7200, expires_at=now - 60)
+    alive = mount.plant(unique("alive"), "batch", b"new", created_at=now - 7200)
+    listed(mount, "batch", alive.filename)
+    assert expired.filename not in os.listdir(mount / "batch")
+    assert errno_of(os.stat, mount / "batch" / expired.filename) == errno.ENOENT
+    assert errno_of(os.stat, mount / "by-id" / expired.id) == errno.ENOENT
+    assert expired.id not in os.listdir(mount / "by-id")
+    assert expired.id not in [e["id"] for e in read_index(mount)]
+
+
+def test_cp_a_keeps_working_and_attributes_stay(mount, tmp_path):
+    """chmod, chown and utimens are accepted and ignored."""
+    source = tmp_path / unique("preserved")
+    source.write_bytes(b"keep me")
+    os.chmod(source, 0o600)
+    os.utime(source, (1_600_000_000, 1_600_000_000))
+    target = mount / "evals" / source.name
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    st = os.stat(target)
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    file_id = os.getxattr(target, "user.openai.file_id").decode()
+    assert st.st_mtime == mount.rows()[file_id]["created_at"]
+    os.chmod(target, 0o600)
+    os.chown(target, os.getuid(), os.getgid())
+    os.utime(target, (1, 1))
+    st2 = os.stat(target)
+    assert (stat.S_IMODE(st2.st_mode), st2.st_mtime) == (0o644, st.st_mtime)
+    assert os.getxattr(target, "user.openai.file_id").decode() == file_id
+    shutil.copystat(source, target)  # what cp -p and shutil.copy2 do
+    assert target.read_bytes() == b"keep me"
+
+
+def test_statfs(mount):
+    st = os.statvfs(mount.mountpoint)
+    assert st.f_bsize == 4096
+    assert st.f_namemax == 255
+    assert st.f_blocks > 0 and 0 <= st.f_bfree <= st.f_blocks

@@ -1,0 +1,136 @@
+"""Reading through the mount: byte-exact content at any offset, with tools and plain calls, while
+the file is renamed under the reader, and by id."""
+
+import hashlib
+import os
+import random
+import subprocess
+import threading
+
+import pytest
+
+from tests.fs.mounting import unique, wait_for
+
+SHOWN = 3.0
+MiB = 1024 * 1024
+
+
+def listed(mount, folder, name):
+    return wait_for(lambda: name in os.listdir(mount / folder), SHOWN, f"{folder}/{name} in the listing")
+
+
+@pytest.fixture(scope="module")
+def big(mount):
+    """A 9 MiB file (more than one read-ahead window and one multipart part), planted once."""
+    body = random.Random(7).randbytes(9 * MiB + 12345)
+    planted = mount.plant(unique("big", ".bin"), "assistants", body, created_at=1_700_000_000)
+    listed(mount, "assistants", planted.filename)
+    return planted, body
+
+
+def test_cat_small_file_created_by_the_service(mount):
+    body = b"hello, mount\n" * 10
+    planted = mount.plant(unique("small"), "assistants", body)
+    listed(mount, "assistants", planted.filename)
+    out = subprocess.run(["cat", str(mount / "assistants" / planted.filename)], capture_output=True, check=True)
+    assert out.stdout == body
+
+
+def test_empty_file_reads_empty(mount):
+    planted = mount.plant(unique("empty"), "evals", b"")
+    listed(mount, "evals", planted.filename)
+    assert (mount / "evals" / planted.filename).read_bytes() == b""
+    assert os.stat(mount / "evals" / planted.filename).st_size == 0
+
+
+def test_cat_multi_mib_file_is_byte_exact(mount, big):
+    planted, body = big
+    out = subprocess.run(["cat", str(mount / "assistants" / planted.filename)], capture_output=True, check=True)
+    assert len(out.stdout) == len(body)
+    assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(body).digest()
+
+
+def test_random_offsets_and_lengths(mount, big):
+    planted, body = big
+    rng = random.Random(11)
+    fd = os.open(mount / "assistants" / planted.filename, os.O_RDONLY)
+    try:
+        for _ in range(60):
+            offset = rng.randrange(0, len(body))
+            length = rng.choice([1, 7, 4096, 65536, 131072 + 3, MiB + 5, 3 * MiB])
+            assert os.pread(fd, length, offset) == body[offset:offset + length], (offset, length)
+        # Around the end: a short read at the tail, nothing past it.
+        assert os.pread(fd, 100, len(body) - 10) == body[-10:]
+        assert os.pread(fd, 100, len(body)) == b""
+        assert os.pread(fd, 100, len(body) + 5 * MiB) == b""
+        # Backwards and sequential again (read-ahead must not serve the wrong window).
+        for offset in range(len(body) - MiB, 0, -2 * MiB):
+            assert os.pread(fd, 1000, offset) == body[offset:offset + 1000]
+    finally:
+        os.close(fd)
+
+
+def test_dd_with_skip_reads_the_right_blocks(mount, big):
+    planted, body = big
+    out = subprocess.run(["dd", f"if={mount / 'assistants' / planted.filename}", "bs=4096", "skip=1000",
+                          "count=300", "status=none"], capture_output=True, check=True).stdout
+    assert out == body[4096 * 1000:4096 * 1300]
+
+
+def test_by_id_read_is_the_same_content(mount, big):
+    planted, body = big
+    data = (mount / "by-id" / planted.id).read_bytes()
+    assert hashlib.sha256(data).digest() == hashlib.sha256(body).digest()
+
+
+def test_two_readers_at_once(mount, big):
+    planted, body = big
+    results = {}
+
+    def read(key, path):
+        results[key] = hashlib.sha256(path.read_bytes()).digest()
+
+    threads = [threading.Thread(target=read, args=(i, p)) for i, p in
+               enumerate([mount / "assistants" / planted.filename, mount / "by-id" / planted.id] * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(results.values()) == {hashlib.sha256(body).digest()} and len(results) == 4
+
+
+@pytest.mark.parametrize("target_purpose", ["assistants", "vision"])
+def test_reading_while_another_thread_renames_it(mount, target_purpose):
+    body = random.Random(3).randbytes(3 * MiB + 17)
+    planted = mount.plant(unique("moving", ".bin"), "assistants", body)
+    listed(mount, "assistants", planted.filename)
+    source = mount / "assistants" / planted.filename
+    target = mount / target_purpose / unique("moved", ".bin")
+    got = bytearray()
+    with open(source, "rb", buffering=0) as reader:
+        got += reader.read(MiB)
+        renamer = threading.Thread(target=os.rename, args=(source, target))
+        renamer.start()
+        while chunk := reader.read(64 * 1024):
+            got += chunk
+        renamer.join(30)
+    assert bytes(got) == body
+    assert not source.exists()
+    assert target.read_bytes() == body
+    assert os.getxattr(target, "user.openai.file_id") == planted.id.encode()
+    row = mount.rows()[planted.id]
+    assert (row["filename"], row["purpose"]) == (target.name, target_purpose)
+
+
+def test_reading_while_renamed_behind_the_mounts_back(mount):
+    body = random.Random(5).randbytes(2 * MiB)
+    planted = mount.plant(unique("behind", ".bin"), "evals", body)
+    listed(mount, "evals", planted.filename)
+    new_name = unique("elsewhere", ".bin")
+    with open(mount / "evals" / planted.filename, "rb", buffering=0) as reader:
+        first = reader.read(MiB // 2)
+        mount.service().metadata.update(planted.id, filename=new_name)
+        rest = reader.read()
+    assert first + rest == body
+    listed(mount, "evals", new_name)
+    assert (mount / "evals" / new_name).read_bytes() == body

@@ -1,0 +1,152 @@
+"""What the mount refuses, with which errno, and that a refusal leaves nothing behind: no row, no
+object, no staging file, no open multipart upload."""
+
+import errno
+import os
+
+import pytest
+
+from tests.fs.mounting import unique, wait_for
+
+SHOWN = 3.0
+OLD = 1_700_000_000
+
+
+@pytest.fixture
+def refused(mount):
+    """``refused(call, *args) -> errno``, checking that the store did not change."""
+
+    def check(call, *args):
+        before = mount.snapshot()
+        with pytest.raises(OSError) as info:
+            call(*args)
+        mount.assert_unchanged(before)
+        return info.value.errno
+
+    return check
+
+
+@pytest.fixture
+def planted(mount):
+    file = mount.plant(unique("existing"), "assistants", b"existing\n", created_at=OLD)
+    wait_for(lambda: file.filename in os.listdir(mount / "assistants"), SHOWN, "the planted file")
+    return file
+
+
+def create(path):
+    with open(path, "w") as f:
+        f.write("x")
+
+
+def open_for_write(path, flags=os.O_WRONLY):
+    os.close(os.open(path, flags))
+
+
+@pytest.mark.parametrize("where", ["", "assistants", "by-id"])
+def test_mkdir_is_refused(mount, refused, where):
+    name = unique("dir", "")
+    assert refused(os.mkdir, mount / where / name) == errno.EPERM
+    assert name not in os.listdir(mount / where)
+
+
+def test_rmdir_is_refused(mount, refused):
+    assert refused(os.rmdir, mount / "vision") == errno.EPERM
+    assert refused(os.rmdir, mount / "by-id") == errno.EPERM
+    assert os.path.isdir(mount / "vision")
+
+
+def test_refusals_are_logged_once(mount, refused):
+    name = unique("logged-dir", "")
+    assert refused(os.mkdir, mount / "assistants" / name) == errno.EPERM
+    lines = wait_for(lambda: [line for line in mount.log().splitlines() if name in line], 2.0, "the log line")
+    assert len(lines) == 1, lines
+
+
+def test_create_at_the_root_is_refused(mount, refused):
+    name = unique("at-root")
+    assert refused(create, mount / name) == errno.EPERM
+    assert name not in os.listdir(mount.mountpoint)
+
+
+def test_create_in_by_id_is_refused(mount, refused):
+    assert refused(create, mount / "by-id" / unique("x")) == errno.EPERM
+    assert refused(create, mount / "by-id" / "file-0123456789abcdef0123456789abcdef") == errno.EPERM
+
+
+def test_by_id_files_and_index_are_read_only(mount, refused, planted):
+    for path in (mount / "by-id" / planted.id, mount / "index.jsonl"):
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC, os.O_WRONLY | os.O_APPEND):
+            assert refused(open_for_write, path, flags) == errno.EPERM, (path, flags)
+    assert refused(os.truncate, mount / "by-id" / planted.id, 0) == errno.EPERM
+    assert (mount / "by-id" / planted.id).read_bytes() == b"existing\n"
+
+
+def test_rm_in_by_id_and_at_the_root_is_refused(mount, refused, planted):
+    assert refused(os.unlink, mount / "by-id" / planted.id) == errno.EPERM
+    assert refused(os.unlink, mount / "index.jsonl") == errno.EPERM
+    assert (mount / "assistants" / planted.filename).read_bytes() == b"existing\n"
+
+
+def test_name_over_255_bytes(mount, refused):
+    assert refused(create, mount / "assistants" / ("a" * 256)) == errno.ENAMETOOLONG
+    assert refused(create, mount / "assistants" / ("é" * 128)) == errno.ENAMETOOLONG
+    assert refused(os.stat, mount / "assistants" / ("b" * 300)) == errno.ENAMETOOLONG
+
+
+def test_name_of_exactly_255_bytes_is_accepted(mount):
+    name = unique("n", "")
+    name += "x" * (255 - len(name))
+    path = mount / "assistants" / name
+    create(path)
+    file_id = os.getxattr(path, "user.openai.file_id").decode()
+    assert mount.rows()[file_id]["filename"] == name
+    os.unlink(path)
+    assert file_id not in mount.rows()
+
+
+def test_unknown_purpose_folder_and_names(mount, refused):
+    assert refused(create, mount / "nope" / "x") == errno.ENOENT
+    assert refused(os.stat, mount / "nope") == errno.ENOENT
+    assert refused(os.listdir, mount / "nope") == errno.ENOENT
+    assert refused(os.stat, mount / "assistants" / unique("missing")) == errno.ENOENT
+    assert refused(open, mount / "assistants" / unique("missing")) == errno.ENOENT
+    assert refused(os.stat, mount / "assistants" / "deeper" / "x") == errno.ENOENT
+
+
+@pytest.mark.parametrize("relative", ["assistants/../x", "assistants/../by-id/x", "by-id/../y",
+                                      "assistants/./../z"])
+def test_dotdot_resolves_to_a_refused_place(mount, refused, relative):
+    assert refused(create, os.path.join(str(mount.mountpoint), relative)) == errno.EPERM
+
+
+def test_dotdot_out_of_the_mount_is_not_a_file_of_the_mount(mount):
+    # ".." of the mount root is the folder that holds the mountpoint, not something inside it.
+    assert os.path.samefile(os.path.join(str(mount.mountpoint), ".."), mount.root)
+
+
+def test_symlink_link_and_fifo_are_refused(mount, refused, planted):
+    existing = mount / "assistants" / planted.filename
+    assert refused(os.symlink, existing, mount / "assistants" / unique("link")) == errno.EPERM
+    assert refused(os.symlink, "/etc/hostname", mount / "vision" / unique("link")) == errno.EPERM
+    assert refused(os.link, existing, mount / "assistants" / unique("hard")) == errno.EPERM
+    assert refused(os.mkfifo, mount / "assistants" / unique("fifo")) == errno.EPERM
+    assert refused(os.mkfifo, mount / unique("fifo")) == errno.EPERM
+
+
+def test_rename_of_folders_and_root_entries_is_refused(mount, refused):
+    assert refused(os.rename, mount / "assistants", mount / "assistants2") == errno.EPERM
+    assert refused(os.rename, mount / "batch", mount / "vision") == errno.EPERM
+    assert refused(os.rename, mount / "by-id", mount / "ids") == errno.EPERM
+    assert refused(os.rename, mount / "index.jsonl", mount / "index.json") == errno.EPERM
+    assert refused(os.rename, mount / "index.jsonl", mount / "evals" / "index.jsonl") == errno.EPERM
+    assert {"assistants", "batch", "vision", "by-id", "index.jsonl"} <= set(os.listdir(mount.mountpoint))
+    assert "assistants2" not in os.listdir(mount.mountpoint)
+
+
+def test_rename_into_the_root_or_by_id_is_refused(mount, refused, planted):
+    source = mount / "assistants" / planted.filename
+    assert refused(os.rename, source, mount / planted.filename) == errno.EPERM
+    assert refused(os.rename, source, mount / "by-id" / planted.filename) == errno.EPERM
+    assert refused(os.rename, source, mount / "nope" / planted.filename) == errno.ENOENT
+    assert source.read_bytes() == b"existing\n"
+    assert mount.rows()[planted.id]["filename"] == planted.filename
