@@ -2,6 +2,7 @@
 or delete behind the mount's back) show in the mount within about a second."""
 
 import errno
+import io
 import json
 import os
 import time
@@ -50,7 +51,6 @@ def test_planted_row_and_object_show(mount):
 
 
 def test_file_created_through_the_service_shows(mount):
-    import io
     names(mount, "evals")
     created = mount.service().create(io.BytesIO(b"service"), unique("svc"), "evals")
     shows_within(lambda: created.filename in names(mount, "evals"), "the created file")
@@ -63,8 +63,7 @@ def test_rename_behind_the_back_shows(mount):
     old = mount / "assistants" / planted.filename
     assert os.stat(old).st_size == 1  # the kernel now caches this entry
     new_name = unique("after")
-    mount.service().rename(planted.id, new_name, "assistants") if hasattr(mount.service(), "rename") \
-        else mount.service().metadata.update(planted.id, filename=new_name)
+    mount.service().metadata.update(planted.id, filename=new_name)
     shows_within(lambda: new_name in names(mount, "assistants") and planted.filename not in names(mount, "assistants"),
                  "the new name replacing the old")
     shows_within(lambda: not os.path.exists(old), "the old name gone for stat")

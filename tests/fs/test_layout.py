@@ -283,3 +283,18 @@ def test_statfs(mount):
     assert st.f_bsize == 4096
     assert st.f_namemax == 255
     assert st.f_blocks > 0 and 0 <= st.f_bfree <= st.f_blocks
+
+
+def test_file_being_written_has_no_id_yet(mount):
+    path = mount / "assistants" / unique("in-progress")
+    with open(path, "wb", buffering=0) as f:
+        f.write(b"x" * 1000)
+        assert path.name in os.listdir(mount / "assistants")
+        assert os.stat(path).st_size == 1000
+        assert errno_of(os.getxattr, path, "user.openai.file_id") == errno.ENODATA
+        f.write(b"y" * 500)
+        assert os.stat(path).st_size == 1500
+    file_id = os.getxattr(path, "user.openai.file_id").decode()
+    assert mount.rows()[file_id]["bytes"] == 1500
+    assert file_id in os.listdir(mount / "by-id")
+    assert file_id in [e["id"] for e in read_index(mount)]

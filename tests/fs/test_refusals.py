@@ -3,10 +3,11 @@ object, no staging file, no open multipart upload."""
 
 import errno
 import os
+import shutil
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
+from tests.fs.mounting import Mount, unique, wait_for
 
 SHOWN = 3.0
 OLD = 1_700_000_000
@@ -150,3 +151,40 @@ def test_rename_into_the_root_or_by_id_is_refused(mount, refused, planted):
     assert refused(os.rename, source, mount / "nope" / planted.filename) == errno.ENOENT
     assert source.read_bytes() == b"existing\n"
     assert mount.rows()[planted.id]["filename"] == planted.filename
+
+
+@pytest.fixture(params=["local", "s3"])
+def read_only_mount(request, fuse):
+    server = request.getfixturevalue("s3_server") if request.param == "s3" else None
+    m = Mount(request.param, server, extra_args=["--read-only"])
+    try:
+        yield m.start()
+    finally:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)
+
+
+def test_read_only_mount_refuses_writes(read_only_mount):
+    m = read_only_mount
+    planted = m.plant(unique("ro"), "assistants", b"read only\n", created_at=OLD)
+    path = m / "assistants" / planted.filename
+    wait_for(lambda: path.exists(), SHOWN, "the planted file")
+    before = m.snapshot()
+    attempts = [
+        (create, m / "assistants" / unique("new")),
+        (open_for_write, path, os.O_WRONLY | os.O_TRUNC),
+        (open_for_write, path, os.O_WRONLY | os.O_APPEND),
+        (os.unlink, path),
+        (os.rename, path, m / "assistants" / unique("renamed")),
+        (os.rename, path, m / "vision" / planted.filename),
+        (os.truncate, path, 0),
+        (os.mkdir, m / "assistants" / unique("dir", "")),
+    ]
+    for call, *args in attempts:
+        with pytest.raises(OSError) as info:
+            call(*args)
+        assert info.value.errno == errno.EROFS, (call.__name__, args)
+    m.assert_unchanged(before)
+    assert path.read_bytes() == b"read only\n"
+    assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
+    m.assert_consistent()
