@@ -1,0 +1,191 @@
+"""Failures seen through a real mount: an S3 outage at close (EIO, data kept staged, listed by
+``status``, uploaded by ``retry``), and a read-only mount refusing every write with EROFS.
+
+The outage tests run on a server of their own (``own_s3_server``), stopped and started again on the
+same port. moto keeps its data in memory, so the restarted server is empty: the mount's settings
+auto-create the bucket again.
+"""
+
+import errno
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.test_writes import MiB, assert_registered, body, file_id, listed, payload, rows_named, run
+
+
+@pytest.fixture
+def outage_mount(own_s3_server, fuse):
+    m = Mount("s3", own_s3_server)
+    try:
+        m.start()
+        yield m
+    finally:
+        if own_s3_server.process is None:
+            own_s3_server.start()  # let the mount stop cleanly, whatever the test left
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)
+
+
+def staged(m: Mount) -> list[dict]:
+    """The ``staged`` list of ``s3filesfs status --json`` (works without a daemon)."""
+    result = m.cli("status", "--json", check=False)
+    try:
+        return json.loads(result.stdout)["staged"]
+    except (ValueError, KeyError) as exc:
+        raise AssertionError(f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}")
+
+
+def _retry_after_restart(m: Mount, server, name: str, purpose: str, data: bytes) -> None:
+    """Restart the server (empty), run ``s3filesfs retry`` and check the file is registered."""
+    server.start()
+    result = m.cli("retry", check=False, timeout=120)
+    assert result.returncode == 0, f"retry exited {result.returncode}: {result.stdout}{result.stderr}"
+    matches = rows_named(m, name, purpose)
+    assert len(matches) == 1, matches
+    fid = matches[0]["id"]
+    assert matches[0]["bytes"] == len(data)
+    assert body(m, fid) == data
+    assert staged(m) == []
+    path = m / purpose / name
+    wait_for(lambda: name in os.listdir(m / purpose), 5, "the retried file shown in the mount")
+    assert file_id(path) == fid
+    assert_registered(m, path, data, purpose)
+    assert fid in listed(m)
+    m.assert_consistent()
+
+
+def test_outage_during_write_fails_close_and_retry_uploads(outage_mount, own_s3_server):
+    m = outage_mount
+    name = unique("outage", ".bin")
+    data = payload(12 * MiB + 777, "outage")
+    fd = os.open(m / "batch" / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    closed = False
+    try:
+        half = 9 * MiB  # past one 8 MiB part: a multipart upload is under way
+        for start in range(0, half, MiB):
+            os.write(fd, data[start:start + MiB])
+        own_s3_server.stop()
+        for start in range(half, len(data), MiB):
+            os.write(fd, data[start:min(start + MiB, len(data))])
+        with pytest.raises(OSError) as failure:
+            closed = True
+            os.close(fd)
+        assert failure.value.errno == errno.EIO, failure.value
+    finally:
+        if not closed:
+            os.close(fd)
+    assert not m.rows(), "nothing may be registered after a failed upload"
+    entries = [e for e in staged(m) if e["filename"] == name]
+    assert len(entries) == 1, staged(m)
+    assert (entries[0]["purpose"], entries[0]["bytes"]) == ("batch", len(data))
+    assert entries[0]["error"]
+    time.sleep(1.2)  # past the listing cache: a failed upload is not shown
+    assert name not in os.listdir(m / "batch")
+    _retry_after_restart(m, own_s3_server, name, "batch", data)
+
+
+def test_cp_while_server_down_exits_nonzero_and_retry_uploads(outage_mount, own_s3_server, tmp_path):
+    m = outage_mount
+    data = payload(3 * MiB + 5, "cp-outage")
+    src = tmp_path / "report.pdf"
+    src.write_bytes(data)
+    name = unique("report", ".pdf")
+    own_s3_server.stop()
+    result = run("cp", src, m / "assistants" / name, check=False)
+    assert result.returncode != 0
+    assert "Input/output error" in result.stderr, result.stderr
+    assert not m.rows()
+    entries = [e for e in staged(m) if e["filename"] == name]
+    assert [(e["purpose"], e["bytes"]) for e in entries] == [("assistants", len(data))], staged(m)
+    _retry_after_restart(m, own_s3_server, name, "assistants", data)
+
+
+def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
+    """A failed overwrite keeps the old file; the retry registers the new bytes and removes the old id."""
+    m = outage_mount
+    name = unique("versioned")
+    path = m / "user_data" / name
+    path.write_bytes(b"version 1\n")
+    old = file_id(path)
+    own_s3_server.stop()
+    with pytest.raises(OSError) as failure:
+        with open(path, "wb") as f:
+            f.write(b"version 2\n")
+    assert failure.value.errno == errno.EIO
+    entries = [e for e in staged(m) if e["filename"] == name]
+    assert len(entries) == 1 and entries[0]["replaces"] == old, staged(m)
+    assert set(m.rows()) == {old}
+    own_s3_server.start()
+    # The restarted server is empty: the old object is gone with it; the retry still replaces the row.
+    result = m.cli("retry", check=False, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    matches = rows_named(m, name, "user_data")
+    assert len(matches) == 1 and matches[0]["id"] != old, matches
+    assert body(m, matches[0]["id"]) == b"version 2\n"
+    assert staged(m) == []
+    wait_for(lambda: file_id(path) == matches[0]["id"], 5, "the new id shown")
+    assert path.read_bytes() == b"version 2\n"
+    m.assert_consistent()
+
+
+def test_retry_with_server_still_down_exits_3(outage_mount, own_s3_server):
+    m = outage_mount
+    name = unique("stuck")
+    own_s3_server.stop()
+    with pytest.raises(OSError):
+        with open(m / "assistants" / name, "wb") as f:
+            f.write(b"stuck\n")
+    result = m.cli("retry", check=False, timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert [e["filename"] for e in staged(m)] == [name]
+    _retry_after_restart(m, own_s3_server, name, "assistants", b"stuck\n")
+
+
+# --- read-only mount ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ro_mount(fuse):
+    m = Mount("local", extra_args=["--read-only"])
+    try:
+        m.plant("existing.txt", "assistants", b"read me\n")
+        m.start()
+        yield m
+    finally:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)
+
+
+def _erofs(call, *args):
+    with pytest.raises(OSError) as failure:
+        call(*args)
+    assert failure.value.errno == errno.EROFS, failure.value
+
+
+def test_read_only_mount_refuses_writes(ro_mount, tmp_path):
+    m = ro_mount
+    before = m.snapshot()
+    existing = m / "assistants" / "existing.txt"
+    assert existing.read_bytes() == b"read me\n"
+    fid = file_id(existing)
+    _erofs(open, m / "assistants" / "new.txt", "wb")
+    _erofs(os.open, m / "assistants" / "new2.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    _erofs(open, existing, "r+b")
+    _erofs(open, existing, "ab")
+    _erofs(os.open, existing, os.O_WRONLY | os.O_TRUNC)
+    _erofs(os.unlink, existing)
+    _erofs(os.rename, existing, m / "assistants" / "moved.txt")
+    _erofs(os.rename, existing, m / "vision" / "existing.txt")
+    _erofs(os.truncate, existing, 0)
+    src = tmp_path / "x.txt"
+    src.write_bytes(b"x")
+    result = run("cp", src, m / "assistants" / "x.txt", check=False)
+    assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
+    assert existing.read_bytes() == b"read me\n"
+    assert file_id(existing) == fid
+    m.assert_unchanged(before)
+    m.assert_consistent()

@@ -1,0 +1,262 @@
+"""The mount's life: ``s3filesfs mount`` in the background and ``umount``, SIGTERM while a file is
+being written, a dead mount mounted again, a second mount on a live one, and mounts that must not
+start (a missing bucket, wrong credentials).
+"""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.test_writes import MiB, assert_registered, body, file_id, payload, rows_named
+from tests.s3server import SECRET_KEY, MotoServer
+
+PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
+
+
+def mount_pids(mountpoint: Path) -> list[int]:
+    """Processes whose command line is an ``s3filesfs ... mount <mountpoint>``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if "s3filesfs" in " ".join(words) and "mount" in words and str(mountpoint) in words:
+            pids.append(int(entry))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cleanup(m: Mount) -> None:
+    """Whatever the test left: unmount and end the processes it started, by pid."""
+    pids = mount_pids(m.mountpoint)
+    m.stop()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        try:
+            wait_for(lambda: not alive(pid), 10, f"pid {pid} gone")
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+    if os.path.ismount(m.mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(m.mountpoint)], capture_output=True)
+    shutil.rmtree(m.root, ignore_errors=True)
+
+
+@pytest.fixture
+def local_mount_setup(fuse):
+    m = Mount("local")
+    yield m
+    cleanup(m)
+
+
+def background_mount(m: Mount, *extra, check=True) -> subprocess.CompletedProcess:
+    m.staging.mkdir(parents=True, exist_ok=True)
+    return m.cli("mount", str(m.mountpoint), "--staging-dir", str(m.staging), *extra, check=check, timeout=60)
+
+
+def test_background_mount_and_umount(local_mount_setup):
+    m = local_mount_setup
+    assert not m.mountpoint.exists()  # mount creates it
+    started = time.monotonic()
+    result = background_mount(m)
+    assert result.returncode == 0
+    assert os.path.ismount(m.mountpoint), "mount returned before the mountpoint was mounted"
+    assert time.monotonic() - started < 30
+    assert PURPOSES <= set(os.listdir(m.mountpoint))
+    pids = mount_pids(m.mountpoint)
+    assert len(pids) == 1, pids
+    log = m.data_dir / "mount.log"
+    assert log.exists() and log.stat().st_size > 0, "the background mount writes <data_dir>/mount.log"
+    path = m / "assistants" / unique("bg")
+    path.write_bytes(b"through a background mount\n")
+    fid = assert_registered(m, path, b"through a background mount\n", "assistants")
+    result = m.cli("umount", str(m.mountpoint), check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.ismount(m.mountpoint)
+    assert not alive(pids[0]), "umount returned while the mount process still ran"
+    assert m.rows()[fid]["bytes"] == len(b"through a background mount\n")
+    m.assert_consistent()
+
+
+def test_background_mount_log_file_option(local_mount_setup, tmp_path):
+    m = local_mount_setup
+    log = tmp_path / "logs" / "fs.log"
+    log.parent.mkdir()
+    background_mount(m, "--log-file", str(log))
+    assert os.path.ismount(m.mountpoint)
+    wait_for(lambda: log.exists() and log.stat().st_size > 0, 5, "the --log-file written")
+    m.cli("umount", str(m.mountpoint), timeout=60)
+    assert not os.path.ismount(m.mountpoint)
+
+
+def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
+    m = Mount("s3", s3_server)
+    try:
+        m.start()
+        name = unique("inflight", ".bin")
+        data = payload(24 * MiB + 3, "sigterm")
+        halfway, errors = threading.Event(), []
+
+        def writer():
+            try:
+                with open(m / "batch" / name, "wb") as f:
+                    for start in range(0, len(data), MiB):
+                        f.write(data[start:start + MiB])
+                        if start >= 10 * MiB:
+                            halfway.set()
+                            time.sleep(0.02)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                halfway.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert halfway.wait(60)
+        m.process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert not thread.is_alive()
+        assert not errors, f"the write failed after SIGTERM: {errors!r}"
+        code = m.process.wait(60)
+        assert code == 0, m.log_tail()
+        assert not os.path.ismount(m.mountpoint)
+        matches = rows_named(m, name, "batch")
+        assert len(matches) == 1, matches
+        assert matches[0]["bytes"] == len(data)
+        assert body(m, matches[0]["id"]) == data
+        m.process = None
+        m.assert_consistent()
+    finally:
+        cleanup(m)
+
+
+def test_dead_mount_is_mounted_again(local_mount_setup):
+    m = local_mount_setup
+    planted = m.plant("survivor.txt", "assistants", b"still here\n")
+    m.start()
+    m.process.kill()
+    m.process.wait(10)
+    m.process = None
+    try:
+        os.stat(m.mountpoint)  # auto_unmount may already have cleaned it
+    except OSError as exc:
+        assert exc.errno == errno.ENOTCONN, exc
+    result = background_mount(m, check=False)
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(m.mountpoint)
+    assert (m / "assistants" / "survivor.txt").read_bytes() == b"still here\n"
+    assert file_id(m / "assistants" / "survivor.txt") == planted.id
+    m.cli("umount", str(m.mountpoint), timeout=60)
+    assert not os.path.ismount(m.mountpoint)
+
+
+def fusermount_helpers(mountpoint: Path) -> list[int]:
+    """The ``fusermount3`` helpers libfuse keeps beside a mount for ``auto_unmount``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]).startswith("fusermount") and str(mountpoint) in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def test_stale_dead_mount_is_mounted_again(local_mount_setup):
+    """A dead mount that answers ENOTCONN (what a crash leaves when nothing cleans up after it)."""
+    m = local_mount_setup
+    m.start()
+    helpers = fusermount_helpers(m.mountpoint)
+    for pid in helpers:  # the auto_unmount helper would clean up; without it the mount stays stale
+        os.kill(pid, signal.SIGKILL)
+    m.process.kill()
+    m.process.wait(10)
+    m.process = None
+    if helpers:
+        with pytest.raises(OSError) as dead:
+            os.stat(m.mountpoint)
+        assert dead.value.errno == errno.ENOTCONN
+    result = background_mount(m, check=False)
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(m.mountpoint)
+    assert PURPOSES <= set(os.listdir(m.mountpoint))
+    m.cli("umount", str(m.mountpoint), timeout=60)
+    assert not os.path.ismount(m.mountpoint)
+
+
+def test_mount_on_live_mount_is_refused(local_mount_setup):
+    m = local_mount_setup
+    m.start()
+    result = background_mount(m, check=False)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "already mounted" in (result.stderr + result.stdout)
+    assert m.process.poll() is None, "the live mount must survive"
+    assert PURPOSES <= set(os.listdir(m.mountpoint))
+    assert len(mount_pids(m.mountpoint)) == 1
+    foreground = m.cli("mount", str(m.mountpoint), "--foreground", "--staging-dir", str(m.staging),
+                       check=False, timeout=60)
+    assert foreground.returncode == 1 and "already mounted" in foreground.stderr + foreground.stdout
+
+
+def _assert_refused(m: Mount, result: subprocess.CompletedProcess, *secrets) -> str:
+    assert result.returncode not in (0, None), result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected a one-line error, got: {result.stderr!r}"
+    for secret in secrets:
+        assert secret not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not os.path.ismount(m.mountpoint)
+    wait_for(lambda: not mount_pids(m.mountpoint), 10, "no mount process left")
+    return lines[0]
+
+
+def test_missing_bucket_without_auto_create(s3_server, fuse):
+    m = Mount("s3", s3_server)
+    try:
+        env = {**m.env, "S3FILESFS_AUTO_CREATE_BUCKET": "false"}
+        m.staging.mkdir(parents=True, exist_ok=True)
+        for extra in ([], ["--foreground"]):
+            result = subprocess.run(m.command("mount", str(m.mountpoint), "--staging-dir", str(m.staging), *extra),
+                                    env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            line = _assert_refused(m, result)
+            assert result.returncode == 3, (result.returncode, line)
+            assert m.bucket in line, line
+    finally:
+        cleanup(m)
+
+
+def test_wrong_credentials(fuse):
+    server = MotoServer(require_auth=True).start()
+    m = Mount("s3", server)
+    try:
+        m.staging.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(m.command("mount", str(m.mountpoint), "--staging-dir", str(m.staging)),
+                                env=m.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        line = _assert_refused(m, result, SECRET_KEY)
+        assert result.returncode == 3, (result.returncode, line)
+    finally:
+        cleanup(m)
+        server.stop()

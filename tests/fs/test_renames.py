@@ -1,0 +1,141 @@
+"""Renames through a real mount: metadata only (same id, same object, no copy), rename over an
+existing name, renames of decorated duplicate names, and temporary names uploaded when renamed.
+"""
+
+import os
+import time
+
+import pytest
+
+from tests.fs.mounting import unique, wait_for
+from tests.fs.test_writes import assert_gone, assert_registered, body, file_id, listed, rows_named, run, uploaded_name
+
+
+def test_mv_within_purpose_keeps_id(mount):
+    src = mount / "assistants" / unique("before")
+    src.write_bytes(b"same bytes\n")
+    fid = file_id(src)
+    objects = mount.object_keys()
+    dest = mount / "assistants" / unique("after")
+    run("mv", src, dest)
+    assert file_id(dest) == fid
+    assert not os.path.exists(src)
+    assert mount.object_keys() == objects, "a rename must not copy or add objects"
+    row = mount.rows()[fid]
+    assert (row["filename"], row["purpose"]) == (dest.name, "assistants")
+    assert listed(mount)[fid]["filename"] == dest.name
+    assert_registered(mount, dest, b"same bytes\n", "assistants")
+    assert uploaded_name(mount, fid) == src.name  # the object itself was not rewritten
+
+
+def test_mv_between_purposes_keeps_id(mount):
+    src = mount / "assistants" / unique("moving", ".jsonl")
+    src.write_bytes(b'{"q": 1}\n')
+    fid = file_id(src)
+    objects = mount.object_keys()
+    dest = mount / "evals" / src.name
+    run("mv", src, dest)
+    assert file_id(dest) == fid
+    assert os.getxattr(str(dest), "user.openai.purpose") == b"evals"
+    assert mount.object_keys() == objects
+    assert src.name not in os.listdir(mount / "assistants")
+    shown = listed(mount)[fid]
+    assert (shown["filename"], shown["purpose"]) == (src.name, "evals")
+    assert_registered(mount, dest, b'{"q": 1}\n', "evals")
+
+
+def test_mv_between_purposes_with_new_name(mount):
+    src = mount / "user_data" / unique("orig")
+    src.write_bytes(b"x" * 10000)
+    fid = file_id(src)
+    dest = mount / "vision" / unique("renamed")
+    os.rename(src, dest)
+    assert file_id(dest) == fid
+    assert_registered(mount, dest, b"x" * 10000, "vision")
+
+
+def test_mv_over_existing_name_replaces_it(mount):
+    target = mount / "assistants" / unique("target")
+    target.write_bytes(b"old target\n")
+    replaced = file_id(target)
+    src = mount / "assistants" / unique("incoming")
+    src.write_bytes(b"new content\n")
+    moved = file_id(src)
+    objects = mount.object_keys()
+    run("mv", "-f", src, target)
+    assert file_id(target) == moved
+    assert_gone(mount, replaced)
+    assert mount.object_keys() == objects - {replaced}
+    assert not os.path.exists(src)
+    assert replaced not in listed(mount)
+    assert_registered(mount, target, b"new content\n", "assistants")
+
+
+def test_mv_over_existing_name_in_other_purpose(mount):
+    target = mount / "batch" / unique("slot", ".jsonl")
+    target.write_bytes(b"{}\n")
+    replaced = file_id(target)
+    src = mount / "assistants" / unique("comer", ".jsonl")
+    src.write_bytes(b'{"new": true}\n')
+    moved = file_id(src)
+    os.rename(src, target)
+    assert file_id(target) == moved
+    assert_gone(mount, replaced)
+    assert_registered(mount, target, b'{"new": true}\n', "batch")
+
+
+def test_rename_decorated_duplicate(mount):
+    name = unique("dup", ".txt")
+    now = int(time.time())
+    older = mount.plant(name, "assistants", b"older\n", created_at=now - 10)
+    newer = mount.plant(name, "assistants", b"newer\n", created_at=now - 5)
+    decorated = f"{name[:-4]} ({newer.id}).txt"
+    folder = mount / "assistants"
+    wait_for(lambda: {name, decorated} <= set(os.listdir(folder)), 5, "both duplicates listed")
+    assert file_id(folder / name) == older.id
+    assert file_id(folder / decorated) == newer.id
+    assert (folder / decorated).read_bytes() == b"newer\n"
+    dest = folder / unique("undup", ".txt")
+    run("mv", folder / decorated, dest)
+    assert file_id(dest) == newer.id
+    assert decorated not in os.listdir(folder)
+    assert file_id(folder / name) == older.id
+    assert_registered(mount, dest, b"newer\n", "assistants")
+    assert_registered(mount, folder / name, b"older\n", "assistants")
+    # The decorated name is a real path for rm too.
+    again = mount.plant(name, "assistants", b"third\n", created_at=now)
+    third = f"{name[:-4]} ({again.id}).txt"
+    wait_for(lambda: third in os.listdir(folder), 5, "the third duplicate listed")
+    os.unlink(folder / third)
+    assert_gone(mount, again.id)
+    assert file_id(folder / name) == older.id
+
+
+@pytest.mark.parametrize("temp_name", [".{}.a1B2c3", "{}.part", "{}~", "{}.tmp", "{}.crdownload"])
+def test_temp_name_uploaded_when_renamed(mount, temp_name):
+    real = unique("download", ".bin")
+    temp = mount / "user_data" / temp_name.format(real)
+    data = os.urandom(100_000)
+    with open(temp, "wb") as f:
+        f.write(data)
+    assert not rows_named(mount, temp.name), "a temporary name was uploaded"
+    assert not [r for r in mount.rows().values() if r["filename"] in (temp.name, real)]
+    assert temp.read_bytes() == data
+    dest = mount / "user_data" / real
+    os.rename(temp, dest)
+    fid = assert_registered(mount, dest, data, "user_data")
+    assert uploaded_name(mount, fid) == real
+    assert body(mount, fid) == data
+    assert not os.path.exists(temp)
+    assert fid in listed(mount)
+
+
+def test_real_name_renamed_to_temp_name_and_back(mount):
+    """A registered file moved to a temporary name keeps existing; moved back, it is one id again."""
+    dest = mount / "assistants" / unique("roundtrip")
+    dest.write_bytes(b"round trip\n")
+    os.rename(dest, dest.with_name(dest.name + ".tmp"))
+    os.rename(dest.with_name(dest.name + ".tmp"), dest)
+    assert len(rows_named(mount, dest.name, "assistants")) == 1
+    assert_registered(mount, dest, b"round trip\n", "assistants")
+    assert not rows_named(mount, dest.name + ".tmp")

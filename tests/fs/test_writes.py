@@ -1,0 +1,400 @@
+"""Writes through a real mount: cp, cp -a, rsync -a, dd conv=notrunc, O_APPEND, editor saves,
+concurrent writers, the staging cap, unlink.
+
+Each test checks the outcome the way a user would (the xattr, ``s3filesfs ls --json``, reading the
+file back) and behind the mount's back (rows, objects, staging); the ``_store_agrees`` fixture ends
+every test on the shared mount by checking that bucket and table agree.
+"""
+
+import errno
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import threading
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.fs.mounting import Mount, unique, wait_for
+
+MiB = 1024 * 1024
+FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
+
+
+# --- helpers shared with the other write-side modules (no test_ names here) ----------------------
+
+def payload(size: int, seed: object = None) -> bytes:
+    return random.Random(str(seed) if seed is not None else os.urandom(8)).randbytes(size)
+
+
+def run(*command, check=True, timeout=120) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout,
+                            stdin=subprocess.DEVNULL)
+    if check:
+        assert result.returncode == 0, f"{command} exited {result.returncode}: {result.stderr}"
+    return result
+
+
+def file_id(path) -> str:
+    value = os.getxattr(str(path), "user.openai.file_id").decode()
+    assert FILE_ID.match(value), value
+    return value
+
+
+def listed(m: Mount) -> dict[str, dict]:
+    """``s3filesfs ls --json`` in another process, by id."""
+    return {f["id"]: f for f in json.loads(m.cli("ls", "--json").stdout)["data"]}
+
+
+def rows_named(m: Mount, filename: str, purpose: str | None = None) -> list[dict]:
+    return [r for r in m.rows().values() if r["filename"] == filename and purpose in (None, r["purpose"])]
+
+
+def body(m: Mount, fid: str) -> bytes:
+    _, chunks = m.service().content(fid)
+    return b"".join(chunks)
+
+
+def uploaded_name(m: Mount, fid: str) -> str:
+    """The filename the object was uploaded under (its x-amz-meta-filename / local metadata)."""
+    info = m.service().blobs.head(fid)
+    assert info is not None, f"no object for {fid}"
+    return urllib.parse.unquote(info.metadata.get("filename", ""))
+
+
+def is_gone(m: Mount, fid: str) -> bool:
+    return fid not in m.rows() and fid not in m.object_keys()
+
+
+def assert_gone(m: Mount, fid: str) -> None:
+    wait_for(lambda: is_gone(m, fid), 5, f"{fid} deleted (row and object)")
+
+
+def assert_registered(m: Mount, path, data: bytes, purpose: str) -> str:
+    """The file at ``path`` has an id whose row, object, listing and content all match ``data``."""
+    fid = file_id(path)
+    row = m.rows()[fid]
+    assert (row["filename"], row["purpose"], row["bytes"]) == (path.name, purpose, len(data))
+    assert len(rows_named(m, path.name, purpose)) == 1, rows_named(m, path.name, purpose)
+    assert body(m, fid) == data
+    assert os.stat(path).st_size == len(data)
+    assert path.read_bytes() == data
+    return fid
+
+
+# --- create -----------------------------------------------------------------------------------
+
+def test_cp_small_file(mount, tmp_path):
+    data = b"hello, mount\n" * 100
+    src = tmp_path / "small.txt"
+    src.write_bytes(data)
+    dest = mount / "assistants" / unique("small")
+    run("cp", src, dest)
+    fid = assert_registered(mount, dest, data, "assistants")
+    shown = listed(mount)[fid]
+    assert (shown["filename"], shown["purpose"], shown["bytes"]) == (dest.name, "assistants", len(data))
+    assert uploaded_name(mount, fid) == dest.name
+
+
+def test_cp_multi_mib_file(mount, tmp_path):
+    data = payload(20 * MiB + 12345, "big")
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    dest = mount / "batch" / unique("big", ".bin")
+    run("cp", src, dest)
+    fid = assert_registered(mount, dest, data, "batch")
+    assert listed(mount)[fid]["bytes"] == len(data)
+    assert mount.pending_uploads() == []
+
+
+def test_empty_file_is_registered(mount):
+    dest = mount / "assistants" / unique("empty")
+    run("touch", dest)
+    fid = assert_registered(mount, dest, b"", "assistants")
+    assert listed(mount)[fid]["bytes"] == 0
+
+
+def test_python_write_then_close(mount):
+    data = payload(300_000, 1)
+    dest = mount / "evals" / unique("plain", ".jsonl")
+    with open(dest, "wb") as f:
+        for start in range(0, len(data), 65536):
+            f.write(data[start:start + 65536])
+    assert_registered(mount, dest, data, "evals")
+
+
+# --- overwrite and copy-on-write --------------------------------------------------------------
+
+def test_cp_onto_existing_name_gives_new_id(mount, tmp_path):
+    first, second = payload(50_000, 2), payload(70_000, 3)
+    dest = mount / "assistants" / unique("over")
+    (tmp_path / "a").write_bytes(first)
+    (tmp_path / "b").write_bytes(second)
+    run("cp", tmp_path / "a", dest)
+    old = assert_registered(mount, dest, first, "assistants")
+    run("cp", tmp_path / "b", dest)
+    new = file_id(dest)
+    assert new != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, second, "assistants")
+    assert old not in listed(mount)
+
+
+def test_redirect_truncate_gives_new_id(mount):
+    dest = mount / "user_data" / unique("redir")
+    dest.write_bytes(b"one\n")
+    old = file_id(dest)
+    run("sh", "-c", f"printf 'two\\n' > '{dest}'")
+    new = file_id(dest)
+    assert new != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"two\n", "user_data")
+
+
+def test_dd_notrunc_patches_middle(mount, tmp_path):
+    original = payload(3 * MiB, 4)
+    patch = payload(8192, 5)
+    dest = mount / "vision" / unique("patch", ".bin")
+    dest.write_bytes(original)
+    old = file_id(dest)
+    (tmp_path / "patch").write_bytes(patch)
+    run("dd", f"if={tmp_path / 'patch'}", f"of={dest}", "bs=4096", "seek=100", "conv=notrunc", "status=none")
+    expected = original[:409600] + patch + original[409600 + len(patch):]
+    new = file_id(dest)
+    assert new != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, expected, "vision")
+
+
+def test_open_for_write_and_close_keeps_id(mount):
+    data = b"untouched\n"
+    dest = mount / "assistants" / unique("keep")
+    dest.write_bytes(data)
+    fid = file_id(dest)
+    before = mount.snapshot()
+    os.close(os.open(dest, os.O_WRONLY))
+    with open(dest, "r+b"):
+        pass
+    run("touch", dest)  # utimens: accepted and ignored
+    assert file_id(dest) == fid
+    mount.assert_unchanged(before)
+    assert_registered(mount, dest, data, "assistants")
+
+
+def test_append(mount):
+    dest = mount / "fine-tune" / unique("append", ".jsonl")
+    dest.write_bytes(b'{"a": 1}\n')
+    old = file_id(dest)
+    with open(dest, "ab") as f:
+        f.write(b'{"b": 2}\n')
+    new = file_id(dest)
+    assert new != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b'{"a": 1}\n{"b": 2}\n', "fine-tune")
+    # Appending again through the shell's >>.
+    run("sh", "-c", f"printf '{{\"c\": 3}}\\n' >> '{dest}'")
+    assert file_id(dest) != new
+    assert_gone(mount, new)
+    assert_registered(mount, dest, b'{"a": 1}\n{"b": 2}\n{"c": 3}\n', "fine-tune")
+
+
+def test_truncate_existing_file(mount):
+    dest = mount / "assistants" / unique("trunc")
+    dest.write_bytes(b"0123456789")
+    old = file_id(dest)
+    run("truncate", "-s", "4", dest)
+    assert file_id(dest) != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"0123", "assistants")
+
+
+# --- folders of files -------------------------------------------------------------------------
+
+def _folder(tmp_path, tag: str) -> dict[str, bytes]:
+    src = tmp_path / "src"
+    src.mkdir()
+    prefix = unique(tag, "")
+    files = {f"{prefix}-{i}.dat": payload(size, (tag, i)) for i, size in enumerate([10, 4096, 200_000, 1_500_000])}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    return files
+
+
+def _assert_folder(m: Mount, purpose: str, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        assert_registered(m, m / purpose / name, data, purpose)
+    ids = [file_id(m / purpose / name) for name in files]
+    assert len(set(ids)) == len(files)
+    for fid in ids:
+        assert not uploaded_name(m, fid).startswith("."), uploaded_name(m, fid)
+    assert not [r for r in m.rows().values() if r["filename"].startswith(".")]
+
+
+def test_cp_a_folder_into_purpose(mount, tmp_path):
+    files = _folder(tmp_path, "cpa")
+    run("cp", "-a", *[tmp_path / "src" / name for name in files], mount / "vision")
+    _assert_folder(mount, "vision", files)
+
+
+def test_cp_r_folder_contents_into_purpose(mount, tmp_path):
+    files = _folder(tmp_path, "cpr")
+    run("cp", "-r", "-T", tmp_path / "src", mount / "assistants")
+    _assert_folder(mount, "assistants", files)
+
+
+def test_rsync_a_folder_into_purpose(mount, tmp_path):
+    files = _folder(tmp_path, "rsync")
+    before = set(mount.rows())
+    run("rsync", "-a", f"{tmp_path / 'src'}/", f"{mount / 'user_data'}/")
+    _assert_folder(mount, "user_data", files)
+    added = set(mount.rows()) - before
+    assert len(added) == len(files), [mount.rows()[i]["filename"] for i in added]
+    assert not [n for n in os.listdir(mount / "user_data") if n.startswith(".")]
+    # A second rsync of the same tree changes nothing (sizes and mtimes may differ: only check no dupes).
+    run("rsync", "-a", f"{tmp_path / 'src'}/", f"{mount / 'user_data'}/")
+    for name, data in files.items():
+        assert_registered(mount, mount / "user_data" / name, data, "user_data")
+
+
+def test_editor_style_save(mount):
+    name = unique("notes")
+    dest = mount / "assistants" / name
+    dest.write_bytes(b"draft 1\n")
+    old = file_id(dest)
+    swap = mount / "assistants" / f".{name}.swp"
+    seen_swap = []
+    stop = threading.Event()
+
+    def watch_rows():
+        while not stop.is_set():
+            seen_swap.extend(r["filename"] for r in mount.rows().values() if r["filename"].startswith("."))
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=watch_rows)
+    watcher.start()
+    try:
+        with open(swap, "wb") as f:
+            f.write(b"draft 2\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(swap, dest)
+    finally:
+        stop.set()
+        watcher.join()
+    assert not seen_swap, f"a temporary name reached the table: {seen_swap}"
+    new = file_id(dest)
+    assert new != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"draft 2\n", "assistants")
+    assert uploaded_name(mount, new) == name
+    assert not os.path.exists(swap)
+
+
+def test_unlink_temp_file_discards_it(mount):
+    before = mount.snapshot()
+    temp = mount / "assistants" / unique("scratch", ".tmp")
+    temp.write_bytes(b"scratch data")
+    assert not rows_named(mount, temp.name)
+    os.unlink(temp)
+    assert not os.path.exists(temp)
+    mount.assert_unchanged(before)
+
+
+# --- many writers -------------------------------------------------------------------------------
+
+def test_concurrent_writers(mount):
+    prefix = unique("conc", "")
+    jobs = {f"{prefix}-{t}-{i}.bin": payload(random.randint(1, 300_000), (t, i)) for t in range(16) for i in range(5)}
+    purposes = ["assistants", "batch", "user_data", "evals"]
+
+    def purpose_of(name):
+        return purposes[sum(name.encode()) % len(purposes)]
+
+    def writer(t):
+        for i in range(5):
+            name = f"{prefix}-{t}-{i}.bin"
+            with open(mount / purpose_of(name) / name, "wb") as f:
+                f.write(jobs[name])
+
+    with ThreadPoolExecutor(16) as pool:
+        for future in [pool.submit(writer, t) for t in range(16)]:
+            future.result()
+    rows = [r for r in mount.rows().values() if r["filename"].startswith(prefix)]
+    assert sorted(r["filename"] for r in rows) == sorted(jobs)
+    shown = [f for f in listed(mount).values() if f["filename"].startswith(prefix)]
+    assert len(shown) == len(jobs)
+    for name, data in jobs.items():
+        assert_registered(mount, mount / purpose_of(name) / name, data, purpose_of(name))
+
+
+# --- staging cap --------------------------------------------------------------------------------
+
+@pytest.fixture(params=["local", "s3"])
+def capped_mount(request, fuse):
+    server = request.getfixturevalue("s3_server") if request.param == "s3" else None
+    m = Mount(request.param, server, extra_args=["--staging-max-mb", "1"])
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)
+
+
+def test_staging_cap_gives_enospc(capped_mount):
+    m = capped_mount
+    dest = m / "assistants" / unique("toobig", ".bin")
+    chunk = payload(128 * 1024, 6)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    written, failure = 0, None
+    try:
+        while written < 3 * MiB:
+            try:
+                written += os.write(fd, chunk)
+            except OSError as exc:
+                failure = exc
+                break
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # close may report it too; the contract only fixes write()'s errno
+    assert failure is not None, f"wrote {written} bytes past a 1 MiB staging cap"
+    assert failure.errno == errno.ENOSPC, failure
+    assert written <= 1 * MiB + len(chunk)
+    assert not m.rows() and not m.object_keys()
+    wait_for(lambda: not m.staged_files(), 5, "staging emptied")
+    wait_for(lambda: dest.name not in os.listdir(m / "assistants"), 3, "the partial file gone")
+    assert not listed(m)
+    # The space is given back: a small file still goes through.
+    small = m / "assistants" / unique("small")
+    small.write_bytes(b"fits\n")
+    assert_registered(m, small, b"fits\n", "assistants")
+    m.assert_consistent()
+
+
+# --- unlink -------------------------------------------------------------------------------------
+
+def test_rm_deletes_row_and_object(mount, tmp_path):
+    dest = mount / "batch" / unique("doomed", ".jsonl")
+    dest.write_bytes(b'{"x": 1}\n')
+    fid = file_id(dest)
+    run("rm", dest)
+    assert is_gone(mount, fid)
+    assert not os.path.exists(dest)
+    assert dest.name not in os.listdir(mount / "batch")
+    assert fid not in listed(mount)
+
+
+def test_rm_by_id_is_refused(mount):
+    dest = mount / "assistants" / unique("kept")
+    dest.write_bytes(b"kept\n")
+    fid = file_id(dest)
+    with pytest.raises(PermissionError):
+        os.unlink(mount / "by-id" / fid)
+    assert fid in mount.rows()
+    assert dest.read_bytes() == b"kept\n"
