@@ -18,11 +18,20 @@ from tests.fs.mounting import Mount, unique, wait_for
 from tests.fs.test_writes import MiB, assert_registered, body, file_id, listed, payload, rows_named, run
 
 
+class StagedMount(Mount):
+    """A mount whose staging folder the CLI (``status``, ``retry``) knows too, through the environment."""
+
+    @property
+    def env(self) -> dict:
+        return {**super().env, "S3FILESFS_MOUNT_STAGING_DIR": str(self.staging)}
+
+
 @pytest.fixture
 def outage_mount(own_s3_server, fuse):
-    m = Mount("s3", own_s3_server)
+    m = StagedMount("s3", own_s3_server)
     try:
         m.start()
+        m.baseline = m.snapshot()
         yield m
     finally:
         if own_s3_server.process is None:
@@ -56,7 +65,7 @@ def _retry_after_restart(m: Mount, server, name: str, purpose: str, data: bytes)
     assert file_id(path) == fid
     assert_registered(m, path, data, purpose)
     assert fid in listed(m)
-    m.assert_consistent()
+    m.assert_consistent(m.baseline)
 
 
 def test_outage_during_write_fails_close_and_retry_uploads(outage_mount, own_s3_server):
@@ -130,7 +139,7 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     assert staged(m) == []
     wait_for(lambda: file_id(path) == matches[0]["id"], 5, "the new id shown")
     assert path.read_bytes() == b"version 2\n"
-    m.assert_consistent()
+    m.assert_consistent(m.baseline)
 
 
 def test_retry_with_server_still_down_exits_3(outage_mount, own_s3_server):
@@ -154,6 +163,7 @@ def ro_mount(fuse):
     try:
         m.plant("existing.txt", "assistants", b"read me\n")
         m.start()
+        m.baseline = m.snapshot()
         yield m
     finally:
         m.stop()
@@ -188,4 +198,4 @@ def test_read_only_mount_refuses_writes(ro_mount, tmp_path):
     assert existing.read_bytes() == b"read me\n"
     assert file_id(existing) == fid
     m.assert_unchanged(before)
-    m.assert_consistent()
+    m.assert_consistent(m.baseline)

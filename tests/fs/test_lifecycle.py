@@ -83,6 +83,7 @@ def test_background_mount_and_umount(local_mount_setup):
     assert os.path.ismount(m.mountpoint), "mount returned before the mountpoint was mounted"
     assert time.monotonic() - started < 30
     assert PURPOSES <= set(os.listdir(m.mountpoint))
+    baseline = m.snapshot()
     pids = mount_pids(m.mountpoint)
     assert len(pids) == 1, pids
     log = m.data_dir / "mount.log"
@@ -95,7 +96,7 @@ def test_background_mount_and_umount(local_mount_setup):
     assert not os.path.ismount(m.mountpoint)
     assert not alive(pids[0]), "umount returned while the mount process still ran"
     assert m.rows()[fid]["bytes"] == len(b"through a background mount\n")
-    m.assert_consistent()
+    m.assert_consistent(baseline)
 
 
 def test_background_mount_log_file_option(local_mount_setup, tmp_path):
@@ -113,6 +114,7 @@ def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
     m = Mount("s3", s3_server)
     try:
         m.start()
+        baseline = m.snapshot()
         name = unique("inflight", ".bin")
         data = payload(24 * MiB + 3, "sigterm")
         halfway, errors = threading.Event(), []
@@ -145,7 +147,7 @@ def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
         assert matches[0]["bytes"] == len(data)
         assert body(m, matches[0]["id"]) == data
         m.process = None
-        m.assert_consistent()
+        m.assert_consistent(baseline)
     finally:
         cleanup(m)
 
