@@ -17,7 +17,7 @@ import pytest
 
 from s3filesfs.model import EXPIRES_AFTER_MAX, PURPOSES, new_file_id
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import unique, wait_for
 
 SHOWN = 3.0  # seconds a planted file may take to show (the listing cache is about 1 s)
 OLD = 1_700_000_000  # a created_at in the past, for files that never expire
@@ -299,38 +299,3 @@ def test_file_being_written_has_no_id_yet(mount):
     assert file_id in os.listdir(mount / "by-id")
     assert file_id in [e["id"] for e in read_index(mount)]
 
-
-# --- mounting and unmounting ---------------------------------------------------------------------
-
-@pytest.fixture
-def local_mount_dirs(fuse):
-    m = Mount("local")
-    yield m
-    m.stop()
-    shutil.rmtree(m.root, ignore_errors=True)
-
-
-def test_sigterm_unmounts_cleanly(local_mount_dirs):
-    m = local_mount_dirs.start()
-    assert os.path.ismount(m.mountpoint)
-    assert m.stop() == 0
-    assert not os.path.ismount(m.mountpoint)
-    m.assert_consistent()
-
-
-def test_background_mount_and_umount(local_mount_dirs):
-    m = local_mount_dirs
-    mountpoint = m.root / "created-by-mount"  # the command creates a missing mountpoint
-    result = m.cli("mount", str(mountpoint), "--staging-dir", str(m.staging), check=False, timeout=30)
-    try:
-        assert result.returncode == 0, result.stderr
-        assert os.path.ismount(mountpoint)  # mounted by the time the command returns
-        assert sorted(os.listdir(mountpoint)) == sorted([*PURPOSES, "by-id", "index.jsonl"])
-        again = m.cli("mount", str(mountpoint), "--staging-dir", str(m.root / "other"), check=False, timeout=30)
-        assert again.returncode == 1 and "already mounted" in again.stderr
-        m.cli("umount", str(mountpoint), timeout=30)
-        assert not os.path.ismount(mountpoint)
-    finally:
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-    assert (m.data_dir / "mount.log").exists()
