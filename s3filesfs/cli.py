@@ -20,6 +20,7 @@ from .errors import S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
+from .fs import staging  # no mfusepy: the mount's staging folder, for status and retry
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -333,16 +334,85 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
 def status(state, as_json):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     _, info = _running_daemon(state)
+    staged = [r.to_dict() for r in staging.failed(state.settings.staging_dir)]
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
-                         "counts": {"journal": counts}})
+                         "counts": {"journal": counts}, "staged": staged})
         else:
             click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
             click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
+            _print_staged(staged)
         sys.exit(1)
     if as_json:
-        _print_json({"running": True, **info})
+        _print_json({"running": True, **info, "staged": staged})
     else:
         click.echo("\n".join(status_lines(info)))
+        _print_staged(staged)
+
+
+def _print_staged(staged: list[dict]) -> None:
+    if not staged:
+        return
+    click.echo(f"staged:     {len(staged)} upload(s) from the mount waiting for `s3filesfs retry`")
+    for item in staged:
+        click.echo(f"  {item['purpose']}/{item['filename']} ({_human_size(item['bytes'])}): {item['error']}")
+
+
+# --- the mount -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--foreground", "-f", is_flag=True, help="Stay attached (for systemd); log to stderr.")
+@click.option("--allow-other", is_flag=True, help="Let other users see the mount (needs user_allow_other).")
+@click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
+@click.option("--staging-dir", type=click.Path(file_okay=False), help="Where written files wait for upload.")
+@click.option("--staging-max-mb", type=click.IntRange(1), help="Cap of the staging folder (default 10240).")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log of the background mount.")
+@pass_state
+def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, staging_max_mb, log_file):
+    """Mount the Files store at MOUNTPOINT: one folder per purpose, by-id/ and index.jsonl."""
+    state.flags.update(mount_staging_dir=staging_dir, mount_staging_max_mb=staging_max_mb, mount_log_file=log_file)
+    from .fs import mount as mounting
+
+    settings = state.settings  # bad config fails here, in the foreground, before any child starts
+    if not foreground:
+        mounting.prepare(Path(mountpoint))  # "already mounted" and dead mounts, answered here
+        mounting.start_background(mounting.argv_for_foreground(), Path(mountpoint), settings.mount_log_path)
+        click.echo(f"mounted at {os.path.abspath(mountpoint)} (log: {settings.mount_log_path}); "
+                   f"unmount with: s3filesfs umount {mountpoint}")
+        return
+    logging.getLogger("s3filesfs").setLevel(logging.INFO)  # a mount's log says what it refused
+    mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@pass_state
+def umount(state, mountpoint):
+    """Unmount MOUNTPOINT once its open files are closed and their uploads are done."""
+    from .fs import mount as mounting
+
+    mounting.unmount(Path(mountpoint), state.settings.api_socket_path.parent)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registered files as JSON.")
+@pass_state
+def retry(state, as_json):
+    """Upload what the mount could not (kept in staging). Exit 3 if some still fail."""
+    done, failing = staging.retry(state.service, state.settings.staging_dir)
+    if as_json:
+        _print_json({"uploaded": [f.to_openai() for f in done],
+                     "failed": [{**r.to_dict(), "error": e.message} for r, e in failing]})
+    else:
+        for file in done:
+            click.echo(f"{file.id}  {file.purpose}/{file.filename}")
+        for record, exc in failing:
+            click.echo(f"still failing: {record.purpose}/{record.filename}: {exc.message}", err=True)
+        if not done and not failing:
+            click.echo("nothing to retry")
+    if failing:
+        sys.exit(3)

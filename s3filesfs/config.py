@@ -78,6 +78,11 @@ class Settings:
     api_socket: Path | None = None  # None: $XDG_RUNTIME_DIR/s3filesfs/api.sock or /tmp/s3filesfs-<uid>/
     api_listen: str | None = None  # HOST:PORT of the optional TCP listener
     api_api_key_env: str | None = None  # the environment variable holding its bearer key
+    # The mount (section "mount:").
+    mount_staging_dir: Path | None = None  # None: <data_dir>/staging
+    mount_staging_max_mb: int = 10240
+    mount_log_file: Path | None = None  # None: <data_dir>/mount.log
+    mount_refresh_seconds: float = 1.0
     # Where the settings came from, for messages.
     source: str = "defaults"
 
@@ -96,6 +101,14 @@ class Settings:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         base = Path(runtime) / "s3filesfs" if runtime else Path(f"/tmp/s3filesfs-{os.getuid()}")
         return base / "api.sock"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.mount_staging_dir or self.data_dir / "staging"
+
+    @property
+    def mount_log_path(self) -> Path:
+        return self.mount_log_file or self.data_dir / "mount.log"
 
     @property
     def metadata_path(self) -> Path:
@@ -132,7 +145,8 @@ _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"db_path", "source", "uploa
 _SECTIONS = {"metadata_store": {"type", "db_path", "backend", "table_name"}, "upload": {"part_size_mb", "concurrency"}}
 _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_retries"}
 _SECTIONS["api"] = {"socket", "listen", "api_key_env"}
-_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api") for key in _SECTIONS[section]}
+_SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds"}
+_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount") for key in _SECTIONS[section]}
 
 
 def _fail(where: str | None, message: str) -> ConfigError:
@@ -316,7 +330,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
             if purpose not in PURPOSES:
                 raise _fail(where, f"purposes: unknown purpose {purpose!r}; must be one of {', '.join(PURPOSES)}")
         v["purposes"] = tuple(dict.fromkeys(purposes))
-    for key in ("db_path", "data_dir", "sync_watch_dir", "api_socket"):
+    for key in ("db_path", "data_dir", "sync_watch_dir", "api_socket", "mount_staging_dir", "mount_log_file"):
         if v.get(key):
             v[key] = Path(str(v[key])).expanduser()
         elif key in v:
@@ -326,19 +340,27 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     if "upload_concurrency" in v:
         v["upload_concurrency"] = _as_int(v["upload_concurrency"], "upload.concurrency", where, 1, 64)
     _check_daemon(v, where)
+    if "mount_staging_max_mb" in v:
+        v["mount_staging_max_mb"] = _as_int(v["mount_staging_max_mb"], "mount.staging_max_mb", where, 1, 1 << 30)
+    if "mount_refresh_seconds" in v:
+        v["mount_refresh_seconds"] = _as_seconds(v["mount_refresh_seconds"], "mount.refresh_seconds", where, 0.0, 3600)
     return Settings(**v)
+
+
+def _as_seconds(value, key: str, where, low: float, high: float) -> float:
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise _fail(where, f"{key} must be a number (got {value!r})") from None
+    if not low <= seconds <= high:
+        raise _fail(where, f"{key} must be between {low:g} and {high:g} (got {seconds:g})")
+    return seconds
 
 
 def _check_daemon(v: dict, where) -> None:
     """The ``sync:`` and ``api:`` sections, checked in place."""
     if "sync_settle_seconds" in v:
-        try:
-            settle = float(str(v["sync_settle_seconds"]).strip())
-        except ValueError:
-            raise _fail(where, f"sync.settle_seconds must be a number (got {v['sync_settle_seconds']!r})") from None
-        if not 0.05 <= settle <= 3600:
-            raise _fail(where, f"sync.settle_seconds must be between 0.05 and 3600 (got {settle})")
-        v["sync_settle_seconds"] = settle
+        v["sync_settle_seconds"] = _as_seconds(v["sync_settle_seconds"], "sync.settle_seconds", where, 0.05, 3600)
     if "sync_workers" in v:
         v["sync_workers"] = _as_int(v["sync_workers"], "sync.workers", where, 1, 64)
     if "sync_max_retries" in v:

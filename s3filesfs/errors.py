@@ -92,6 +92,26 @@ class NotPermitted(UserError):
     error_type = "permission_error"
 
 
+class ReadOnly(NotPermitted):
+    """A write on a mount made with ``--read-only``."""
+
+    errno = _errno.EROFS
+
+
+class NoAttribute(UserError):
+    """An extended attribute the file does not have."""
+
+    errno = _errno.ENODATA
+    http_status = 404
+
+
+class NotSupported(UserError):
+    """An operation the mount does not offer (setting extended attributes)."""
+
+    errno = _errno.ENOTSUP
+    http_status = 405
+
+
 class ConfigError(UserError):
     """The configuration is wrong; the message names the key."""
 
@@ -146,6 +166,15 @@ class BlobMissing(StorageError):
     errno = _errno.ENOENT
     http_status = 404
     exit_code = 1
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno the mount returns for any exception: ours carry one, the OS's keep theirs."""
+    if isinstance(exc, S3FilesError):
+        return exc.errno
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return exc.errno
+    return _errno.EIO
 
 
 def internal_error(exc: BaseException) -> S3FilesError:

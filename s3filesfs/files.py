@@ -84,6 +84,11 @@ class PendingFile:
         self._writer = writer
         self.id = file.id
 
+    @property
+    def file(self) -> FileObject:
+        """The file as it will be registered (``bytes`` is known only at commit)."""
+        return self._file
+
     def write(self, data: bytes) -> None:
         self._writer.write(data)
 
@@ -240,6 +245,20 @@ class FileService:
         if self.now() - file.created_at >= ORPHAN_GRACE:
             self.metadata.delete(file.id)
         return NotFound(file.id)
+
+    def changes(self) -> int:
+        """A token that moves when another process (or connection) changed the table."""
+        return self.metadata.data_version()
+
+    # --- rename ------------------------------------------------------------------------------
+
+    def rename(self, file_id: str, filename: str, purpose: str) -> FileObject:
+        """Give a file a new name and/or purpose: metadata only, the object is not touched."""
+        check_purpose(purpose, self.purposes)
+        file = self.retrieve(file_id)
+        if not self.metadata.update(file_id, filename=filename, purpose=purpose):
+            raise NotFound(file_id)  # deleted by someone else between the two statements
+        return FileObject(**{**file.to_row(), "filename": filename, "purpose": purpose})
 
     # --- delete ------------------------------------------------------------------------------
 

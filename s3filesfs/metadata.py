@@ -71,6 +71,8 @@ class MetadataStore:
         self.path = Path(db_path).expanduser()
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._watch_lock = threading.Lock()
+        self._watch_conn: sqlite3.Connection | None = None
         with self._errors("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._create_schema()
@@ -93,6 +95,17 @@ class MetadataStore:
         if db is not None:
             db.conn.close()
             self._local.db = None
+
+    def data_version(self) -> int:
+        """A number that changes whenever any *other* connection has committed to the database.
+
+        Cheap enough to ask every second: long-running readers (the mount) reload their listing
+        only when it moves. One dedicated connection, because the value is per connection.
+        """
+        with self._watch_lock, self._errors("data_version"):
+            if self._watch_conn is None:
+                self._watch_conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+            return self._watch_conn.execute("PRAGMA data_version").fetchone()[0]
 
     @contextlib.contextmanager
     def _errors(self, action: str):

@@ -1,0 +1,184 @@
+"""Mounting and unmounting: the mountpoint's checks, the FUSE options, background and shutdown.
+
+``run`` mounts in the calling process and returns when the filesystem is unmounted (SIGTERM,
+SIGINT, ``umount``): libfuse's own signal handlers end the loop after the requests in flight, so an
+upload running in ``close()`` finishes first. Whatever is still open then is kept for ``retry``.
+
+``start_background`` runs the same command with ``--foreground`` as a detached child writing to a
+log file, and returns once the mountpoint is live, or with the child's error if it never gets there.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import S3FilesError, StorageError, UserError
+from ..files import FileService
+
+log = logging.getLogger(__name__)
+
+FSNAME = "s3filesfs"
+START_TIMEOUT = 60.0
+
+
+class MountError(UserError):
+    """The mountpoint cannot be used as asked."""
+
+
+def _fusermount() -> str:
+    for name in ("fusermount3", "fusermount"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise MountError("fusermount3 not found: install the fuse3 package (apt-get install fuse3)")
+
+
+def mounted_here(mountpoint: Path) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint`` (from /proc/self/mountinfo), or None."""
+    target = str(mountpoint)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+            found = line.split(" - ", 1)[1].split()[0] if " - " in line else "unknown"
+    return found
+
+
+def prepare(mountpoint: Path) -> Path:
+    """Check (and create) the mountpoint; clean a dead mount a crash left behind."""
+    mountpoint = Path(os.path.abspath(os.path.expanduser(mountpoint)))
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        mountpoint.mkdir(parents=True)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"cannot use {mountpoint}: {exc.strerror}") from None
+        # "Transport endpoint is not connected": the process behind an old mount died.
+        subprocess.run([_fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
+        log.warning("cleaned a dead mount at %s", mountpoint)
+        if mounted_here(mountpoint):
+            raise MountError(f"a dead mount at {mountpoint} could not be removed; try: fusermount3 -u -z {mountpoint}")
+    kind = mounted_here(mountpoint)
+    if kind is not None:
+        raise MountError(f"{mountpoint} is already mounted ({kind})")
+    if not mountpoint.is_dir():
+        raise MountError(f"{mountpoint} is not a folder")
+    if any(mountpoint.iterdir()):
+        raise MountError(f"{mountpoint} is not empty; mount on an empty folder")
+    return mountpoint
+
+
+def pid_file(runtime_dir: Path, mountpoint: Path) -> Path:
+    digest = hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
+    return runtime_dir / "mounts" / f"{digest}.pid"
+
+
+def run(service: FileService, settings, mountpoint: Path, allow_other: bool = False, read_only: bool = False) -> None:
+    """Mount in this process until unmounted."""
+    from .ops import S3FilesOperations  # loads libfuse
+    from .staging import Staging
+    import mfusepy
+
+    mountpoint = prepare(mountpoint)
+    _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
+    staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
+    staging.claim()
+    operations = S3FilesOperations(service, staging, settings.mount_refresh_seconds, read_only)
+    pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
+    pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pid_path.write_text(str(os.getpid()))
+    options = {"fsname": FSNAME, "subtype": FSNAME, "auto_unmount": True}
+    if read_only:
+        options["ro"] = True
+    if allow_other:
+        options["allow_other"] = True
+    log.info("mounting %s at %s (staging %s)", service_location(service), mountpoint, settings.staging_dir)
+    try:
+        mfusepy.FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
+    except RuntimeError as exc:
+        raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
+    finally:
+        pid_path.unlink(missing_ok=True)
+    log.info("unmounted %s", mountpoint)
+
+
+def service_location(service: FileService) -> str:
+    return getattr(service.blobs, "location", None) or f"s3://{getattr(service.blobs, 'bucket', '?')}"
+
+
+def start_background(argv: list[str], mountpoint: Path, log_path: Path) -> int:
+    """Run ``argv`` (this command plus ``--foreground``) detached; wait until it has mounted."""
+    mountpoint = Path(os.path.abspath(os.path.expanduser(mountpoint)))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        start = log_file.tell()
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                 start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        code = child.poll()
+        if code is not None:
+            tail = _read_from(log_path, start).strip().splitlines()
+            message = next((line for line in reversed(tail) if line.startswith("error:")), None)
+            raise _ChildFailed(message or f"the mount process exited with status {code}; see {log_path}", code)
+        if mounted_here(mountpoint) == f"fuse.{FSNAME}":
+            return child.pid
+        time.sleep(0.05)
+    child.terminate()
+    raise StorageError(f"the mount did not come up within {START_TIMEOUT:.0f} s; see {log_path}")
+
+
+class _ChildFailed(S3FilesError):
+    def __init__(self, message: str, code: int):
+        super().__init__(message.removeprefix("error: "))
+        self.exit_code = code if code in (1, 3, 4) else 3
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", "replace")
+
+
+def unmount(mountpoint: Path, runtime_dir: Path, timeout: float = 120.0) -> None:
+    """Unmount and wait for the mount process to finish its shutdown."""
+    mountpoint = Path(os.path.abspath(os.path.expanduser(mountpoint)))
+    if mounted_here(mountpoint) is None:
+        raise MountError(f"{mountpoint} is not mounted")
+    pid_path = pid_file(runtime_dir, mountpoint)
+    result = subprocess.run([_fusermount(), "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
+        if "busy" in detail.lower():
+            raise MountError(f"{mountpoint} is busy: a file or folder in it is still open ({detail})")
+        raise MountError(f"cannot unmount {mountpoint}: {detail}")
+    try:
+        pid = int(pid_path.read_text())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise StorageError(f"the mount process {pid} is still finishing after {timeout:.0f} s")
+
+
+def argv_for_foreground() -> list[str]:
+    """This very command, run again in the foreground: for the background child."""
+    return [sys.executable, "-m", "s3filesfs", *sys.argv[1:], "--foreground"]

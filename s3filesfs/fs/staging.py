@@ -1,0 +1,407 @@
+"""Staging: the local files that hold what is written through the mount until it is uploaded.
+
+Every file being written lives in the staging folder as ``<token>.data`` with a ``<token>.json``
+beside it naming its purpose, filename and the id it replaces. That sidecar is what makes a failure
+lose nothing: an upload that fails (or a mount that dies) leaves both files behind, ``status`` lists
+them and ``retry`` uploads them. The folder has a size cap; a write past it fails with ENOSPC.
+
+A ``StagedFile`` is one path being written. Sequential writes are also streamed to the store as
+they arrive (a ``PendingFile``: multipart parts go out while the data comes in), so ``close()`` of a
+big file only waits for the last part. Any write out of order, or a failed part, drops the stream;
+the upload then happens from the staged copy at close.
+
+This module does not import mfusepy: the CLI uses it for ``status`` and ``retry``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NoSpace, NotFound, S3FilesError, StorageError
+from ..files import FileService, PendingFile
+from ..model import FileObject, is_temporary_name
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 8 * 1024 * 1024
+LOCK_NAME = ".mount.lock"
+
+
+@dataclass
+class StagedRecord:
+    """What a sidecar says: an upload waiting in staging."""
+
+    token: str
+    purpose: str
+    filename: str
+    replaces: str | None
+    state: str  # "writing" (a mount has it open) or "failed" (waiting for retry)
+    error: str | None
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "token"}
+
+
+class Staging:
+    """The staging folder: reservations against its cap, sidecars, and the retry of failures."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self._used = 0
+        self._lock = threading.Lock()
+        self._mount_lock_fd: int | None = None
+
+    # --- ownership ---------------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Take the folder for one mount; a second mount on the same folder is refused."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageError(f"staging folder {self.folder} is in use by another mount") from None
+        self._mount_lock_fd = fd
+        self._recover()
+
+    def _recover(self) -> None:
+        """Sidecars a previous mount left as "writing" (it died) become failures to retry."""
+        for record in records(self.folder):
+            data = self.folder / f"{record.token}.data"
+            size = data.stat().st_size if data.exists() else 0
+            self._used += size
+            if record.state == "writing":
+                if is_temporary_name(record.filename):
+                    discard(self.folder, record.token)
+                    self._used -= size
+                    continue
+                _write_sidecar(self.folder, record.token, {
+                    **record.to_dict(), "state": "failed", "bytes": size,
+                    "error": "the mount stopped before this file was uploaded"})
+                log.warning("staged upload %s/%s from an earlier mount kept for `s3filesfs retry`",
+                            record.purpose, record.filename)
+
+    # --- space -------------------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def reserve(self, size: int) -> None:
+        if size <= 0:
+            return
+        with self._lock:
+            if self._used + size > self.max_bytes:
+                raise NoSpace(f"staging folder {self.folder} is full ({self.max_bytes // (1024 * 1024)} MiB cap)")
+            self._used += size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._used = max(0, self._used - size)
+
+    # --- files -------------------------------------------------------------------------------
+
+    def new_file(self, service: FileService, purpose: str, filename: str, replaces: str | None,
+                 temporary: bool) -> "StagedFile":
+        token = f"{int(time.time())}-{secrets.token_hex(6)}"
+        return StagedFile(self, service, token, purpose, filename, replaces, temporary)
+
+
+class StagedFile:
+    """One path being written: the staged bytes, the optional stream, what it replaces."""
+
+    def __init__(self, staging: Staging, service: FileService, token: str, purpose: str, filename: str,
+                 replaces: str | None, temporary: bool):
+        self.staging = staging
+        self.service = service
+        self.token = token
+        self.purpose = purpose
+        self.filename = filename
+        self.replaces = replaces  # the committed id this file takes the place of, once uploaded
+        self.temporary = temporary
+        self.lock = threading.RLock()
+        self.opens = 0
+        self.size = 0
+        self.dirty = True  # a new file is uploaded at close even if empty (`touch`)
+        self.replaced_ids: list[str] = []  # what the last upload replaced
+        self.uploaded: FileObject | None = None
+        self.unlinked = False  # removed while open: never upload
+        self.write_error: S3FilesError | None = None  # a write failed: the content is incomplete
+        self.last_error: str | None = None  # why the last upload failed
+        self.mtime_ns = time.time_ns()
+        self._stream: PendingFile | None = None
+        self._streamed = 0
+        self._stream_possible = not temporary
+        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._sidecar_fd: int | None = None
+        self._save("writing")
+
+    @property
+    def data_path(self) -> Path:
+        return self.staging.folder / f"{self.token}.data"
+
+    # --- content -----------------------------------------------------------------------------
+
+    def fill_from(self, file: FileObject) -> None:
+        """Copy-on-write: start from the content of a committed file (no stream: writes are random)."""
+        self.staging.reserve(file.bytes)
+        self.size = file.bytes
+        self._stream_possible = False
+        _, chunks = self.service.content(file.id)
+        offset = 0
+        for chunk in chunks:
+            os.pwrite(self._fd, chunk, offset)
+            offset += len(chunk)
+        self.dirty = False
+
+    def write(self, data: bytes, offset: int) -> int:
+        with self.lock:
+            end = offset + len(data)
+            try:
+                self.staging.reserve(end - self.size)
+            except NoSpace as exc:
+                self.write_error = exc  # this file is now incomplete: never upload it
+                raise
+            written = os.pwrite(self._fd, data, offset)
+            self.size = max(self.size, end)
+            self.dirty = True
+            self.mtime_ns = time.time_ns()
+            self._feed_stream(data, offset)
+            return written
+
+    def _feed_stream(self, data: bytes, offset: int) -> None:
+        if not self._stream_possible:
+            return
+        if self._stream is None and offset == 0 and self._streamed == 0:
+            try:
+                self._stream = self.service.begin(self.filename, self.purpose)
+            except S3FilesError as exc:
+                self._drop_stream(f"could not start: {exc.message}")
+                return
+        if self._stream is None or offset != self._streamed:
+            self._drop_stream("writes are not sequential")
+            return
+        try:
+            self._stream.write(data)
+            self._streamed += len(data)
+        except S3FilesError as exc:
+            self._drop_stream(f"a part failed: {exc.message}")
+
+    def _drop_stream(self, why: str) -> None:
+        self._stream_possible = False
+        if self._stream is not None:
+            log.debug("%s/%s: uploading at close instead of while writing (%s)", self.purpose, self.filename, why)
+            with contextlib.suppress(Exception):
+                self._stream.abort()
+            self._stream = None
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def truncate(self, length: int) -> None:
+        with self.lock:
+            if length > self.size:
+                self.staging.reserve(length - self.size)
+            else:
+                self.staging.release(self.size - length)
+            os.ftruncate(self._fd, length)
+            if length != self.size or length < self._streamed:
+                self._drop_stream("truncated")
+            self.size = length
+            self.dirty = True
+
+    # --- upload ------------------------------------------------------------------------------
+
+    def upload(self) -> FileObject:
+        """Register the staged content as a new file; the replaced id is removed afterwards.
+
+        On failure the staged data is kept, recorded as a failure for ``retry``, and the error is
+        raised for ``close()`` to report.
+        """
+        with self.lock:
+            if self.write_error is not None:
+                raise self.write_error
+            try:
+                file = self._commit()
+            except S3FilesError as exc:
+                self.last_error = exc.message
+                self._save("failed", exc.message)
+                raise
+            old, self.replaces, self.uploaded, self.dirty = self.replaces, file.id, file, False
+            self.replaced_ids = [old] if old and old != file.id else []
+            self._stream_possible = False  # further writes make another file, uploaded whole
+            self._streamed = 0
+            for replaced in self.replaced_ids:
+                _delete_quietly(self.service, replaced)
+            self._save("writing")
+            return file
+
+    def _commit(self) -> FileObject:
+        stream, self._stream = self._stream, None
+        named_as_begun = stream is not None and (stream.file.filename, stream.file.purpose) == (self.filename, self.purpose)
+        if stream is not None and named_as_begun and self._streamed == self.size:
+            return stream.commit()
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.abort()
+        pending = self.service.begin(self.filename, self.purpose)
+        try:
+            offset = 0
+            while offset < self.size:
+                chunk = os.pread(self._fd, min(COPY_CHUNK, self.size - offset), offset)
+                if not chunk:
+                    break
+                pending.write(chunk)
+                offset += len(chunk)
+        except BaseException:
+            pending.abort()
+            raise
+        return pending.commit()
+
+    def rename(self, purpose: str, filename: str, temporary: bool) -> None:
+        with self.lock:
+            self.purpose, self.filename, self.temporary = purpose, filename, temporary
+            self._save("writing")
+
+    # --- end of life -------------------------------------------------------------------------
+
+    def keep_for_retry(self, error: str) -> None:
+        """Leave the data and a "failed" sidecar for ``retry``; this object is done."""
+        with self.lock:
+            self._save("failed", error)
+            self._close(release=False)
+
+    def discard(self) -> None:
+        with self.lock:
+            self._drop_stream("discarded")
+            self._close(release=True)
+            discard(self.staging.folder, self.token)
+
+    def _close(self, release: bool) -> None:
+        for fd in (self._fd, self._sidecar_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._sidecar_fd = None
+        if release:
+            self.staging.release(self.size)
+
+    def _save(self, state: str, error: str | None = None) -> None:
+        record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
+                  "state": state, "error": error, "bytes": self.size}
+        _write_sidecar(self.staging.folder, self.token, record)
+        if state == "writing" and self._sidecar_fd is None:
+            # Held while the mount has the file, so `retry` in another process leaves it alone.
+            self._sidecar_fd = os.open(self.staging.folder / f"{self.token}.json", os.O_RDONLY)
+            fcntl.flock(self._sidecar_fd, fcntl.LOCK_SH)
+        elif state == "failed" and self._sidecar_fd is not None:
+            os.close(self._sidecar_fd)
+            self._sidecar_fd = None
+
+
+# --- the folder on its own: used by the CLI's `status` and `retry` --------------------------------
+
+
+def _write_sidecar(folder: Path, token: str, record: dict) -> None:
+    tmp = folder / f".{token}.json.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / f"{token}.json")
+
+
+def _delete_quietly(service: FileService, file_id: str) -> None:
+    try:
+        service.delete(file_id)
+    except NotFound:
+        pass
+    except S3FilesError as exc:  # the new file is registered; the old one is left for `gc`/`check`
+        log.warning("replaced file %s could not be removed: %s", file_id, exc.message)
+
+
+def discard(folder: Path, token: str) -> None:
+    for suffix in (".data", ".json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / f"{token}{suffix}")
+
+
+def records(folder: Path) -> list[StagedRecord]:
+    """Every sidecar in the folder, oldest first."""
+    found = []
+    if not Path(folder).is_dir():
+        return found
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            raw = json.loads(path.read_text())
+            found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
+                                      replaces=raw.get("replaces"), state=raw.get("state", "failed"),
+                                      error=raw.get("error"), bytes=int(raw.get("bytes") or 0)))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable staging record %s: %s", path, exc)
+    return found
+
+
+def failed(folder: Path) -> list[StagedRecord]:
+    """Uploads waiting for ``retry``: failed ones, and ones a dead mount left "writing"."""
+    return [r for r in records(folder) if r.state == "failed" or not _held(folder, r.token)]
+
+
+def _held(folder: Path, token: str) -> bool:
+    """True if a running mount holds this record (it is being written, not failed)."""
+    try:
+        fd = os.open(Path(folder) / f"{token}.json", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tuple[StagedRecord, S3FilesError]]]:
+    """Upload every failed staged file; returns (registered, still failing)."""
+    done, failing = [], []
+    for record in failed(folder):
+        sidecar = Path(folder) / f"{record.token}.json"
+        try:
+            fd = os.open(sidecar, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another `retry`, or a mount that picked it up
+            if not sidecar.exists():
+                continue
+            try:
+                with open(Path(folder) / f"{record.token}.data", "rb") as body:
+                    file = service.create(body, record.filename, record.purpose)
+            except FileNotFoundError:
+                log.warning("staged data for %s/%s is missing; dropping its record", record.purpose, record.filename)
+                discard(folder, record.token)
+                continue
+            except S3FilesError as exc:
+                _write_sidecar(Path(folder), record.token, {**record.to_dict(), "state": "failed", "error": exc.message})
+                failing.append((record, exc))
+                continue
+            if record.replaces and record.replaces != file.id:
+                _delete_quietly(service, record.replaces)
+            discard(folder, record.token)
+            done.append(file)
+        finally:
+            os.close(fd)
+    return done, failing
