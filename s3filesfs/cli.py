@@ -384,7 +384,8 @@ def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, st
         click.echo(f"mounted at {os.path.abspath(mountpoint)} (log: {settings.mount_log_path}); "
                    f"unmount with: s3filesfs umount {mountpoint}")
         return
-    logging.getLogger("s3filesfs").setLevel(logging.INFO)  # a mount's log says what it refused
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)  # a mount's log says what it refused
     mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FSNAME = "s3filesfs"
 START_TIMEOUT = 60.0
+LOOP_ENDED = 8  # fuse_main's status when its loop stopped, which a signal also does
 
 
 class MountError(UserError):
@@ -88,9 +89,8 @@ def pid_file(runtime_dir: Path, mountpoint: Path) -> Path:
 
 def run(service: FileService, settings, mountpoint: Path, allow_other: bool = False, read_only: bool = False) -> None:
     """Mount in this process until unmounted."""
-    from .ops import S3FilesOperations  # loads libfuse
+    from .ops import FUSE, S3FilesOperations  # loads libfuse
     from .staging import Staging
-    import mfusepy
 
     mountpoint = prepare(mountpoint)
     _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
@@ -107,9 +107,11 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
         options["allow_other"] = True
     log.info("mounting %s at %s (staging %s)", service_location(service), mountpoint, settings.staging_dir)
     try:
-        mfusepy.FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
+        FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:
-        raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
+        # libfuse answers 8 when its loop ended on a signal (SIGTERM, SIGINT): a normal stop.
+        if str(exc) != str(LOOP_ENDED) or not operations.started_serving:
+            raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
     finally:
         pid_path.unlink(missing_ok=True)
     log.info("unmounted %s", mountpoint)

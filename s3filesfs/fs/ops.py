@@ -11,6 +11,7 @@ file for writing copies it into staging first) or bytes (``index.jsonl``, frozen
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -42,9 +43,13 @@ from .staging import StagedFile, Staging  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+FUSE_CAP_READDIRPLUS = 1 << 13
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+FUSE_READDIR_PLUS = 1  # libfuse3: the kernel asked for entries with their attributes
+FUSE_FILL_DIR_PLUS = 2  # libfuse3: this entry's attributes are complete, cache them
 XATTRS = ("user.openai.file_id", "user.openai.purpose", "user.openai.created_at", "user.openai.expires_at")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
-QUIET_ERRNOS = (errno.ENOENT, errno.ENODATA)  # answers, not refusals: `ls` and `cp` ask all the time
+QUIET_ERRNOS = (errno.ENOENT, errno.ENODATA, errno.ENOTSUP)  # answers `ls` and `cp` ask for all the time
 
 
 def _mapped(method):
@@ -82,11 +87,19 @@ class S3FilesOperations(mfusepy.Operations):
         self.read_only = read_only
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
+        self.started_serving = False  # set once libfuse has mounted and called init
         self.read_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="read-ahead")
         self._handles: dict[int, object] = {}
         self._numbers = itertools.count(1)
         self._lock = threading.RLock()
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
+
+    def init_with_config(self, conn, config):
+        # Always list with attributes: in "auto" mode the kernel does so only for the first batch
+        # of a big folder, and `ls -l` then looks up every later file one by one.
+        if conn is not None and conn.capable & FUSE_CAP_READDIRPLUS:
+            conn.want = (conn.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+        self.started_serving = True
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -192,19 +205,43 @@ class S3FilesOperations(mfusepy.Operations):
         return self._committed_attrs(self.namespace.lookup(where.purpose, where.name))
 
     @_mapped
-    def readdir(self, path, fh):
+    def opendir(self, path):
         where = self._parse(path)
-        entries = [".", ".."]
+        if where.kind not in ("root", "folder", "by-id"):
+            raise NotFound(path)
+        return self._new_handle([])  # the entries, listed at the first readdir
+
+    @_mapped
+    def releasedir(self, path, fh):
+        self._handles.pop(fh, None)
+        return 0
+
+    @_mapped
+    def readdir(self, path, fh):
+        """This open folder's entries with their attributes, listed once per ``opendir``."""
+        entries = self._handles.get(fh)
+        if entries is None:
+            return self._entries(path)
+        if not entries:
+            entries.extend(self._entries(path))
+        return entries
+
+    def _entries(self, path) -> list:
+        where = self._parse(path)
+        dots = [(".", self._dir_attrs(0o755)), ("..", self._dir_attrs(0o555))]
         if where.kind == "root":
-            return entries + list(self.service.purposes) + [BY_ID, INDEX]
+            return dots + [(p, self._dir_attrs(0o755)) for p in self.service.purposes] + [
+                (BY_ID, self._dir_attrs(0o555)), (INDEX, self._file_attrs(0, self.started, 0o444))]
         if where.kind == "by-id":
-            return entries + [f.id for f in self.namespace.ids()]
+            return dots + [(f.id, self._committed_attrs(f, 0o444)) for f in self.namespace.ids()]
         if where.kind != "folder":
             raise NotPermitted(f"{path} is not a folder")
-        names = [name for name, _ in self.namespace.names(where.purpose)]
         with self._lock:
-            local = [name for (purpose, name) in self._staged if purpose == where.purpose]
-        return entries + names + [n for n in local if n not in set(names)]
+            local = {name: staged for (purpose, name), staged in self._staged.items() if purpose == where.purpose}
+        listed = [(name, self._committed_attrs(file)) for name, file in self.namespace.names(where.purpose)
+                  if name not in local]
+        staged = [(name, self._file_attrs(s.size, s.mtime_ns, 0o644)) for name, s in local.items()]
+        return dots + listed + staged
 
     @_mapped
     def statfs(self, path):
@@ -229,6 +266,10 @@ class S3FilesOperations(mfusepy.Operations):
 
     @_mapped
     def getxattr(self, path, name, position=0):
+        if not name.startswith("user."):
+            # ENOTSUP (not ENODATA) tells `ls -l` once that there are no ACLs or security labels
+            # here, instead of it asking again for every file.
+            raise NotSupported(f"{name.split('.')[0]} attributes are not supported")
         file = self._xattr_file(path)
         if file is None or name not in XATTRS:
             raise NoAttribute(f"{path} has no attribute {name}")
@@ -499,3 +540,28 @@ class S3FilesOperations(mfusepy.Operations):
                 staged.keep_for_retry("the mount stopped before this file was closed")
                 log.warning("%s/%s kept in staging for `s3filesfs retry`", staged.purpose, staged.filename)
         self.read_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class FUSE(mfusepy.FUSE):
+    """mfusepy's FUSE, listing folders with complete attributes (readdirplus).
+
+    mfusepy hands libfuse only each entry's mode, so after a listing the kernel looks every file
+    up again: 10,000 calls into Python for one ``ls -l``. Here each entry carries its attributes
+    and an offset (libfuse only forwards attributes in offset mode), and the kernel caches them for
+    ``attr_timeout``. ``.``, ``..`` and ``index.jsonl`` (whose size changes with every file) are
+    listed without them.
+    """
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.readdir(decoded, fip.contents.fh)
+        st = mfusepy.c_stat()
+        for number in range(offset, len(entries)):
+            name, attrs = entries[number]
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            fill = 0 if name in (".", "..", INDEX) else plus  # libfuse looks these up on its own
+            if filler(buf, name.encode(self.encoding, self.errors), st, number + 1, fill) != 0:
+                break
+        return 0
