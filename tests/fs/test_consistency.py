@@ -30,6 +30,20 @@ def index_ids(mount):
     return {json.loads(line)["id"] for line in (mount / "index.jsonl").read_text().splitlines()}
 
 
+@pytest.fixture(scope="module")
+def existing(mount):
+    """Files that exist (and are listed) before a test changes them behind the mount's back."""
+    files = {key: mount.plant(unique(key), purpose, body) for key, purpose, body in
+             [("before", "assistants", b"r"), ("mover", "assistants", b"m"), ("doomed", "batch", b"d")]}
+    name = unique("promoted", ".txt")
+    files["first"] = mount.plant(name, "evals", b"first", created_at=1_700_000_000)
+    files["second"] = mount.plant(name, "evals", b"second", created_at=1_700_000_001)
+    decorated = f"{name[:-4]} ({files['second'].id}).txt"
+    wait_for(lambda: all(f.filename in names(mount, f.purpose) for f in files.values())
+             and decorated in names(mount, "evals"), 3.0, "the planted files")
+    return files
+
+
 def test_cli_upload_in_another_process_shows(mount, tmp_path):
     source = tmp_path / unique("from-cli", ".csv")
     source.write_bytes(b"a,b\n1,2\n")
@@ -58,9 +72,8 @@ def test_file_created_through_the_service_shows(mount):
     assert (mount / "evals" / created.filename).read_bytes() == b"service"
 
 
-def test_rename_behind_the_back_shows(mount):
-    planted = mount.plant(unique("before"), "assistants", b"r")
-    wait_for(lambda: planted.filename in names(mount, "assistants"), 3.0, "the planted file")
+def test_rename_behind_the_back_shows(mount, existing):
+    planted = existing["before"]
     old = mount / "assistants" / planted.filename
     assert os.stat(old).st_size == 1  # the kernel now caches this entry
     new_name = unique("after")
@@ -71,18 +84,16 @@ def test_rename_behind_the_back_shows(mount):
     assert (mount / "assistants" / new_name).read_bytes() == b"r"
 
 
-def test_purpose_change_behind_the_back_moves_the_file(mount):
-    planted = mount.plant(unique("mover"), "assistants", b"m")
-    wait_for(lambda: planted.filename in names(mount, "assistants"), 3.0, "the planted file")
+def test_purpose_change_behind_the_back_moves_the_file(mount, existing):
+    planted = existing["mover"]
     mount.service().metadata.update(planted.id, purpose="fine-tune")
     shows_within(lambda: planted.filename in names(mount, "fine-tune")
                  and planted.filename not in names(mount, "assistants"), "the file in fine-tune/")
     assert os.getxattr(mount / "fine-tune" / planted.filename, "user.openai.purpose") == b"fine-tune"
 
 
-def test_cli_delete_in_another_process_shows(mount):
-    planted = mount.plant(unique("doomed"), "batch", b"d")
-    wait_for(lambda: planted.filename in names(mount, "batch"), 3.0, "the planted file")
+def test_cli_delete_in_another_process_shows(mount, existing):
+    planted = existing["doomed"]
     path = mount / "batch" / planted.filename
     assert os.stat(path).st_size == 1
     mount.cli("rm", planted.id)
@@ -94,12 +105,10 @@ def test_cli_delete_in_another_process_shows(mount):
     shows_within(lambda: planted.id not in index_ids(mount), "the id gone from index.jsonl")
 
 
-def test_duplicate_deleted_behind_the_back_promotes_the_next(mount):
-    name = unique("promoted", ".txt")
-    first = mount.plant(name, "evals", b"first", created_at=1_700_000_000)
-    second = mount.plant(name, "evals", b"second", created_at=1_700_000_001)
+def test_duplicate_deleted_behind_the_back_promotes_the_next(mount, existing):
+    first, second = existing["first"], existing["second"]
+    name = first.filename
     decorated = f"{name[:-4]} ({second.id}).txt"
-    wait_for(lambda: decorated in names(mount, "evals"), 3.0, "the decorated name")
     mount.service().delete(first.id)
     shows_within(lambda: name in names(mount, "evals") and decorated not in names(mount, "evals"),
                  "the younger file under the plain name")

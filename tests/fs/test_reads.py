@@ -20,25 +20,40 @@ def listed(mount, folder, name):
 
 
 @pytest.fixture(scope="module")
-def big(mount):
-    """A 9 MiB file (more than one read-ahead window and one multipart part), planted once."""
-    body = random.Random(7).randbytes(9 * MiB + 12345)
-    planted = mount.plant(unique("big", ".bin"), "assistants", body, created_at=1_700_000_000)
-    listed(mount, "assistants", planted.filename)
-    return planted, body
+def files(mount):
+    """The files the tests read, planted at once so one listing refresh shows them all.
+
+    ``big`` is 9 MiB: more than one read-ahead window and more than one multipart part.
+    """
+    rng = random.Random(7)
+    bodies = {"big": rng.randbytes(9 * MiB + 12345), "small": b"hello, mount\n" * 10, "empty": b"",
+              "moving-assistants": rng.randbytes(3 * MiB + 17), "moving-vision": rng.randbytes(3 * MiB + 17),
+              "behind": rng.randbytes(2 * MiB)}
+    folders = {"small": "assistants", "empty": "evals", "behind": "evals"}
+    planted = {key: (mount.plant(unique(key, ".bin"), folders.get(key, "assistants"), body, created_at=1_700_000_000), body)
+               for key, body in bodies.items()}
+
+    def all_listed():
+        listings = {p: set(os.listdir(mount / p)) for p in ("assistants", "evals")}
+        return all(f.filename in listings[f.purpose] for f, _ in planted.values())
+
+    wait_for(all_listed, SHOWN, "the planted files")
+    return planted
 
 
-def test_cat_small_file_created_by_the_service(mount):
-    body = b"hello, mount\n" * 10
-    planted = mount.plant(unique("small"), "assistants", body)
-    listed(mount, "assistants", planted.filename)
+@pytest.fixture
+def big(files):
+    return files["big"]
+
+
+def test_cat_small_file_created_by_the_service(mount, files):
+    planted, body = files["small"]
     out = subprocess.run(["cat", str(mount / "assistants" / planted.filename)], capture_output=True, check=True)
     assert out.stdout == body
 
 
-def test_empty_file_reads_empty(mount):
-    planted = mount.plant(unique("empty"), "evals", b"")
-    listed(mount, "evals", planted.filename)
+def test_empty_file_reads_empty(mount, files):
+    planted, _ = files["empty"]
     assert (mount / "evals" / planted.filename).read_bytes() == b""
     assert os.stat(mount / "evals" / planted.filename).st_size == 0
 
@@ -100,10 +115,8 @@ def test_two_readers_at_once(mount, big):
 
 
 @pytest.mark.parametrize("target_purpose", ["assistants", "vision"])
-def test_reading_while_another_thread_renames_it(mount, target_purpose):
-    body = random.Random(3).randbytes(3 * MiB + 17)
-    planted = mount.plant(unique("moving", ".bin"), "assistants", body)
-    listed(mount, "assistants", planted.filename)
+def test_reading_while_another_thread_renames_it(mount, files, target_purpose):
+    planted, body = files[f"moving-{target_purpose}"]
     source = mount / "assistants" / planted.filename
     target = mount / target_purpose / unique("moved", ".bin")
     got = bytearray()
@@ -122,10 +135,8 @@ def test_reading_while_another_thread_renames_it(mount, target_purpose):
     assert (row["filename"], row["purpose"]) == (target.name, target_purpose)
 
 
-def test_reading_while_renamed_behind_the_mounts_back(mount):
-    body = random.Random(5).randbytes(2 * MiB)
-    planted = mount.plant(unique("behind", ".bin"), "evals", body)
-    listed(mount, "evals", planted.filename)
+def test_reading_while_renamed_behind_the_mounts_back(mount, files):
+    planted, body = files["behind"]
     new_name = unique("elsewhere", ".bin")
     with open(mount / "evals" / planted.filename, "rb", buffering=0) as reader:
         first = reader.read(MiB // 2)

@@ -26,7 +26,7 @@ def refused(mount):
     return check
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def planted(mount):
     file = mount.plant(unique("existing"), "assistants", b"existing\n", created_at=OLD)
     wait_for(lambda: file.filename in os.listdir(mount / "assistants"), SHOWN, "the planted file")
