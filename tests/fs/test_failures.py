@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.fs.mounting import Mount, unique, wait_for
-from tests.fs.test_writes import MiB, assert_registered, body, file_id, listed, payload, rows_named, run
+from tests.fs.test_writes import MiB, settled_snapshot, assert_registered, body, file_id, listed, payload, rows_named, run
 
 
 class StagedMount(Mount):
@@ -65,6 +65,7 @@ def _retry_after_restart(m: Mount, server, name: str, purpose: str, data: bytes)
     assert file_id(path) == fid
     assert_registered(m, path, data, purpose)
     assert fid in listed(m)
+    settled_snapshot(m)
     m.assert_consistent(m.baseline)
 
 
@@ -139,6 +140,7 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     assert staged(m) == []
     wait_for(lambda: file_id(path) == matches[0]["id"], 5, "the new id shown")
     assert path.read_bytes() == b"version 2\n"
+    settled_snapshot(m)
     m.assert_consistent(m.baseline)
 
 
@@ -198,4 +200,5 @@ def test_read_only_mount_refuses_writes(ro_mount, tmp_path):
     assert existing.read_bytes() == b"read me\n"
     assert file_id(existing) == fid
     m.assert_unchanged(before)
+    settled_snapshot(m)
     m.assert_consistent(m.baseline)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.fs.mounting import unique, wait_for
+from tests.fs.test_writes import _settle_staging  # noqa: F401  (autouse fixture)
 from tests.fs.test_writes import assert_gone, assert_registered, body, file_id, listed, rows_named, run, uploaded_name
 
 

@@ -74,6 +74,13 @@ def assert_gone(m: Mount, fid: str) -> None:
     wait_for(lambda: is_gone(m, fid), 5, f"{fid} deleted (row and object)")
 
 
+def settled_snapshot(m: Mount) -> dict:
+    """A snapshot once the files closed before it have left staging (release follows close)."""
+    wait_for(lambda: not [p for p in m.staged_files() if not p.rsplit("/", 1)[-1].startswith(".")],
+             5, "staging emptied of closed files")
+    return m.snapshot()
+
+
 def assert_registered(m: Mount, path, data: bytes, purpose: str) -> str:
     """The file at ``path`` has an id whose row, object, listing and content all match ``data``."""
     fid = file_id(path)
@@ -84,6 +91,20 @@ def assert_registered(m: Mount, path, data: bytes, purpose: str) -> str:
     assert os.stat(path).st_size == len(data)
     assert path.read_bytes() == data
     return fid
+
+
+@pytest.fixture(autouse=True)
+def _settle_staging(request):
+    """After each test, give the last release a moment to clear staging before the store is checked."""
+    yield
+    for name in ("mount", "fresh_mount"):
+        if name in request.fixturenames:
+            m = request.getfixturevalue(name)
+            if m.process is not None:
+                try:
+                    settled_snapshot(m)
+                except AssertionError:
+                    pass  # the store check that follows reports what is left
 
 
 # --- create -----------------------------------------------------------------------------------
@@ -175,7 +196,7 @@ def test_open_for_write_and_close_keeps_id(mount):
     dest = mount / "assistants" / unique("keep")
     dest.write_bytes(data)
     fid = file_id(dest)
-    before = mount.snapshot()
+    before = settled_snapshot(mount)
     os.close(os.open(dest, os.O_WRONLY))
     with open(dest, "r+b"):
         pass
@@ -295,7 +316,7 @@ def test_editor_style_save(mount):
 
 
 def test_unlink_temp_file_discards_it(mount):
-    before = mount.snapshot()
+    before = settled_snapshot(mount)
     temp = mount / "assistants" / unique("scratch", ".tmp")
     temp.write_bytes(b"scratch data")
     assert not rows_named(mount, temp.name)
@@ -308,7 +329,7 @@ def test_unlink_temp_file_discards_it(mount):
 
 def test_concurrent_writers(mount):
     prefix = unique("conc", "")
-    jobs = {f"{prefix}-{t}-{i}.bin": payload(random.randint(1, 300_000), (t, i)) for t in range(16) for i in range(5)}
+    jobs = {f"{prefix}-{t}-{i}.bin": payload(random.randint(1, 100_000), (t, i)) for t in range(16) for i in range(5)}
     purposes = ["assistants", "batch", "user_data", "evals"]
 
     def purpose_of(name):
@@ -375,6 +396,7 @@ def test_staging_cap_gives_enospc(capped_mount):
     small = m / "assistants" / unique("small")
     small.write_bytes(b"fits\n")
     assert_registered(m, small, b"fits\n", "assistants")
+    settled_snapshot(m)
     m.assert_consistent(m.baseline)
 
 
