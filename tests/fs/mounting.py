@@ -224,8 +224,24 @@ class Mount:
             assert after[key] == before[key], (
                 f"{key} changed: added {sorted(after[key] - before[key])}, removed {sorted(before[key] - after[key])}")
 
-    def assert_consistent(self, baseline: dict | None = None, expected_staged=(".mount.lock",)) -> None:
-        """Bucket and table agree and nothing is left in staging (beyond ``baseline``, if given)."""
+    def assert_consistent(self, baseline: dict | None = None, expected_staged=(".mount.lock",),
+                          timeout: float = 3.0) -> None:
+        """Bucket and table agree and nothing is left in staging (beyond ``baseline``, if given).
+
+        Polled up to ``timeout``: the kernel sends ``release`` after ``close()`` has returned, so a
+        handle's staging files may outlive the close by a moment.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._check_consistent(baseline, expected_staged)
+                return
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
+
+    def _check_consistent(self, baseline, expected_staged) -> None:
         now = self.snapshot()
         old_problems = baseline["problems"] if baseline else set()
         new_problems = now["problems"] - old_problems

@@ -19,7 +19,7 @@ import pytest
 
 from s3filesfs.model import EXPIRES_AFTER_MAX, PURPOSES, new_file_id
 
-from tests.fs.mounting import unique, wait_for
+from tests.fs.mounting import Mount, unique, wait_for
 
 SHOWN = 3.0  # seconds a planted file may take to show (the listing cache is about 1 s)
 OLD = 1_700_000_000  # a created_at in the past, for files that never expire
@@ -348,3 +348,24 @@ def test_statfs(mount):
     assert st.f_bsize == 4096
     assert st.f_namemax == 255
     assert st.f_blocks > 0 and 0 <= st.f_bfree <= st.f_blocks
+
+
+def test_temporary_file_stays_local_and_is_discarded_at_unmount(fuse):
+    m = Mount("local").start()
+    try:
+        baseline = m.snapshot()
+        temp = m / "assistants" / ".draft.txt.swp"
+        temp.write_bytes(b"not yet")
+        assert temp.name in os.listdir(m / "assistants")
+        assert temp.read_bytes() == b"not yet"
+        assert errno_of(os.getxattr, temp, "user.openai.file_id") == errno.ENODATA
+        assert not [r for r in m.rows().values() if r["filename"] == temp.name]
+        m.assert_unchanged({**baseline, "staged": m.staged_files()})
+        assert m.stop() is not None
+        assert m.staged_files() <= {".mount.lock"}, m.staged_files()
+        m.start()
+        assert temp.name not in os.listdir(m / "assistants")
+        m.assert_consistent()
+    finally:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)

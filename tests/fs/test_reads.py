@@ -145,3 +145,29 @@ def test_reading_while_renamed_behind_the_mounts_back(mount, files):
     assert first + rest == body
     listed(mount, "evals", new_name)
     assert (mount / "evals" / new_name).read_bytes() == body
+
+
+def test_overwrite_through_the_mount_reads_the_new_content(mount):
+    path = mount / "vision" / unique("cached", ".bin")
+    path.write_bytes(b"old content " * 1000)
+    assert path.read_bytes() == b"old content " * 1000  # now in the kernel's page cache
+    old_id = os.getxattr(path, "user.openai.file_id")
+    path.write_bytes(b"new")
+    assert os.getxattr(path, "user.openai.file_id") != old_id
+    assert path.read_bytes() == b"new"
+    with open(path, "rb") as f:
+        assert f.read() == b"new"
+
+
+def test_replaced_elsewhere_reads_the_new_content(mount):
+    """The page cache belongs to a file id: a name that now means another id reads that id's bytes."""
+    name = unique("replaced", ".txt")
+    old = mount.plant(name, "evals", b"A" * 100_000)
+    listed(mount, "evals", name)
+    path = mount / "evals" / name
+    assert path.read_bytes() == b"A" * 100_000
+    new = mount.plant(name, "evals", b"B" * 50_000, created_at=old.created_at + 1)
+    mount.service().delete(old.id)
+    wait_for(lambda: os.getxattr(path, "user.openai.file_id") == new.id.encode(), 2.5, "the new id under the name")
+    assert path.read_bytes() == b"B" * 50_000
+    assert os.stat(path).st_size == 50_000
