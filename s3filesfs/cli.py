@@ -385,7 +385,7 @@ def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, st
                    f"unmount with: s3filesfs umount {mountpoint}")
         return
     if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger().setLevel(logging.INFO)  # a mount's log says what it refused
+        logging.getLogger("s3filesfs").setLevel(logging.INFO)  # a mount's log says what it refused
     mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
 
 

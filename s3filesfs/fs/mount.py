@@ -15,8 +15,10 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FSNAME = "s3filesfs"
 START_TIMEOUT = 60.0
+STOP_GRACE = 60.0  # how long SIGTERM waits for files still being written to be closed
 LOOP_ENDED = 8  # fuse_main's status when its loop stopped, which a signal also does
 
 
@@ -106,6 +109,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     if allow_other:
         options["allow_other"] = True
     log.info("mounting %s at %s (staging %s)", service_location(service), mountpoint, settings.staging_dir)
+    _stop_gracefully_on_signals(operations, mountpoint)
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:
@@ -115,6 +119,51 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     finally:
         pid_path.unlink(missing_ok=True)
     log.info("unmounted %s", mountpoint)
+
+
+def _stop_gracefully_on_signals(operations, mountpoint: Path) -> None:
+    """SIGTERM/SIGINT: let files being written be closed and uploaded, then unmount.
+
+    libfuse's own handlers would end the loop at once, cutting off a writer mid-file. Instead the
+    signals are blocked in every thread (libfuse's threads inherit the mask) and one thread waits
+    for them with ``sigwait``.
+    """
+    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def wait_and_stop() -> None:
+        received = signal.sigwait(signals)
+        deadline = time.monotonic() + STOP_GRACE
+        waiting = operations.files_being_written()
+        if waiting:
+            log.info("%s: waiting up to %.0f s for %d file(s) being written: %s", signal.Signals(received).name,
+                     STOP_GRACE, len(waiting), ", ".join(waiting[:5]))
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.1)
+            waiting = operations.files_being_written()
+        if waiting:
+            log.warning("stopping with %d file(s) still open for writing; they are kept for `s3filesfs retry`",
+                        len(waiting))
+        _detach(mountpoint)
+
+    threading.Thread(target=wait_and_stop, name="stop-on-signal", daemon=True).start()
+
+
+def _detach(mountpoint: Path) -> None:
+    """End the mount even if a reader (a shell inside it) still holds it open."""
+    try:
+        connection = os.minor(os.stat(mountpoint).st_dev)
+    except OSError:
+        connection = None
+    subprocess.run([_fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
+    time.sleep(1.0)  # an idle mount ends by itself right away
+    if connection is not None:
+        abort = Path(f"/sys/fs/fuse/connections/{connection}/abort")
+        if abort.exists():
+            try:
+                abort.write_text("1")
+            except OSError:
+                pass
 
 
 def service_location(service: FileService) -> str:
@@ -160,25 +209,33 @@ def unmount(mountpoint: Path, runtime_dir: Path, timeout: float = 120.0) -> None
     mountpoint = Path(os.path.abspath(os.path.expanduser(mountpoint)))
     if mounted_here(mountpoint) is None:
         raise MountError(f"{mountpoint} is not mounted")
-    pid_path = pid_file(runtime_dir, mountpoint)
+    try:  # read before unmounting: the process removes it as it ends
+        pid = int(pid_file(runtime_dir, mountpoint).read_text())
+    except (OSError, ValueError):
+        pid = None
     result = subprocess.run([_fusermount(), "-u", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
         detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
         if "busy" in detail.lower():
             raise MountError(f"{mountpoint} is busy: a file or folder in it is still open ({detail})")
         raise MountError(f"cannot unmount {mountpoint}: {detail}")
-    try:
-        pid = int(pid_path.read_text())
-    except (OSError, ValueError):
+    if pid is None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return
         time.sleep(0.05)
     raise StorageError(f"the mount process {pid} is still finishing after {timeout:.0f} s")
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaped yet has finished)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def argv_for_foreground() -> list[str]:

@@ -528,6 +528,12 @@ class S3FilesOperations(mfusepy.Operations):
 
     # --- end of the mount --------------------------------------------------------------------
 
+    def files_being_written(self) -> list[str]:
+        """Paths open for writing whose content is not registered yet: what a stop waits for."""
+        with self._lock:
+            return [f"{purpose}/{name}" for (purpose, name), staged in self._staged.items()
+                    if staged.opens > 0 and not staged.temporary and not staged.unlinked]
+
     def destroy(self, path):
         """Unmounted: keep anything written but not uploaded for `retry`; drop temp files."""
         with self._lock:
