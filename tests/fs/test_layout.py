@@ -101,6 +101,10 @@ def world(mount):
         w.bare[api_name] = plant(api_name, "fine-tune", b"bare", created_at=OLD)
         shown.append(("fine-tune", w.bare[api_name].id))
 
+    w.dotted = [plant(unique(".env-", ""), "user_data", b"SECRET=1\n", created_at=OLD),
+                plant(unique("notes", ".txt~"), "user_data", b"backup\n", created_at=OLD)]
+    shown += [("user_data", f.filename) for f in w.dotted]
+
     w.expired = plant(unique("expired"), "batch", b"old", created_at=now - 7200, expires_at=now - 60)
     w.alive = plant(unique("alive"), "batch", b"new", created_at=now - 7200)
     shown.append(("batch", w.alive.filename))
@@ -292,6 +296,16 @@ def test_unshowable_names_become_the_bare_id(mount, world, api_name):
     assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
     entry = next(e for e in read_index(mount) if e["id"] == planted.id)
     assert entry["path"] == f"fine-tune/{planted.id}" and entry["filename"] == api_name
+
+
+def test_files_with_temporary_looking_names_from_the_api_are_shown(mount, world):
+    """Only files written through the mount under a temporary name stay local; a registered file
+    whose name looks temporary is shown like any other."""
+    for planted in world.dotted:
+        path = mount / "user_data" / planted.filename
+        assert path.read_bytes() == mount.service().read(planted.id, 0, 100)
+        assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
+        assert next(e for e in read_index(mount) if e["id"] == planted.id)["path"] == f"user_data/{planted.filename}"
 
 
 def test_expired_files_are_not_shown(mount, world):

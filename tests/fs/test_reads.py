@@ -65,6 +65,14 @@ def test_cat_multi_mib_file_is_byte_exact(mount, big):
     assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(body).digest()
 
 
+def test_cp_out_of_the_mount_is_byte_exact(mount, big, tmp_path):
+    planted, body = big
+    subprocess.run(["cp", str(mount / "assistants" / planted.filename), str(tmp_path / "out.bin")], check=True)
+    subprocess.run(["cp", str(mount / "by-id" / planted.id), str(tmp_path / "by-id.bin")], check=True)
+    assert (tmp_path / "out.bin").read_bytes() == body
+    assert (tmp_path / "by-id.bin").read_bytes() == body
+
+
 def test_random_offsets_and_lengths(mount, big):
     planted, body = big
     rng = random.Random(11)
