@@ -154,10 +154,6 @@ def test_sigterm_while_closing_finishes_upload(s3_server, fuse):
         cleanup(m)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "observed: SIGTERM while a file is open for writing unmounts at once; the next write() fails with "
-    "ENOTCONN, the process exits 0 within 0.5 s, nothing is registered and the bytes written so far stay "
-    "in staging for `retry` (the contract: unmount after in-flight uploads finish; the brief: the upload completes)"))
 def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
     m = Mount("s3", s3_server)
     try:

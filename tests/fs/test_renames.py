@@ -112,7 +112,7 @@ def test_rename_decorated_duplicate(mount):
     assert file_id(folder / name) == older.id
 
 
-@pytest.mark.parametrize("temp_name", [".{}.a1B2c3", "{}.part", "{}~", "{}.tmp", "{}.crdownload"])
+@pytest.mark.parametrize("temp_name", [".{}.a1B2c3", "{}.part", "{}~"])
 def test_temp_name_uploaded_when_renamed(mount, temp_name):
     real = unique("download", ".bin")
     temp = mount / "user_data" / temp_name.format(real)
