@@ -96,6 +96,12 @@ def world(mount):
         w.safe[api_name] = (plant(prefix + api_name, "assistants", b"safe", created_at=OLD), prefix + safe)
         shown.append(("assistants", prefix + safe))
 
+    prefix = unique("clash", "-")
+    w.clash_older = plant(prefix + "a\uff0fb", "assistants", b"literal", created_at=OLD)
+    w.clash_newer = plant(prefix + "a/b", "assistants", b"slash", created_at=OLD + 1)
+    w.clash_plain, w.clash_decorated = prefix + "a\uff0fb", f"{prefix}a\uff0fb ({w.clash_newer.id})"
+    shown += [("assistants", w.clash_plain), ("assistants", w.clash_decorated)]
+
     w.bare = {}
     for api_name in BARE_NAMES:
         w.bare[api_name] = plant(api_name, "fine-tune", b"bare", created_at=OLD)
@@ -286,6 +292,11 @@ def test_names_with_slash_or_nul_are_shown_safely(mount, world, api_name):
     assert os.getxattr(path, "user.openai.file_id") == planted.id.encode()
     entry = next(e for e in read_index(mount) if e["id"] == planted.id)
     assert entry["filename"] == planted.filename and entry["path"] == f"assistants/{shown}"
+
+
+def test_safe_form_clashing_with_a_real_name_follows_the_duplicate_rule(mount, world):
+    assert (mount / "assistants" / world.clash_plain).read_bytes() == b"literal"
+    assert (mount / "assistants" / world.clash_decorated).read_bytes() == b"slash"
 
 
 @pytest.mark.parametrize("api_name", BARE_NAMES)

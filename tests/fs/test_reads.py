@@ -23,13 +23,13 @@ def listed(mount, folder, name):
 def files(mount):
     """The files the tests read, planted at once so one listing refresh shows them all.
 
-    ``big`` is 9 MiB: more than one read-ahead window and more than one multipart part.
+    ``big`` is 17 MiB: three read-ahead chunks of 8 MiB, and more than one multipart part.
     """
     rng = random.Random(7)
-    bodies = {"big": rng.randbytes(9 * MiB + 12345), "small": b"hello, mount\n" * 10, "empty": b"",
+    bodies = {"big": rng.randbytes(17 * MiB + 12345), "small": b"hello, mount\n" * 10, "empty": b"",
               "moving-assistants": rng.randbytes(3 * MiB + 17), "moving-vision": rng.randbytes(3 * MiB + 17),
-              "behind": rng.randbytes(2 * MiB)}
-    folders = {"small": "assistants", "empty": "evals", "behind": "evals"}
+              "behind": rng.randbytes(2 * MiB), "replaced": b"A" * 100_000}
+    folders = {"small": "assistants", "empty": "evals", "behind": "evals", "replaced": "evals"}
     planted = {key: (mount.plant(unique(key, ".bin"), folders.get(key, "assistants"), body, created_at=1_700_000_000), body)
                for key, body in bodies.items()}
 
@@ -91,6 +91,41 @@ def test_random_offsets_and_lengths(mount, big):
             assert os.pread(fd, 1000, offset) == body[offset:offset + 1000]
     finally:
         os.close(fd)
+
+
+def test_threads_sharing_one_descriptor(mount, big):
+    """Sequential scans of different regions interleaved on one open file, and random reads."""
+    planted, body = big
+    fd = os.open(mount / "assistants" / planted.filename, os.O_RDONLY)
+    failures = []
+
+    def scan(start, step, count):
+        offset = start
+        for _ in range(count):
+            got = os.pread(fd, step, offset)
+            if got != body[offset:offset + step]:
+                failures.append((start, offset, step))
+                return
+            offset += step
+
+    def jump(seed):
+        rng = random.Random(seed)
+        for _ in range(30):
+            offset, length = rng.randrange(len(body)), rng.randrange(1, 300_000)
+            if os.pread(fd, length, offset) != body[offset:offset + length]:
+                failures.append(("random", offset, length))
+                return
+
+    threads = [threading.Thread(target=scan, args=(start, 128 * 1024, 40)) for start in (0, 5 * MiB, 11 * MiB + 3)]
+    threads += [threading.Thread(target=jump, args=(seed,)) for seed in (1, 2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        os.close(fd)
+    assert not failures, failures
 
 
 def test_dd_with_skip_reads_the_right_blocks(mount, big):
@@ -167,11 +202,10 @@ def test_overwrite_through_the_mount_reads_the_new_content(mount):
         assert f.read() == b"new"
 
 
-def test_replaced_elsewhere_reads_the_new_content(mount):
+def test_replaced_elsewhere_reads_the_new_content(mount, files):
     """The page cache belongs to a file id: a name that now means another id reads that id's bytes."""
-    name = unique("replaced", ".txt")
-    old = mount.plant(name, "evals", b"A" * 100_000)
-    listed(mount, "evals", name)
+    old, _ = files["replaced"]
+    name = old.filename
     path = mount / "evals" / name
     assert path.read_bytes() == b"A" * 100_000
     new = mount.plant(name, "evals", b"B" * 50_000, created_at=old.created_at + 1)
