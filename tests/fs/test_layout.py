@@ -394,3 +394,34 @@ def test_temporary_file_stays_local_and_is_discarded_at_unmount(fuse):
     finally:
         m.stop()
         shutil.rmtree(m.root, ignore_errors=True)
+
+
+def test_staging_folder_from_the_environment_and_the_default(fuse, tmp_path):
+    """``S3FILESFS_MOUNT_STAGING_DIR`` (like ``mount.staging_dir``) places staging; the default is
+    ``<data_dir>/staging``."""
+    chosen = Mount("local")
+    default = Mount("local")
+    env_staging = chosen.root / "from-env"
+    processes = []
+    try:
+        for m, env in ((chosen, {**chosen.env, "S3FILESFS_MOUNT_STAGING_DIR": str(env_staging)}),
+                       (default, default.env)):
+            m.mountpoint.mkdir(parents=True)
+            processes.append(subprocess.Popen(m.command("mount", str(m.mountpoint), "--foreground"), env=env,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for m in (chosen, default):
+            wait_for(lambda: os.path.ismount(m.mountpoint), 20, f"{m.mountpoint} mounted")
+        for m, staging in ((chosen, env_staging), (default, default.data_dir / "staging")):
+            path = m / "assistants" / unique("staged")
+            with open(path, "wb") as f:
+                f.write(b"being written")
+                f.flush()
+                assert [p for p in staging.iterdir() if p.name != ".mount.lock"], list(staging.iterdir())
+            assert os.getxattr(path, "user.openai.file_id")
+    finally:
+        for m, process in zip((chosen, default), processes):
+            process.terminate()
+            process.wait(20)
+            if os.path.ismount(m.mountpoint):
+                subprocess.run(["fusermount3", "-u", "-z", str(m.mountpoint)], capture_output=True)
+            shutil.rmtree(m.root, ignore_errors=True)
