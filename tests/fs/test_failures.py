@@ -149,6 +149,23 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     m.assert_consistent(m.baseline)
 
 
+def test_temp_name_renamed_while_server_down(outage_mount, own_s3_server):
+    """The upload a rename to a real name starts fails: rename gives EIO, the data waits for retry."""
+    m = outage_mount
+    name = unique("fetched", ".bin")
+    data = payload(500_000, "temp-outage")
+    temp = m / "user_data" / f"{name}.part"
+    temp.write_bytes(data)
+    own_s3_server.stop()
+    with pytest.raises(OSError) as failure:
+        os.rename(temp, m / "user_data" / name)
+    assert failure.value.errno == errno.EIO, failure.value
+    assert not m.rows()
+    entries = [e for e in staged(m) if e["filename"] == name]
+    assert [(e["purpose"], e["bytes"]) for e in entries] == [("user_data", len(data))], staged(m)
+    _retry_after_restart(m, own_s3_server, name, "user_data", data)
+
+
 # --- read-only mount ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -197,6 +197,19 @@ def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
         cleanup(m)
 
 
+def test_sigint_unmounts_and_exits_0(local_mount_setup):
+    m = local_mount_setup
+    m.start()
+    path = m / "assistants" / unique("before-sigint")
+    path.write_bytes(b"kept\n")
+    fid = file_id(path)
+    m.process.send_signal(signal.SIGINT)
+    assert m.process.wait(30) == 0, m.log_tail()
+    m.process = None
+    assert not os.path.ismount(m.mountpoint)
+    assert m.rows()[fid]["bytes"] == 5
+
+
 def test_dead_mount_is_mounted_again(local_mount_setup):
     m = local_mount_setup
     planted = m.plant("survivor.txt", "assistants", b"still here\n")

@@ -140,3 +140,38 @@ def test_real_name_renamed_to_temp_name_and_back(mount):
     assert len(rows_named(mount, dest.name, "assistants")) == 1
     assert_registered(mount, dest, b"round trip\n", "assistants")
     assert not rows_named(mount, dest.name + ".tmp")
+
+
+def test_rename_while_open_then_close(mount):
+    """A download manager: write under a temporary name, rename while still open, finish, close."""
+    real = unique("movie", ".bin")
+    temp = mount / "user_data" / f"{real}.part"
+    dest = mount / "user_data" / real
+    first, rest = os.urandom(300_000), os.urandom(200_000)
+    with open(temp, "wb") as f:
+        f.write(first)
+        f.flush()
+        os.rename(temp, dest)
+        f.write(rest)
+    wait_for(lambda: len(rows_named(mount, real, "user_data")) == 1, 5, "one row for the final name")
+    assert not rows_named(mount, temp.name)
+    assert_registered(mount, dest, first + rest, "user_data")
+
+
+def test_mv_from_local_disk_into_mount(mount, tmp_path):
+    src = tmp_path / unique("local", ".csv")
+    data = b"a,b\n1,2\n" * 1000
+    src.write_bytes(data)
+    run("mv", src, mount / "assistants")
+    assert not src.exists()
+    assert_registered(mount, mount / "assistants" / src.name, data, "assistants")
+
+
+def test_mv_from_mount_to_local_disk(mount, tmp_path):
+    path = mount / "evals" / unique("leaving", ".jsonl")
+    path.write_bytes(b'{"bye": 1}\n')
+    fid = file_id(path)
+    run("mv", path, tmp_path)
+    assert (tmp_path / path.name).read_bytes() == b'{"bye": 1}\n'
+    assert not os.path.exists(path)
+    assert_gone(mount, fid)

@@ -352,6 +352,51 @@ def test_concurrent_writers(mount):
         assert_registered(mount, mount / purpose_of(name) / name, data, purpose_of(name))
 
 
+def test_concurrent_overwrites_of_one_name(mount):
+    """Eight writers race to replace one name: one id survives, every other one is deleted."""
+    dest = mount / "assistants" / unique("contested")
+    dest.write_bytes(b"first\n")
+    first = file_id(dest)
+    versions = [payload(50_000 + i, ("contested", i)) for i in range(8)]
+    barrier = threading.Barrier(len(versions))
+
+    def overwrite(data):
+        barrier.wait()
+        with open(dest, "wb") as f:
+            f.write(data)
+
+    with ThreadPoolExecutor(len(versions)) as pool:
+        for future in [pool.submit(overwrite, v) for v in versions]:
+            future.result()
+    matches = wait_for(lambda: len(rows_named(mount, dest.name, "assistants")) == 1 and rows_named(mount, dest.name),
+                       5, "one row left for the name")
+    assert matches[0]["id"] != first
+    assert_gone(mount, first)
+    # The writers share one file, as on a local disk: the bytes may mix, but one file holds them.
+    assert_registered(mount, dest, body(mount, matches[0]["id"]), "assistants")
+
+
+def test_written_file_readable_by_id(mount):
+    data = payload(200_000, "by-id")
+    dest = mount / "vision" / unique("image", ".png")
+    dest.write_bytes(data)
+    fid = file_id(dest)
+    assert (mount / "by-id" / fid).read_bytes() == data
+    assert os.getxattr(str(mount / "by-id" / fid), "user.openai.file_id").decode() == fid
+
+
+def test_append_to_multi_mib_file(mount):
+    original = payload(9 * MiB + 1, "append-big")
+    dest = mount / "batch" / unique("grow", ".jsonl")
+    dest.write_bytes(original)
+    old = file_id(dest)
+    with open(dest, "ab") as f:
+        f.write(b"tail\n")
+    assert file_id(dest) != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, original + b"tail\n", "batch")
+
+
 # --- staging cap --------------------------------------------------------------------------------
 
 @pytest.fixture(params=["local", "s3"])
@@ -392,6 +437,13 @@ def test_staging_cap_gives_enospc(capped_mount):
     wait_for(lambda: m.staged_files() == m.baseline["staged"], 5, "staging emptied")
     wait_for(lambda: dest.name not in os.listdir(m / "assistants"), 3, "the partial file gone")
     assert not listed(m)
+    # cp reports it too, and leaves nothing behind.
+    src = m.root / "big-source.bin"
+    src.write_bytes(payload(2 * MiB, 7))
+    result = run("cp", src, m / "assistants" / "copied.bin", check=False)
+    assert result.returncode != 0 and "No space left on device" in result.stderr, result.stderr
+    assert not m.rows() and not m.object_keys()
+    wait_for(lambda: m.staged_files() == m.baseline["staged"], 5, "staging emptied after cp")
     # The space is given back: a small file still goes through.
     small = m / "assistants" / unique("small")
     small.write_bytes(b"fits\n")
