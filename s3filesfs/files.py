@@ -145,10 +145,12 @@ class FileService:
 
     # --- create ------------------------------------------------------------------------------
 
-    def begin(self, filename: str | None, purpose: str, expires_after: object = None) -> PendingFile:
+    def begin(self, filename: str | None, purpose: str, expires_after: object = None,
+              created_at: int | None = None) -> PendingFile:
+        """Start a file; ``created_at`` defaults to now (the mount passes when writing began)."""
         check_purpose(purpose, self.purposes)
         seconds = parse_expires_after(expires_after)
-        created_at = self.now()
+        created_at = self.now() if created_at is None else created_at
         file = FileObject(
             id=new_file_id(),
             filename=filename or DEFAULT_FILENAME,

@@ -201,7 +201,7 @@ class S3FilesOperations(mfusepy.Operations):
             raise NotFound(path)
         staged = self._staged.get((where.purpose, where.name))
         if staged is not None:
-            return self._file_attrs(staged.size, staged.mtime_ns, 0o644)
+            return self._file_attrs(staged.size, staged.created_at * 1_000_000_000, 0o644)
         return self._committed_attrs(self.namespace.lookup(where.purpose, where.name))
 
     @_mapped
@@ -240,7 +240,7 @@ class S3FilesOperations(mfusepy.Operations):
             local = {name: staged for (purpose, name), staged in self._staged.items() if purpose == where.purpose}
         listed = [(name, self._committed_attrs(file)) for name, file in self.namespace.names(where.purpose)
                   if name not in local]
-        staged = [(name, self._file_attrs(s.size, s.mtime_ns, 0o644)) for name, s in local.items()]
+        staged = [(name, self._file_attrs(s.size, s.created_at * 1_000_000_000, 0o644)) for name, s in local.items()]
         return dots + listed + staged
 
     @_mapped

@@ -140,7 +140,9 @@ class StagedFile:
         self.unlinked = False  # removed while open: never upload
         self.write_error: S3FilesError | None = None  # a write failed: the content is incomplete
         self.last_error: str | None = None  # why the last upload failed
-        self.mtime_ns = time.time_ns()
+        # The file's created_at once registered, fixed now so that the attributes the kernel
+        # caches while the file is written (mtime) are the ones it shows after the upload.
+        self.created_at = int(time.time())
         self._stream: PendingFile | None = None
         self._streamed = 0
         self._stream_possible = not temporary
@@ -177,7 +179,6 @@ class StagedFile:
             written = os.pwrite(self._fd, data, offset)
             self.size = max(self.size, end)
             self.dirty = True
-            self.mtime_ns = time.time_ns()
             self._feed_stream(data, offset)
             return written
 
@@ -186,7 +187,7 @@ class StagedFile:
             return
         if self._stream is None and offset == 0 and self._streamed == 0:
             try:
-                self._stream = self.service.begin(self.filename, self.purpose)
+                self._stream = self.service.begin(self.filename, self.purpose, created_at=self.created_at)
             except S3FilesError as exc:
                 self._drop_stream(f"could not start: {exc.message}")
                 return
@@ -256,7 +257,7 @@ class StagedFile:
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.abort()
-        pending = self.service.begin(self.filename, self.purpose)
+        pending = self.service.begin(self.filename, self.purpose, created_at=self.created_at)
         try:
             offset = 0
             while offset < self.size:
