@@ -356,11 +356,6 @@ def test_cp_a_keeps_working_and_attributes_stay(mount, tmp_path):
     assert mount.rows()[file_id]["created_at"] == created_at
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "right after `cp -a` returns, stat shows the staging file's mtime (a fractional 'now', e.g. "
-    "1795553110.718) instead of created_at (1795553110) for up to ~1 s: the attributes cp's "
-    "utimens got back while the file was still being written stay in the kernel's attribute cache "
-    "after close() registered it"))
 def test_mtime_right_after_cp_a_is_created_at(mount, tmp_path):
     _, target = copy_preserving(mount, tmp_path)
     st = os.stat(target)
