@@ -851,7 +851,9 @@ def main(argv=None) -> int:
         signal.signal(sig, interrupted)
 
     info = machine()
-    print(f"machine: {info['cpus']} CPUs, {info['memory_mib']} MiB, {info['platform']}, Python {info['python']}")
+    load_before = os.getloadavg()
+    print(f"machine: {info['cpus']} CPUs, {info['memory_mib']} MiB, {info['platform']}, Python {info['python']}, "
+          f"load average {load_before[0]:.1f} (other jobs on the machine show here)")
     print(f"versions: boto3 {info['boto3']}, moto {info['moto']}, "
           f"s3fs {tool_version(['s3fs', '--version'])}, rclone {tool_version([rclone_path() or 'rclone', 'version'])}")
     with tempfile.TemporaryDirectory(prefix="bench-mount-", dir=args.dir) as tmp, moto_server() as server:
@@ -865,6 +867,9 @@ def main(argv=None) -> int:
             bench.run_mount(tool)
 
     rows, notes, summary = summarise(bench)
+    load_after = os.getloadavg()
+    print(f"\nload average at the end: {load_after[0]:.1f} (1 min), {load_after[1]:.1f} (5 min), "
+          f"{load_after[2]:.1f} (15 min) on {info['cpus']} CPUs")
     print()
     print(f"mount benchmark, one moto server, median of {args.runs} run(s); ratio = boto3 seconds / tool seconds; "
           f"RSS = the mount's process tree, sampled every 20 ms, MB = 10^6 bytes")
@@ -879,6 +884,7 @@ def main(argv=None) -> int:
         "tool_versions": {"s3fs": tool_version(["s3fs", "--version"]),
                           "rclone": tool_version([rclone_path() or "rclone", "version"])},
         "summary": summary, "table": rows, "notes": notes, "results": bench.results,
+        "load_average": {"start": load_before, "end": load_after},
     })
     print(f"\nresults: {saved.relative_to(BENCH_DIR.parent)}")
     s3filesfs = [summary[m]["s3filesfs"]["pass"] for m in summary if isinstance(summary[m].get("s3filesfs"), dict)]
