@@ -240,6 +240,8 @@ def test_index_jsonl_holds_file_objects_with_their_path(mount, world):
     assert found == {"id": planted.id, "object": "file", "bytes": 4, "created_at": OLD, "expires_at": None,
                      "filename": planted.filename, "purpose": "assistants",
                      "path": f"assistants/{planted.filename}"}
+    batch = next(e for e in entries if e["id"] == world.batch.id)
+    assert batch["expires_at"] == world.batch.created_at + EXPIRES_AFTER_MAX and batch["purpose"] == "batch"
     assert [(e["created_at"], e["id"]) for e in entries] == sorted((e["created_at"], e["id"]) for e in entries)
     # Every entry's path is a real path in the mount.
     for e in entries:
@@ -367,7 +369,15 @@ def test_statfs(mount):
     st = os.statvfs(mount.mountpoint)
     assert st.f_bsize == 4096
     assert st.f_namemax == 255
-    assert st.f_blocks > 0 and 0 <= st.f_bfree <= st.f_blocks
+    assert st.f_blocks * st.f_frsize == 10240 * 1024 * 1024  # the staging cap, staging_max_mb
+    assert 0 <= st.f_bfree <= st.f_blocks
+    free = st.f_bfree
+    with open(mount / "assistants" / unique("statfs"), "wb") as f:
+        f.write(b"s" * (4 * 1024 * 1024))
+        f.flush()
+        during = os.statvfs(mount.mountpoint).f_bfree
+        assert free - during >= 4 * 1024 * 1024 // st.f_frsize, (free, during)
+    wait_for(lambda: os.statvfs(mount.mountpoint).f_bfree == free, 3.0, "the staged space given back")
 
 
 def test_temporary_file_stays_local_and_is_discarded_at_unmount(fuse):
