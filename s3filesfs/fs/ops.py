@@ -47,6 +47,7 @@ FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_READDIR_PLUS = 1  # libfuse3: the kernel asked for entries with their attributes
 FUSE_FILL_DIR_PLUS = 2  # libfuse3: this entry's attributes are complete, cache them
+LAST_OPENED_MAX = 100_000
 XATTRS = ("user.openai.file_id", "user.openai.purpose", "user.openai.created_at", "user.openai.expires_at")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 QUIET_ERRNOS = (errno.ENOENT, errno.ENODATA, errno.ENOTSUP)  # answers `ls` and `cp` ask for all the time
@@ -93,6 +94,7 @@ class S3FilesOperations(mfusepy.Operations):
         self._numbers = itertools.count(1)
         self._lock = threading.RLock()
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
+        self._last_opened: dict[str, str] = {}  # path -> the id it named when last opened to read
 
     def init_with_config(self, conn, config):
         # Always list with attributes: in "auto" mode the kernel does so only for the first batch
@@ -362,8 +364,14 @@ class S3FilesOperations(mfusepy.Operations):
             self._writable(path, "open for writing")
         staged = self._staged.get((where.purpose, where.name))
         if staged is None and not writing:
-            fi.keep_cache = 1
-            fi.fh = self._new_handle(Reader(self.service, self.namespace.lookup(where.purpose, where.name), self.read_pool))
+            file = self.namespace.lookup(where.purpose, where.name)
+            # The kernel caches pages per path; keep them only while the path still names the
+            # same id (an id's content never changes, a path's does).
+            fi.keep_cache = int(self._last_opened.get(path) == file.id)
+            if len(self._last_opened) >= LAST_OPENED_MAX:
+                self._last_opened.clear()  # forgetting only costs a re-read
+            self._last_opened[path] = file.id
+            fi.fh = self._new_handle(Reader(self.service, file, self.read_pool))
             return 0
         if staged is None:
             base = self.namespace.lookup(where.purpose, where.name)
