@@ -87,10 +87,13 @@ def test_rm_in_by_id_and_at_the_root_is_refused(mount, refused, planted):
     assert (mount / "assistants" / planted.filename).read_bytes() == b"existing\n"
 
 
-def test_name_over_255_bytes(mount, refused):
+def test_name_over_255_bytes(mount, refused, planted):
     assert refused(create, mount / "assistants" / ("a" * 256)) == errno.ENAMETOOLONG
     assert refused(create, mount / "assistants" / ("é" * 128)) == errno.ENAMETOOLONG
     assert refused(os.stat, mount / "assistants" / ("b" * 300)) == errno.ENAMETOOLONG
+    source = mount / "assistants" / planted.filename
+    assert refused(os.rename, source, mount / "assistants" / ("c" * 256)) == errno.ENAMETOOLONG
+    assert mount.rows()[planted.id]["filename"] == planted.filename
 
 
 def test_name_of_exactly_255_bytes_is_accepted(mount):
@@ -143,6 +146,7 @@ def test_rename_into_the_root_or_by_id_is_refused(mount, refused, planted):
     assert refused(os.rename, source, mount / planted.filename) == errno.EPERM
     assert refused(os.rename, source, mount / "by-id" / planted.filename) == errno.EPERM
     assert refused(os.rename, source, mount / "nope" / planted.filename) == errno.ENOENT
+    assert refused(os.rename, source, os.path.join(str(mount / "assistants"), "..", "x")) == errno.EPERM
     assert source.read_bytes() == b"existing\n"
     assert mount.rows()[planted.id]["filename"] == planted.filename
 
