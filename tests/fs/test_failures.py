@@ -49,22 +49,23 @@ def staged(m: Mount) -> list[dict]:
         raise AssertionError(f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}")
 
 
-def _retry_after_restart(m: Mount, server, name: str, purpose: str, data: bytes) -> None:
-    """Restart the server (empty), run ``s3filesfs retry`` and check the file is registered."""
+def _retry_after_restart(m: Mount, server, *files: tuple[str, str, bytes]) -> None:
+    """Restart the server (empty), run ``s3filesfs retry``; each (name, purpose, data) is registered."""
     server.start()
     result = m.cli("retry", check=False, timeout=120)
     assert result.returncode == 0, f"retry exited {result.returncode}: {result.stdout}{result.stderr}"
-    matches = rows_named(m, name, purpose)
-    assert len(matches) == 1, matches
-    fid = matches[0]["id"]
-    assert matches[0]["bytes"] == len(data)
-    assert body(m, fid) == data
     assert staged(m) == []
-    path = m / purpose / name
-    wait_for(lambda: name in os.listdir(m / purpose), 5, "the retried file shown in the mount")
-    assert file_id(path) == fid
-    assert_registered(m, path, data, purpose)
-    assert fid in listed(m)
+    for name, purpose, data in files:
+        matches = rows_named(m, name, purpose)
+        assert len(matches) == 1, matches
+        fid = matches[0]["id"]
+        assert matches[0]["bytes"] == len(data)
+        assert body(m, fid) == data
+        path = m / purpose / name
+        wait_for(lambda: name in os.listdir(m / purpose), 5, "the retried file shown in the mount")
+        assert file_id(path) == fid
+        assert_registered(m, path, data, purpose)
+        assert fid in listed(m)
     settled_snapshot(m)
     m.assert_consistent(m.baseline)
 
@@ -96,10 +97,10 @@ def test_outage_during_write_fails_close_and_retry_uploads(outage_mount, own_s3_
     assert entries[0]["error"]
     time.sleep(1.2)  # past the listing cache: a failed upload is not shown
     assert name not in os.listdir(m / "batch")
-    _retry_after_restart(m, own_s3_server, name, "batch", data)
+    _retry_after_restart(m, own_s3_server, (name, "batch", data))
 
 
-def test_cp_while_server_down_exits_nonzero_and_retry_uploads(outage_mount, own_s3_server, tmp_path):
+def test_cp_and_temp_rename_while_server_down_then_retry(outage_mount, own_s3_server, tmp_path):
     m = outage_mount
     data = payload(3 * MiB + 5, "cp-outage")
     src = tmp_path / "report.pdf"
@@ -112,12 +113,22 @@ def test_cp_while_server_down_exits_nonzero_and_retry_uploads(outage_mount, own_
     assert not m.rows()
     entries = [e for e in staged(m) if e["filename"] == name]
     assert [(e["purpose"], e["bytes"]) for e in entries] == [("assistants", len(data))], staged(m)
-    # A retry while the server is still down: exit 3, the upload stays staged.
+    # A temporary name renamed to a real one starts its upload, which fails: rename gives EIO.
+    fetched = unique("fetched", ".bin")
+    fetched_data = payload(500_000, "temp-outage")
+    temp = m / "user_data" / f"{fetched}.part"
+    temp.write_bytes(fetched_data)
+    with pytest.raises(OSError) as failure:
+        os.rename(temp, m / "user_data" / fetched)
+    assert failure.value.errno == errno.EIO, failure.value
+    entries = [e for e in staged(m) if e["filename"] == fetched]
+    assert [(e["purpose"], e["bytes"]) for e in entries] == [("user_data", len(fetched_data))], staged(m)
+    # A retry while the server is still down: exit 3, the uploads stay staged.
     result = m.cli("retry", check=False, timeout=120)
     assert result.returncode == 3, result.stdout + result.stderr
-    assert [e["filename"] for e in staged(m)] == [name]
+    assert sorted(e["filename"] for e in staged(m)) == sorted([name, fetched])
     assert not m.rows()
-    _retry_after_restart(m, own_s3_server, name, "assistants", data)
+    _retry_after_restart(m, own_s3_server, (name, "assistants", data), (fetched, "user_data", fetched_data))
 
 
 def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
@@ -147,23 +158,6 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     assert path.read_bytes() == b"version 2\n"
     settled_snapshot(m)
     m.assert_consistent(m.baseline)
-
-
-def test_temp_name_renamed_while_server_down(outage_mount, own_s3_server):
-    """The upload a rename to a real name starts fails: rename gives EIO, the data waits for retry."""
-    m = outage_mount
-    name = unique("fetched", ".bin")
-    data = payload(500_000, "temp-outage")
-    temp = m / "user_data" / f"{name}.part"
-    temp.write_bytes(data)
-    own_s3_server.stop()
-    with pytest.raises(OSError) as failure:
-        os.rename(temp, m / "user_data" / name)
-    assert failure.value.errno == errno.EIO, failure.value
-    assert not m.rows()
-    entries = [e for e in staged(m) if e["filename"] == name]
-    assert [(e["purpose"], e["bytes"]) for e in entries] == [("user_data", len(data))], staged(m)
-    _retry_after_restart(m, own_s3_server, name, "user_data", data)
 
 
 # --- read-only mount ------------------------------------------------------------------------------
