@@ -150,12 +150,16 @@ class S3FilesOperations(mfusepy.Operations):
                                            is_temporary_name(name))
             staged.opens = 1
             self._staged[(purpose, name)] = staged
+            if copy and base is not None:
+                staged.lock.acquire()  # taken before anyone else can see it: others wait for the copy
         if copy and base is not None:
             try:
                 staged.fill_from(base)
             except BaseException:
+                staged.lock.release()
                 self._forget(staged)
                 raise
+            staged.lock.release()
         return staged
 
     def _forget(self, staged: StagedFile) -> None:

@@ -104,8 +104,17 @@ class Staging:
             return
         with self._lock:
             if self._used + size > self.max_bytes:
+                self._used = self._measure()  # `retry` in another process may have freed some
+            if self._used + size > self.max_bytes:
                 raise NoSpace(f"staging folder {self.folder} is full ({self.max_bytes // (1024 * 1024)} MiB cap)")
             self._used += size
+
+    def _measure(self) -> int:
+        total = 0
+        for data in self.folder.glob("*.data"):
+            with contextlib.suppress(FileNotFoundError):
+                total += data.stat().st_size
+        return total
 
     def release(self, size: int) -> None:
         with self._lock:
