@@ -138,6 +138,9 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     path = m / "user_data" / name
     path.write_bytes(b"version 1\n")
     old = file_id(path)
+    other = m / "assistants" / unique("bystander")
+    other.write_bytes(b"moved while down\n")
+    moved = file_id(other)
     own_s3_server.stop()
     with pytest.raises(OSError) as failure:
         with open(path, "wb") as f:
@@ -145,7 +148,15 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     assert failure.value.errno == errno.EIO
     entries = [e for e in staged(m) if e["filename"] == name]
     assert len(entries) == 1 and entries[0]["replaces"] == old, staged(m)
-    assert set(m.rows()) == {old}
+    assert set(m.rows()) == {old, moved}
+    # A rename is metadata only: it works while the server is down.
+    os.rename(other, m / "evals" / other.name)
+    assert m.rows()[moved]["purpose"] == "evals"
+    # An unlink is object first, then row: with the server down it fails and the row stays.
+    with pytest.raises(OSError) as unlink_failure:
+        os.unlink(m / "evals" / other.name)
+    assert unlink_failure.value.errno == errno.EIO, unlink_failure.value
+    assert moved in m.rows()
     own_s3_server.start()
     # The restarted server is empty: the old object is gone with it; the retry still replaces the row.
     result = m.cli("retry", check=False, timeout=120)
@@ -156,6 +167,11 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     assert staged(m) == []
     wait_for(lambda: file_id(path) == matches[0]["id"], 5, "the new id shown")
     assert path.read_bytes() == b"version 2\n"
+    # The restarted server lost the bystander's object (and the retry made the bucket again):
+    # removing the file now succeeds, a missing object being no error.
+    wait_for(lambda: other.name in os.listdir(m / "evals"), 5, "the file still shown after the failed unlink")
+    os.unlink(m / "evals" / other.name)
+    assert moved not in m.rows()
     settled_snapshot(m)
     m.assert_consistent(m.baseline)
 

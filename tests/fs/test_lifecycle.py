@@ -100,6 +100,15 @@ def test_background_mount_and_umount(local_mount_setup):
     m.assert_consistent(baseline)
 
 
+def test_umount_of_a_folder_not_mounted_fails_clearly(local_mount_setup):
+    m = local_mount_setup
+    m.mountpoint.mkdir(parents=True)
+    result = m.cli("umount", str(m.mountpoint), check=False, timeout=60)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
 def test_background_mount_log_file_option(local_mount_setup, tmp_path):
     m = local_mount_setup
     log = tmp_path / "logs" / "fs.log"

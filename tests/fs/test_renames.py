@@ -175,3 +175,21 @@ def test_mv_from_mount_to_local_disk(mount, tmp_path):
     assert (tmp_path / path.name).read_bytes() == b'{"bye": 1}\n'
     assert not os.path.exists(path)
     assert_gone(mount, fid)
+
+
+def test_moving_the_plain_duplicate_promotes_the_next(mount):
+    name = unique("twin", ".md")
+    now = int(time.time())
+    older = mount.plant(name, "vision", b"older\n", created_at=now - 20)
+    newer = mount.plant(name, "vision", b"newer\n", created_at=now - 10)
+    folder = mount / "vision"
+    decorated = f"{name[:-3]} ({newer.id}).md"
+    wait_for(lambda: {name, decorated} <= set(os.listdir(folder)), 5, "both twins listed")
+    away = folder / unique("away", ".md")
+    os.rename(folder / name, away)
+    assert file_id(away) == older.id
+    wait_for(lambda: decorated not in os.listdir(folder) and name in os.listdir(folder), 5,
+             "the newer twin shown under the plain name")
+    assert file_id(folder / name) == newer.id
+    assert (folder / name).read_bytes() == b"newer\n"
+    assert_registered(mount, away, b"older\n", "vision")

@@ -233,6 +233,78 @@ def test_truncate_existing_file(mount):
     assert_registered(mount, dest, b"0123", "assistants")
 
 
+def test_truncate_to_a_larger_size_pads_with_zeros(mount):
+    dest = mount / "assistants" / unique("grow")
+    dest.write_bytes(b"abc")
+    old = file_id(dest)
+    run("truncate", "-s", "100000", dest)
+    assert file_id(dest) != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"abc" + bytes(100000 - 3), "assistants")
+
+
+def test_write_past_the_end_leaves_a_hole_of_zeros(mount):
+    dest = mount / "user_data" / unique("sparse", ".bin")
+    with open(dest, "wb") as f:
+        f.write(b"head")
+        f.seek(1_000_000)
+        f.write(b"tail")
+    assert_registered(mount, dest, b"head" + bytes(1_000_000 - 4) + b"tail", "user_data")
+
+
+def test_read_back_through_the_same_descriptor_before_close(mount):
+    dest = mount / "evals" / unique("rw", ".jsonl")
+    data = payload(150_000, "rw")
+    with open(dest, "w+b") as f:
+        f.write(data)
+        f.flush()
+        f.seek(0)
+        assert f.read() == data
+        f.seek(10)
+        f.write(b"XYZ")
+        f.seek(0)
+        assert f.read(20) == data[:10] + b"XYZ" + data[13:20]
+    assert_registered(mount, dest, data[:10] + b"XYZ" + data[13:], "evals")
+
+
+def test_fsync_does_not_register_early(mount):
+    dest = mount / "assistants" / unique("synced")
+    with open(dest, "wb") as f:
+        f.write(b"part one\n")
+        f.flush()
+        os.fsync(f.fileno())
+        with pytest.raises(OSError) as no_id:
+            os.getxattr(str(dest), "user.openai.file_id")
+        assert no_id.value.errno == errno.ENODATA
+        assert not rows_named(mount, dest.name)
+        f.write(b"part two\n")
+    assert_registered(mount, dest, b"part one\npart two\n", "assistants")
+
+
+def test_shell_script_output_with_forked_writers(mount):
+    """Each child that inherits the descriptor flushes it when it exits; the last close decides."""
+    dest = mount / "batch" / unique("script", ".log")
+    run("sh", "-c", f"exec > '{dest}'; echo one; /bin/echo two; printf 'three\\n'; /bin/echo four")
+    wait_for(lambda: len(rows_named(mount, dest.name, "batch")) == 1, 5, "one row for the script's output")
+    assert_registered(mount, dest, b"one\ntwo\nthree\nfour\n", "batch")
+
+
+@pytest.mark.parametrize("name", ["résumé final.txt", "数据 集.jsonl", "emoji 🎉 (1).md", "semi;colon & quote'.txt"])
+def test_unusual_names_are_kept_exactly(mount, tmp_path, name):
+    name = f"{uuid_prefix()}-{name}"
+    src = tmp_path / "src.bin"
+    src.write_bytes(name.encode())
+    dest = mount / "assistants" / name
+    run("cp", src, dest)
+    fid = assert_registered(mount, dest, name.encode(), "assistants")
+    assert listed(mount)[fid]["filename"] == name
+    assert name in os.listdir(mount / "assistants")
+
+
+def uuid_prefix() -> str:
+    return unique("u", "")
+
+
 # --- folders of files -------------------------------------------------------------------------
 
 def _folder(tmp_path, tag: str) -> dict[str, bytes]:
