@@ -141,3 +141,13 @@ def test_file_that_expires_while_mounted_disappears(mount):
     shows_within(lambda: planted.filename not in names(mount, "batch"), "the expired file gone from batch/")
     shows_within(lambda: not os.path.exists(path), "the expired file gone for stat", ENTRY_WINDOW)
     assert planted.id not in index_ids(mount)
+
+
+def test_name_looked_up_before_it_existed_shows(mount):
+    """A script polling for a file: the earlier "no such file" answers must not stick."""
+    name = unique("awaited")
+    path = mount / "assistants" / name
+    assert not path.exists()
+    mount.service().create(io.BytesIO(b"arrived"), name, "assistants")
+    shows_within(path.exists, "the awaited file for stat", ENTRY_WINDOW)
+    assert path.read_bytes() == b"arrived"
