@@ -158,6 +158,19 @@ def test_rename_while_open_then_close(mount):
     assert_registered(mount, dest, first + rest, "user_data")
 
 
+def test_rename_real_name_while_open_then_close(mount):
+    first_name = mount / "assistants" / unique("early")
+    final = mount / "vision" / unique("late")
+    with open(first_name, "wb") as f:
+        f.write(b"early bytes\n")
+        f.flush()
+        os.rename(first_name, final)
+        f.write(b"late bytes\n")
+    wait_for(lambda: len(rows_named(mount, final.name, "vision")) == 1, 5, "one row for the final name")
+    assert not rows_named(mount, first_name.name)
+    assert_registered(mount, final, b"early bytes\nlate bytes\n", "vision")
+
+
 def test_mv_from_local_disk_into_mount(mount, tmp_path):
     src = tmp_path / unique("local", ".csv")
     data = b"a,b\n1,2\n" * 1000

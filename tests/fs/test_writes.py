@@ -305,6 +305,85 @@ def uuid_prefix() -> str:
     return unique("u", "")
 
 
+def test_empty_redirect_onto_existing_file(mount):
+    dest = mount / "assistants" / unique("emptied")
+    dest.write_bytes(b"something\n")
+    old = file_id(dest)
+    run("sh", "-c", f": > '{dest}'")
+    assert file_id(dest) != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"", "assistants")
+
+
+def test_unlink_while_being_written(mount):
+    """A new file removed before it is closed is never uploaded."""
+    before = settled_snapshot(mount)
+    dest = mount / "user_data" / unique("vanishing")
+    with open(dest, "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        os.unlink(dest)
+        assert not os.path.exists(dest)
+        f.write(b"y" * 1000)
+    assert not rows_named(mount, dest.name)
+    assert dest.name not in os.listdir(mount / "user_data")
+    settled_snapshot(mount)
+    mount.assert_unchanged(before)
+
+
+def test_install_command(mount, tmp_path):
+    src = tmp_path / "tool.sh"
+    src.write_bytes(b"#!/bin/sh\necho hi\n")
+    dest = mount / "assistants" / unique("tool", ".sh")
+    run("install", "-m", "0755", src, dest)
+    assert_registered(mount, dest, b"#!/bin/sh\necho hi\n", "assistants")
+    run("install", "-m", "0644", src, dest)  # again, over the existing name
+    assert len(rows_named(mount, dest.name, "assistants")) == 1
+
+
+def test_tar_extract_into_purpose(mount, tmp_path):
+    files = _folder(tmp_path, "tar")
+    archive = tmp_path / "files.tar"
+    run("tar", "-cf", archive, "-C", tmp_path / "src", *files)
+    run("tar", "-xf", archive, "-C", mount / "fine-tune")
+    _assert_folder(mount, "fine-tune", files)
+
+
+def test_sed_in_place(mount):
+    """sed -i writes a new file under a name of its own and renames it over the original."""
+    dest = mount / "evals" / unique("config", ".yaml")
+    dest.write_bytes(b"model: small\nseed: 1\n")
+    old = file_id(dest)
+    run("sed", "-i", "s/small/large/", dest)
+    assert file_id(dest) != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"model: large\nseed: 1\n", "evals")
+    assert not [r for r in mount.rows().values() if r["filename"].startswith("sed")]
+    assert not [n for n in os.listdir(mount / "evals") if n.startswith("sed")]
+
+
+def test_shutil_copy2_into_purpose(mount, tmp_path):
+    src = tmp_path / "copy2.bin"
+    data = payload(70_000, "copy2")
+    src.write_bytes(data)
+    dest = mount / "vision" / unique("copy2", ".bin")
+    shutil.copy2(src, dest)
+    assert_registered(mount, dest, data, "vision")
+
+
+def test_cp_a_within_the_mount_makes_a_new_file(mount):
+    src = mount / "assistants" / unique("original")
+    src.write_bytes(b"copy me\n")
+    first = file_id(src)
+    dest = mount / "vision" / unique("copy")
+    result = run("cp", "-a", src, dest)
+    assert result.stderr == "", result.stderr
+    second = file_id(dest)
+    assert second != first
+    assert_registered(mount, src, b"copy me\n", "assistants")
+    assert_registered(mount, dest, b"copy me\n", "vision")
+
+
 # --- folders of files -------------------------------------------------------------------------
 
 def _folder(tmp_path, tag: str) -> dict[str, bytes]:
