@@ -3,6 +3,7 @@ object, no staging file, no open multipart upload."""
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -55,11 +56,22 @@ def test_rmdir_is_refused(mount, refused):
     assert os.path.isdir(mount / "vision")
 
 
-def test_refusals_are_logged_once(mount, refused):
-    name = unique("logged-dir", "")
-    assert refused(os.mkdir, mount / "assistants" / name) == errno.EPERM
-    lines = wait_for(lambda: [line for line in mount.log().splitlines() if name in line], 2.0, "the log line")
-    assert len(lines) == 1, lines
+def test_refusals_are_logged_once(mount, refused, planted):
+    existing = mount / "assistants" / planted.filename
+    attempts = [
+        (os.mkdir, mount / "assistants" / unique("logged-dir", "")),
+        (create, mount / unique("logged-root")),
+        (os.symlink, existing, mount / "vision" / unique("logged-link")),
+        (os.rename, mount / "evals", mount / unique("logged-folder", "")),
+        (create, mount / "by-id" / unique("logged-by-id")),
+    ]
+    for call, *args in attempts:
+        before = len(mount.log().splitlines())
+        code = errno.errorcode[refused(call, *args)]
+        wait_for(lambda: mount.log().splitlines()[before:], 2.0, f"a log line for {call.__name__}")
+        time.sleep(0.1)  # a second line, if any, would come now
+        new = mount.log().splitlines()[before:]
+        assert len(new) == 1 and code in new[0], (call.__name__, new)
 
 
 def test_create_at_the_root_is_refused(mount, refused):
