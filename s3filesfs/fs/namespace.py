@@ -133,6 +133,8 @@ class Namespace:
         self._listing: Listing | None = None
         self._loaded_at = 0.0
         self._version: int | None = None
+        self._generation = 0  # counts every change to the snapshot, ours or a reload
+        self._index: tuple[int, bytes] | None = None
 
     # --- the snapshot ------------------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class Namespace:
             if self._listing is None or version != self._version:
                 self._listing = Listing(list(self.service.iter_all()), self.purposes)
                 self._version = version
+                self._generation += 1
             self._loaded_at = now
             return self._listing
 
@@ -153,6 +156,7 @@ class Namespace:
         with self._lock:
             if self._listing is not None and not change(self._listing):
                 self._listing = Listing(self._listing.files(), self.purposes)
+            self._generation += 1
 
     def added(self, file: FileObject) -> None:
         self._edit(lambda listing: listing.add(file) or True)
@@ -197,11 +201,17 @@ class Namespace:
     def index(self) -> bytes:
         """``index.jsonl``: one OpenAI file object per line, with its path in the mount."""
         listing = self.listing()
+        cached = self._index
+        if cached is not None and cached[0] == self._generation:
+            return cached[1]
+        generation = self._generation
         lines = []
         for file in listing.files():
             entry = file.to_openai()
             where = listing.path_of.get(file.id)
             entry["path"] = f"{where[0]}/{where[1]}" if where else f"{BY_ID}/{file.id}"
             lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        content = "".join(lines).encode("utf-8", "surrogateescape")
+        self._index = (generation, content)
+        return content
 

@@ -134,6 +134,9 @@ class S3FilesOperations(mfusepy.Operations):
     def _committed_attrs(self, file: FileObject, mode: int = 0o644) -> dict:
         return self._file_attrs(file.bytes, file.created_at * 1_000_000_000, mode)
 
+    def _staged_attrs(self, staged: StagedFile) -> dict:
+        return self._file_attrs(staged.size, staged.created_at * 1_000_000_000, 0o644)
+
     def _stage(self, purpose: str, name: str, base: FileObject | None, copy: bool) -> StagedFile:
         """The staged file of a path about to change, opened once more.
 
@@ -206,7 +209,7 @@ class S3FilesOperations(mfusepy.Operations):
             raise NotFound(path)
         staged = self._staged.get((where.purpose, where.name))
         if staged is not None:
-            return self._file_attrs(staged.size, staged.created_at * 1_000_000_000, 0o644)
+            return self._staged_attrs(staged)
         return self._committed_attrs(self.namespace.lookup(where.purpose, where.name))
 
     @_mapped
@@ -233,7 +236,7 @@ class S3FilesOperations(mfusepy.Operations):
 
     def _entries(self, path) -> list:
         where = self._parse(path)
-        dots = [(".", self._dir_attrs(0o755)), ("..", self._dir_attrs(0o555))]
+        dots = [(".", self._dir_attrs(0o555 if where.kind != "folder" else 0o755)), ("..", self._dir_attrs(0o555))]
         if where.kind == "root":
             return dots + [(p, self._dir_attrs(0o755)) for p in self.service.purposes] + [
                 (BY_ID, self._dir_attrs(0o555)), (INDEX, self._file_attrs(0, self.started, 0o444))]
@@ -245,8 +248,7 @@ class S3FilesOperations(mfusepy.Operations):
             local = {name: staged for (purpose, name), staged in self._staged.items() if purpose == where.purpose}
         listed = [(name, self._committed_attrs(file)) for name, file in self.namespace.names(where.purpose)
                   if name not in local]
-        staged = [(name, self._file_attrs(s.size, s.created_at * 1_000_000_000, 0o644)) for name, s in local.items()]
-        return dots + listed + staged
+        return dots + listed + [(name, self._staged_attrs(staged)) for name, staged in local.items()]
 
     @_mapped
     def statfs(self, path):
