@@ -95,12 +95,15 @@ class Listing:
         self.by_id: dict[str, FileObject] = {}
         self.folders: dict[str, dict[str, FileObject]] = {p: {} for p in purposes}
         self.path_of: dict[str, tuple[str, str]] = {}
+        self.next_expiry = float("inf")  # when the first file listed here expires
         for file in sorted(files, key=lambda f: (f.created_at, f.id)):
             self.add(file)
 
     def add(self, file: FileObject) -> None:
         folder = self.folders.get(file.purpose)
         self.by_id[file.id] = file
+        if file.expires_at is not None:
+            self.next_expiry = min(self.next_expiry, file.expires_at)
         if folder is None:  # a purpose this mount does not show: still reachable by id
             return
         name = safe_name(file)
@@ -144,7 +147,8 @@ class Namespace:
             if self._listing is not None and now - self._loaded_at < self.refresh_seconds:
                 return self._listing
             version = self.service.changes()
-            if self._listing is None or version != self._version:
+            expired = self._listing is not None and time.time() >= self._listing.next_expiry
+            if self._listing is None or version != self._version or expired:
                 self._listing = Listing(list(self.service.iter_all()), self.purposes)
                 self._version = version
                 self._generation += 1
