@@ -311,23 +311,36 @@ class StagedFile:
     def _save(self, state: str, error: str | None = None) -> None:
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
                   "state": state, "error": error, "bytes": self.size}
-        _write_sidecar(self.staging.folder, self.token, record)
-        if state == "writing" and self._sidecar_fd is None:
-            # Held while the mount has the file, so `retry` in another process leaves it alone.
-            self._sidecar_fd = os.open(self.staging.folder / f"{self.token}.json", os.O_RDONLY)
-            fcntl.flock(self._sidecar_fd, fcntl.LOCK_SH)
-        elif state == "failed" and self._sidecar_fd is not None:
+        # A "writing" record stays locked while the mount has the file, so that `status` and
+        # `retry` in another process leave it alone; a "failed" one is free for them.
+        held = _write_sidecar(self.staging.folder, self.token, record, hold=state == "writing")
+        if self._sidecar_fd is not None:
             os.close(self._sidecar_fd)
-            self._sidecar_fd = None
+        self._sidecar_fd = held
 
 
 # --- the folder on its own: used by the CLI's `status` and `retry` --------------------------------
 
 
-def _write_sidecar(folder: Path, token: str, record: dict) -> None:
+def _write_sidecar(folder: Path, token: str, record: dict, hold: bool = False) -> int | None:
+    """Write a record atomically; with ``hold``, return an fd holding a shared lock on it.
+
+    The lock is taken before the rename, so no other process ever sees the record unlocked.
+    """
     tmp = folder / f".{token}.json.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / f"{token}.json")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hold:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        os.write(fd, json.dumps(record).encode())
+        os.replace(tmp, folder / f"{token}.json")
+    except BaseException:
+        os.close(fd)
+        raise
+    if hold:
+        return fd
+    os.close(fd)
+    return None
 
 
 def _delete_quietly(service: FileService, file_id: str) -> None:
@@ -362,8 +375,12 @@ def records(folder: Path) -> list[StagedRecord]:
 
 
 def failed(folder: Path) -> list[StagedRecord]:
-    """Uploads waiting for ``retry``: failed ones, and ones a dead mount left "writing"."""
-    return [r for r in records(folder) if r.state == "failed" or not _held(folder, r.token)]
+    """Uploads waiting for ``retry``: failed ones, and ones a dead mount left "writing".
+
+    Temporary names (an editor's swap file a dead mount left) are never uploaded.
+    """
+    return [r for r in records(folder) if not is_temporary_name(r.filename)
+            and (r.state == "failed" or not _held(folder, r.token))]
 
 
 def _held(folder: Path, token: str) -> bool:
