@@ -597,7 +597,11 @@ def test_staging_cap_gives_enospc(capped_mount):
     wait_for(lambda: m.staged_files() == m.baseline["staged"], 5, "staging emptied after cp")
     # The space is given back: a small file still goes through.
     small = m / "assistants" / unique("small")
-    small.write_bytes(b"fits\n")
+    try:
+        small.write_bytes(b"fits\n")
+    except OSError as exc:
+        raise AssertionError(f"a 5-byte file after the refused ones failed: {exc!r}; staged now: "
+                             f"{sorted(m.staged_files())}; log: {m.log_tail(10)}") from exc
     assert_registered(m, small, b"fits\n", "assistants")
     settled_snapshot(m)
     m.assert_consistent(m.baseline)
