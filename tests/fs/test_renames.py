@@ -206,3 +206,30 @@ def test_moving_the_plain_duplicate_promotes_the_next(mount):
     assert file_id(folder / name) == newer.id
     assert (folder / name).read_bytes() == b"newer\n"
     assert_registered(mount, away, b"older\n", "vision")
+
+
+def test_rename_onto_itself_changes_nothing(mount):
+    path = mount / "assistants" / unique("same")
+    path.write_bytes(b"stay\n")
+    fid = file_id(path)
+    objects = mount.object_keys()
+    os.rename(path, path)
+    assert file_id(path) == fid
+    assert fid in mount.rows() and mount.object_keys() == objects
+    assert_registered(mount, path, b"stay\n", "assistants")
+
+
+def test_decorated_duplicate_renamed_onto_the_plain_name(mount):
+    """Rename over an existing name replaces it, even when both carry the same filename."""
+    name = unique("pair", ".txt")
+    now = int(time.time())
+    older = mount.plant(name, "assistants", b"older\n", created_at=now - 20)
+    newer = mount.plant(name, "assistants", b"newer\n", created_at=now - 10)
+    folder = mount / "assistants"
+    decorated = f"{name[:-4]} ({newer.id}).txt"
+    wait_for(lambda: {name, decorated} <= set(os.listdir(folder)), 5, "both listed")
+    os.rename(folder / decorated, folder / name)
+    assert file_id(folder / name) == newer.id
+    assert_gone(mount, older.id)
+    assert decorated not in os.listdir(folder)
+    assert_registered(mount, folder / name, b"newer\n", "assistants")

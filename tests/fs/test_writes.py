@@ -384,6 +384,43 @@ def test_cp_a_within_the_mount_makes_a_new_file(mount):
     assert_registered(mount, dest, b"copy me\n", "vision")
 
 
+def test_truncate_by_path_without_an_open_file(mount):
+    dest = mount / "assistants" / unique("cut")
+    dest.write_bytes(b"0123456789")
+    old = file_id(dest)
+    os.truncate(dest, 3)
+    wait_for(lambda: file_id(dest) != old, 5, "a new id after truncate(2)")
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"012", "assistants")
+
+
+def test_chmod_chown_and_touch_change_nothing(mount):
+    dest = mount / "user_data" / unique("attrs")
+    dest.write_bytes(b"attrs\n")
+    fid = file_id(dest)
+    before_stat = os.stat(dest)
+    before = settled_snapshot(mount)
+    run("chmod", "600", dest)
+    run("chown", f"{os.getuid()}:{os.getgid()}", dest)
+    run("touch", "-d", "2001-01-01", dest)
+    after_stat = os.stat(dest)
+    assert (after_stat.st_mode, after_stat.st_mtime, after_stat.st_size) == \
+        (before_stat.st_mode, before_stat.st_mtime, before_stat.st_size)
+    assert file_id(dest) == fid
+    settled_snapshot(mount)
+    mount.assert_unchanged(before)
+
+
+def test_cp_onto_itself_is_refused_and_harmless(mount):
+    dest = mount / "assistants" / unique("self")
+    dest.write_bytes(b"myself\n")
+    fid = file_id(dest)
+    result = run("cp", dest, dest, check=False)
+    assert result.returncode != 0
+    assert file_id(dest) == fid
+    assert_registered(mount, dest, b"myself\n", "assistants")
+
+
 # --- folders of files -------------------------------------------------------------------------
 
 def _folder(tmp_path, tag: str) -> dict[str, bytes]:
