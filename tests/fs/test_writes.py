@@ -585,6 +585,21 @@ def test_append_to_multi_mib_file(mount):
     assert_registered(mount, dest, original + b"tail\n", "batch")
 
 
+@pytest.mark.parametrize("mount", ["s3"], indirect=True)
+def test_sequential_write_uploads_parts_before_close(mount):
+    """A big sequential write is streamed as a multipart upload while the data arrives."""
+    dest = mount / "batch" / unique("streamed", ".bin")
+    data = payload(18 * MiB, "streamed")
+    with open(dest, "wb") as f:
+        for start in range(0, len(data), MiB):
+            f.write(data[start:start + MiB])
+        f.flush()
+        wait_for(lambda: mount.pending_uploads(), 10, "a multipart upload under way before close")
+        assert not rows_named(mount, dest.name)
+    assert mount.pending_uploads() == []
+    assert_registered(mount, dest, data, "batch")
+
+
 # --- staging cap --------------------------------------------------------------------------------
 
 @pytest.fixture(params=["local", "s3"])
@@ -640,6 +655,25 @@ def test_staging_cap_gives_enospc(capped_mount):
         raise AssertionError(f"a 5-byte file after the refused ones failed: {exc!r}; staged now: "
                              f"{sorted(m.staged_files())}; log: {m.log_tail(10)}") from exc
     assert_registered(m, small, b"fits\n", "assistants")
+    settled_snapshot(m)
+    m.assert_consistent(m.baseline)
+
+
+def test_statfs_reflects_the_staging_cap(capped_mount):
+    m = capped_mount
+    idle = os.statvfs(m.mountpoint)
+    assert idle.f_bsize == 4096 and idle.f_namemax == 255
+    assert idle.f_blocks * idle.f_bsize == 1 * MiB
+    assert idle.f_bfree == idle.f_blocks
+    dest = m / "assistants" / unique("half", ".bin")
+    data = payload(512 * 1024, 8)
+    with open(dest, "wb") as f:
+        f.write(data)
+        f.flush()
+        busy = os.statvfs(m.mountpoint)
+        assert busy.f_bfree * busy.f_bsize <= 1 * MiB - len(data), (busy.f_bfree, busy.f_blocks)
+    assert_registered(m, dest, data, "assistants")
+    wait_for(lambda: os.statvfs(m.mountpoint).f_bfree == idle.f_bfree, 5, "the staged space given back")
     settled_snapshot(m)
     m.assert_consistent(m.baseline)
 
