@@ -10,12 +10,13 @@ import errno
 import io
 import json
 import os
+import shutil
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
+from tests.fs.mounting import Mount, unique, wait_for
 
 WINDOW = 1.5  # the documented window is "about 1 s": the listing is refreshed every second
 ENTRY_WINDOW = 2.0  # a name the kernel looked up just before may be kept one more second (entry timeout)
@@ -185,3 +186,36 @@ def test_file_that_expires_while_mounted_disappears(mount, changed):
     shows(changed, "expired", lambda: not os.path.exists(mount / "batch" / planted.filename),
           "the expired file gone for stat", ENTRY_WINDOW)
     assert planted.id not in index_ids(mount)
+
+
+@pytest.fixture
+def second_mount(mount):
+    """Another mount process on the same store (database and bucket), with its own staging."""
+    other = Mount(mount.backend, mount.server)
+    other.data_dir, other.bucket = mount.data_dir, mount.bucket
+    try:
+        yield other.start()
+    finally:
+        other.stop()
+        shutil.rmtree(other.root, ignore_errors=True)
+
+
+def test_two_mounts_on_one_store_see_each_others_changes(mount, second_mount):
+    a, b = mount, second_mount
+    name = unique("shared")
+    names(b, "assistants")  # b's listing is cached now
+    (a / "assistants" / name).write_bytes(b"from a")
+    file_id = os.getxattr(a / "assistants" / name, "user.openai.file_id")
+    wait_for(lambda: name in names(b, "assistants"), WINDOW, "a's file in b")
+    assert (b / "assistants" / name).read_bytes() == b"from a"
+    assert os.getxattr(b / "assistants" / name, "user.openai.file_id") == file_id
+
+    renamed = unique("moved-by-b")
+    os.rename(b / "assistants" / name, b / "vision" / renamed)
+    wait_for(lambda: renamed in names(a, "vision") and name not in names(a, "assistants"), WINDOW, "b's rename in a")
+    assert os.getxattr(a / "vision" / renamed, "user.openai.file_id") == file_id
+
+    os.unlink(a / "vision" / renamed)
+    wait_for(lambda: renamed not in names(b, "vision"), WINDOW, "a's delete in b")
+    wait_for(lambda: not os.path.exists(b / "vision" / renamed), ENTRY_WINDOW, "a's delete for stat in b")
+    second_mount.assert_consistent()

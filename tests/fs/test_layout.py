@@ -203,6 +203,7 @@ def test_file_being_written_has_no_id_yet(mount):
         assert path.name in os.listdir(mount / "assistants")
         assert os.stat(path).st_size == 1000
         assert errno_of(os.getxattr, path, "user.openai.file_id") == errno.ENODATA
+        assert f"assistants/{path.name}" not in [e["path"] for e in read_index(mount)]
         f.write(b"y" * 500)
         assert os.stat(path).st_size == 1500
     file_id = os.getxattr(path, "user.openai.file_id").decode()
