@@ -64,7 +64,7 @@ def _mapped(method):
             raise
         except Exception as exc:
             code = errno_of(exc)
-            where = args[0] if args else ""
+            where = f"{args[0]} -> {args[1]}" if method.__name__ in ("rename", "link", "symlink") else args[0]
             if isinstance(exc, S3FilesError):
                 if code not in QUIET_ERRNOS:
                     log.warning("%s %s refused (%s): %s", method.__name__, where, errno.errorcode.get(code, code), exc.message)
