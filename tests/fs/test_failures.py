@@ -218,6 +218,7 @@ def test_read_only_mount_refuses_writes(ro_mount, tmp_path):
     assert result.returncode != 0 and "Read-only file system" in result.stderr, result.stderr
     assert existing.read_bytes() == b"read me\n"
     assert file_id(existing) == fid
+    # No log line is asked for here: with the `ro` mount option the kernel refuses these writes itself.
     m.assert_unchanged(before)
     settled_snapshot(m)
     m.assert_consistent(m.baseline)

@@ -4,6 +4,7 @@ existing name, renames of decorated duplicate names, and temporary names uploade
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -233,3 +234,29 @@ def test_decorated_duplicate_renamed_onto_the_plain_name(mount):
     assert_gone(mount, older.id)
     assert decorated not in os.listdir(folder)
     assert_registered(mount, folder / name, b"newer\n", "assistants")
+
+
+def test_concurrent_renames_keep_every_id(mount):
+    prefix = unique("spin", "")
+    sources = {}
+    for i in range(24):
+        path = mount / "assistants" / f"{prefix}-{i}.txt"
+        path.write_bytes(f"file {i}\n".encode())
+        sources[i] = (path, file_id(path))
+    objects = mount.object_keys()
+    targets = ["vision", "evals", "user_data"]
+
+    def move(i):
+        path, _ = sources[i]
+        os.rename(path, mount / targets[i % 3] / f"{prefix}-moved-{i}.txt")
+
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(move, i) for i in sources]:
+            future.result()
+    assert mount.object_keys() == objects
+    for i, (_, fid) in sources.items():
+        dest = mount / targets[i % 3] / f"{prefix}-moved-{i}.txt"
+        assert file_id(dest) == fid
+        row = mount.rows()[fid]
+        assert (row["filename"], row["purpose"]) == (dest.name, targets[i % 3])
+    assert not [n for n in os.listdir(mount / "assistants") if n.startswith(prefix)]
