@@ -619,6 +619,37 @@ def test_sequential_write_uploads_parts_before_close(mount):
     assert_registered(mount, dest, data, "batch")
 
 
+@pytest.fixture
+def twin_mount(mount, fuse):
+    """A second mount on the same store and database as ``mount`` (its own staging folder)."""
+    twin = Mount(mount.backend, mount.server)
+    twin.data_dir, twin.bucket = mount.data_dir, mount.bucket
+    try:
+        twin.start()
+        yield twin
+    finally:
+        twin.stop()
+        shutil.rmtree(twin.root, ignore_errors=True)
+
+
+def test_second_mount_on_the_same_store_follows_writes(mount, twin_mount):
+    name = unique("shared")
+    here, there = mount / "assistants" / name, twin_mount / "assistants" / name
+    here.write_bytes(b"version 1\n")
+    first = file_id(here)
+    wait_for(lambda: there.exists() and file_id(there) == first, 5, "the write shown in the other mount")
+    assert there.read_bytes() == b"version 1\n"
+    there.write_bytes(b"version 2, longer\n")
+    second = file_id(there)
+    assert second != first
+    wait_for(lambda: file_id(here) == second, 5, "the overwrite shown in the first mount")
+    assert here.read_bytes() == b"version 2, longer\n"
+    assert_gone(mount, first)
+    os.unlink(here)
+    wait_for(lambda: not there.exists(), 5, "the unlink shown in the other mount")
+    assert_gone(mount, second)
+
+
 # --- staging cap --------------------------------------------------------------------------------
 
 @pytest.fixture(params=["local", "s3"])
