@@ -49,9 +49,15 @@ def staged(m: Mount) -> list[dict]:
         raise AssertionError(f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}")
 
 
-def _retry_after_restart(m: Mount, server, *files: tuple[str, str, bytes]) -> None:
-    """Restart the server (empty), run ``s3filesfs retry``; each (name, purpose, data) is registered."""
+def _retry_after_restart(m: Mount, server, *files: tuple[str, str, bytes], remount=False) -> None:
+    """Restart the server (empty), run ``s3filesfs retry``; each (name, purpose, data) is registered.
+
+    With ``remount``, the (stopped) mount is started again first: staged uploads outlive the mount.
+    """
     server.start()
+    if remount:
+        m.start()
+        assert sorted(e["filename"] for e in staged(m)) == sorted(name for name, _, _ in files)
     result = m.cli("retry", check=False, timeout=120)
     assert result.returncode == 0, f"retry exited {result.returncode}: {result.stdout}{result.stderr}"
     assert staged(m) == []
@@ -97,7 +103,9 @@ def test_outage_during_write_fails_close_and_retry_uploads(outage_mount, own_s3_
     assert entries[0]["error"]
     time.sleep(1.2)  # past the listing cache: a failed upload is not shown
     assert name not in os.listdir(m / "batch")
-    _retry_after_restart(m, own_s3_server, (name, "batch", data))
+    # The mount stops cleanly while the server is down; the staged upload stays for retry.
+    assert m.stop() == 0, m.log_tail()
+    _retry_after_restart(m, own_s3_server, (name, "batch", data), remount=True)
 
 
 def test_cp_and_temp_rename_while_server_down_then_retry(outage_mount, own_s3_server, tmp_path):

@@ -338,3 +338,16 @@ def test_wrong_credentials(fuse):
     finally:
         cleanup(m)
         server.stop()
+
+
+def test_unreachable_server(own_s3_server, fuse):
+    m = Mount("s3", own_s3_server)
+    own_s3_server.stop()
+    try:
+        m.staging.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(m.command("mount", str(m.mountpoint), "--staging-dir", str(m.staging)),
+                                env=m.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        line = _assert_refused(m, result, SECRET_KEY)
+        assert result.returncode == 3, (result.returncode, line)
+    finally:
+        cleanup(m)
