@@ -96,6 +96,11 @@ def test_background_mount_and_umount(local_mount_setup):
     assert not os.path.ismount(m.mountpoint)
     assert not alive(pids[0]), "umount returned while the mount process still ran"
     assert m.rows()[fid]["bytes"] == len(b"through a background mount\n")
+    # Mounted again on the same folder and staging: the file is there.
+    background_mount(m)
+    assert (m / "assistants" / path.name).read_bytes() == b"through a background mount\n"
+    m.cli("umount", str(m.mountpoint), timeout=60)
+    assert not os.path.ismount(m.mountpoint)
     settled_snapshot(m)
     m.assert_consistent(baseline)
 

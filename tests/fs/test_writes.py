@@ -522,6 +522,33 @@ def test_editor_style_save(mount):
     assert not os.path.exists(swap)
 
 
+@pytest.mark.parametrize("tool", ["vim", "ed"])
+def test_real_editor_save(mount, tool, tmp_path):
+    """vim (swap file, write-backup) and ed (rewrite in place) saving an edit into the mount."""
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed")
+    dest = mount / "assistants" / unique(tool, ".md")
+    dest.write_bytes(b"status: draft\nbody\n")
+    old = file_id(dest)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    if tool == "vim":
+        command = ["vim", "-u", "NONE", "-i", "NONE", "-N", "-es", "-c", "set writebackup swapfile",
+                   "-c", "%s/draft/final/", "-c", "wq", str(dest)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    else:
+        result = subprocess.run(["ed", "-s", str(dest)], input=",s/draft/final/\nw\nq\n", capture_output=True,
+                                text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    new = file_id(dest)
+    assert new != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, b"status: final\nbody\n", "assistants")
+    leftovers = [r["filename"] for r in mount.rows().values()
+                 if dest.name in r["filename"] and r["filename"] != dest.name]
+    assert not leftovers, leftovers
+    assert sorted(n for n in os.listdir(mount / "assistants") if dest.stem in n) == [dest.name]
+
+
 def test_unlink_temp_file_discards_it(mount):
     before = settled_snapshot(mount)
     temp = mount / "assistants" / unique("scratch", ".tmp")
