@@ -157,6 +157,8 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     entries = [e for e in staged(m) if e["filename"] == name]
     assert len(entries) == 1 and entries[0]["replaces"] == old, staged(m)
     assert set(m.rows()) == {old, moved}
+    # The failed new content is not shown; the name still shows the old, registered file.
+    wait_for(lambda: file_id(path) == old, 3, "the old id shown again under the name")
     # A rename is metadata only: it works while the server is down.
     os.rename(other, m / "evals" / other.name)
     assert m.rows()[moved]["purpose"] == "evals"
