@@ -58,8 +58,9 @@ def _retry_after_restart(m: Mount, server, *files: tuple[str, str, bytes], remou
     if remount:
         m.start()
         assert sorted(e["filename"] for e in staged(m)) == sorted(name for name, _, _ in files)
-    result = m.cli("retry", check=False, timeout=120)
+    result = m.cli("retry", "--json", check=False, timeout=120)
     assert result.returncode == 0, f"retry exited {result.returncode}: {result.stdout}{result.stderr}"
+    json.loads(result.stdout)
     assert staged(m) == []
     for name, purpose, data in files:
         matches = rows_named(m, name, purpose)
@@ -72,6 +73,7 @@ def _retry_after_restart(m: Mount, server, *files: tuple[str, str, bytes], remou
         assert file_id(path) == fid
         assert_registered(m, path, data, purpose)
         assert fid in listed(m)
+        assert fid in result.stdout, "retry --json names the files it registered"
     settled_snapshot(m)
     m.assert_consistent(m.baseline)
 
