@@ -282,6 +282,7 @@ class Mount:
 
 class S3FilesFSMount(Mount):
     name = "s3filesfs"
+    extra_env: dict = {}  # --mount-env
 
     def command(self):
         return [sys.executable, "-m", "s3filesfs", "--bucket", self.bucket,
@@ -297,7 +298,7 @@ class S3FilesFSMount(Mount):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.env = {**self.env, "S3FILESFS_AUTO_CREATE_BUCKET": "true"}
+        self.env = {**self.env, "S3FILESFS_AUTO_CREATE_BUCKET": "true", **self.extra_env}
         self._store = None
 
     def prepare_bucket(self):
@@ -581,8 +582,9 @@ class Bench:
                              None, server, env=self.env)
                 self.describe(tool, "a: upload_file", r)
                 check = client.head_object(Bucket=bucket, Key=key)["ContentLength"] if r.returncode == 0 else None
-                self.record(tool, "a", r, verified_bytes=check)
-                if r.returncode == 0:
+                if "a" in args.only:
+                    self.record(tool, "a", r, verified_bytes=check)
+                if r.returncode == 0 and "b" in args.only:
                     dest = self.work / "downloaded.bin"
                     r = measured(baseline_command("download", "--endpoint-url", server.endpoint_url,
                                                   "--bucket", bucket, "--key", key, "--dest", dest),
@@ -597,7 +599,7 @@ class Bench:
                                                   "--bucket", bucket, "--key", key), None, server, env=self.env)
                     self.describe(tool, "b': get_object stream", r)
                     self.record(tool, "b1", r)
-                    client.delete_object(Bucket=bucket, Key=key)
+                client.delete_object(Bucket=bucket, Key=key)
             if "c" in args.only:
                 prefix = f"user_data/run-{run}/"
                 r = measured(baseline_command("put-loop", "--endpoint-url", server.endpoint_url,
@@ -758,6 +760,7 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
             rows.append([labels[m], "boto3 get_object (1 GET)", round(one, 2), f"{args.size_mib / one:.1f} MiB/s",
                          "", "", "", "reference only: moto reads the whole object per GET"])
             summary.setdefault(m, {})["boto3_one_get"] = one
+        one_get = seconds("boto3", "b1") if m == "b" else None
         for tool in mount_tools:
             note = results.get(tool, {}).get("note")
             if m == "e":
@@ -805,10 +808,14 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                 cp = seconds(tool, m, "cp_seconds")
                 if abs(cp - value) > 0.05:
                     extra = f"cp returned after {cp:.2f} s, stored after {value:.2f} s"
+            if one_get:
+                extra = f"vs 1 GET {one_get / value:.2f}"
             rows.append([labels[m], tool, round(value, 2),
                          f"{rate:.1f} {'MiB/s' if m in 'ab' else 'files/s'}",
                          f"{ratio:.2f}" if ratio else "", f">= {TARGETS[m]}", verdict, extra])
             summary.setdefault(m, {})[tool] = {"seconds": value, "ratio": ratio, "pass": verdict == "PASS"}
+            if one_get:
+                summary[m][tool]["ratio_vs_one_get"] = one_get / value
     for tool in mount_tools:
         note = results.get(tool, {}).get("note")
         if note:
@@ -834,13 +841,20 @@ def main(argv=None) -> int:
     parser.add_argument("--store-timeout", type=float, default=600,
                         help="wait this long for a tool to store what it was given (default 600 s)")
     parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temp dir)")
+    parser.add_argument("--mount-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the s3filesfs mount process (e.g. MALLOC_ARENA_MAX=2); repeatable")
     args = parser.parse_args(argv)
     args.only = {m.strip() for m in args.only.split(",") if m.strip()}
     if bad := args.only - set(MEASURES):
         parser.error(f"--only: unknown measure(s) {', '.join(sorted(bad))}; choose from {','.join(MEASURES)}")
     if "e" in args.only and not args.only & {"a", "b"}:
-        args.only |= {"a", "b"}  # (e) is measured during (a) and (b)
+        args.only |= {"a", "b"}  # (e) is measured during (a) and/or (b)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    for spec in args.mount_env:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            parser.error(f"--mount-env {spec}: expected KEY=VALUE")
+        S3FilesFSMount.extra_env[key] = value
     if bad := set(args.tools) - set(TOOLS):
         parser.error(f"--tools: unknown tool(s) {', '.join(sorted(bad))}; choose from {','.join(TOOLS)}")
 
@@ -856,6 +870,8 @@ def main(argv=None) -> int:
           f"load average {load_before[0]:.1f} (other jobs on the machine show here)")
     print(f"versions: boto3 {info['boto3']}, moto {info['moto']}, "
           f"s3fs {tool_version(['s3fs', '--version'])}, rclone {tool_version([rclone_path() or 'rclone', 'version'])}")
+    source = source_state()
+    print(f"s3filesfs source: {source}")
     with tempfile.TemporaryDirectory(prefix="bench-mount-", dir=args.dir) as tmp, moto_server() as server:
         work = Path(tmp)
         print(f"S3 server: moto at {server.endpoint_url}; work dir {work}")
@@ -884,11 +900,24 @@ def main(argv=None) -> int:
         "tool_versions": {"s3fs": tool_version(["s3fs", "--version"]),
                           "rclone": tool_version([rclone_path() or "rclone", "version"])},
         "summary": summary, "table": rows, "notes": notes, "results": bench.results,
-        "load_average": {"start": load_before, "end": load_after},
+        "load_average": {"start": load_before, "end": load_after}, "s3filesfs_source": source,
     })
     print(f"\nresults: {saved.relative_to(BENCH_DIR.parent)}")
     s3filesfs = [summary[m]["s3filesfs"]["pass"] for m in summary if isinstance(summary[m].get("s3filesfs"), dict)]
     return 0 if all(s3filesfs) else 1
+
+
+def source_state() -> str:
+    """The commit the mount runs from, and whether s3filesfs/ has uncommitted changes (it runs the tree)."""
+    repo = str(BENCH_DIR.parent)
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "s3filesfs"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{head}" + (f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else "")
 
 
 def rclone_path() -> str | None:
