@@ -172,6 +172,21 @@ def test_rename_real_name_while_open_then_close(mount):
     assert_registered(mount, final, b"early bytes\nlate bytes\n", "vision")
 
 
+def test_rename_while_open_over_an_existing_name(mount):
+    target = mount / "assistants" / unique("occupied")
+    target.write_bytes(b"old occupant\n")
+    replaced = file_id(target)
+    temp = mount / "assistants" / f".{target.name}.XXXXXX"
+    with open(temp, "wb") as f:
+        f.write(b"new ")
+        f.flush()
+        os.rename(temp, target)
+        f.write(b"occupant\n")
+    wait_for(lambda: len(rows_named(mount, target.name, "assistants")) == 1, 5, "one row for the name")
+    assert_gone(mount, replaced)
+    assert_registered(mount, target, b"new occupant\n", "assistants")
+
+
 def test_mv_from_local_disk_into_mount(mount, tmp_path):
     src = tmp_path / unique("local", ".csv")
     data = b"a,b\n1,2\n" * 1000

@@ -301,6 +301,18 @@ def test_unusual_names_are_kept_exactly(mount, tmp_path, name):
     assert name in os.listdir(mount / "assistants")
 
 
+def test_name_that_looks_decorated_is_kept_literally(mount):
+    """A new file named like a decorated duplicate (an id nobody has) is just a file with that name."""
+    import uuid
+
+    name = f"{unique('looks', '')} (file-{uuid.uuid4().hex}).txt"
+    dest = mount / "assistants" / name
+    dest.write_bytes(b"literal\n")
+    fid = assert_registered(mount, dest, b"literal\n", "assistants")
+    assert fid not in name
+    assert name in os.listdir(mount / "assistants")
+
+
 def uuid_prefix() -> str:
     return unique("u", "")
 
