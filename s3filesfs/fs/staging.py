@@ -366,9 +366,12 @@ def records(folder: Path) -> list[StagedRecord]:
     for path in sorted(Path(folder).glob("*.json")):
         try:
             raw = json.loads(path.read_text())
+            data = path.with_suffix(".data")
+            # The data file knows the size; a record written when the file was opened does not.
+            size = data.stat().st_size if data.exists() else int(raw.get("bytes") or 0)
             found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
                                       replaces=raw.get("replaces"), state=raw.get("state", "failed"),
-                                      error=raw.get("error"), bytes=int(raw.get("bytes") or 0)))
+                                      error=raw.get("error"), bytes=size))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable staging record %s: %s", path, exc)
     return found
