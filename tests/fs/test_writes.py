@@ -689,6 +689,44 @@ def test_second_mount_on_the_same_store_follows_writes(mount, twin_mount):
     assert_gone(mount, second)
 
 
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@pytest.mark.parametrize("mount", ["s3"], indirect=True)
+def test_big_sequential_write_keeps_memory_bounded(mount):
+    """256 MiB written in order: the mount's memory grows by a few parts, not by the file."""
+    pid = mount.process.pid
+    start = _rss_mib(pid)
+    peak, stop = [start], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib(pid))
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    dest = mount / "batch" / unique("huge", ".bin")
+    chunk = payload(MiB, "huge")
+    try:
+        with open(dest, "wb") as f:
+            for _ in range(256):
+                f.write(chunk)
+    finally:
+        stop.set()
+        sampler.join()
+    fid = file_id(dest)
+    assert mount.rows()[fid]["bytes"] == 256 * MiB
+    assert peak[0] - start < 160, f"the mount grew from {start} MiB to {peak[0]} MiB for a 256 MiB write"
+    os.unlink(dest)  # give the session's in-memory S3 server its memory back
+    assert_gone(mount, fid)
+
+
 # --- staging cap --------------------------------------------------------------------------------
 
 @pytest.fixture(params=["local", "s3"])
