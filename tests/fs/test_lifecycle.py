@@ -152,7 +152,8 @@ def test_sigterm_while_closing_finishes_upload(s3_server, fuse):
 
         thread = threading.Thread(target=closer)
         thread.start()
-        time.sleep(0.2)
+        # close() is uploading once a multipart upload for it is open in the bucket.
+        wait_for(lambda: m.pending_uploads() or not thread.is_alive(), 30, "the upload in close() to start")
         assert thread.is_alive(), "close() returned before SIGTERM could land; the test needs a slower upload"
         m.process.send_signal(signal.SIGTERM)
         thread.join(60)
