@@ -4,7 +4,6 @@ start (a missing bucket, wrong credentials).
 """
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.test_failures import StagedMount, staged
 from tests.fs.test_writes import MiB, settled_snapshot, assert_registered, body, file_id, payload, rows_named
 from tests.s3server import SECRET_KEY, MotoServer
 
@@ -261,14 +261,6 @@ def fusermount_helpers(mountpoint: Path) -> list[int]:
     return pids
 
 
-class StagedMount(Mount):
-    """A mount whose staging folder the CLI (``status``, ``retry``) knows too, through the environment."""
-
-    @property
-    def env(self) -> dict:
-        return {**super().env, "S3FILESFS_MOUNT_STAGING_DIR": str(self.staging)}
-
-
 @pytest.fixture
 def staged_local_mount(fuse):
     m = StagedMount("local")
@@ -276,15 +268,6 @@ def staged_local_mount(fuse):
     cleanup(m)
 
 
-def _staged(m: Mount) -> list[dict]:
-    result = m.cli("status", "--json", check=False)
-    return json.loads(result.stdout)["staged"]
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "observed: after SIGKILL of the mount, `s3filesfs status --json` lists the file with \"bytes\": 0 "
-    "(the sidecar's size from when the file was created) although 100000 bytes are staged; the size is right "
-    "(100000) only once a new mount has recovered the record"))
 def test_killed_while_writing_keeps_the_bytes_staged(staged_local_mount):
     m = staged_local_mount
     m.start()
@@ -298,9 +281,9 @@ def test_killed_while_writing_keeps_the_bytes_staged(staged_local_mount):
     with pytest.raises(OSError):
         f.close()
     assert not rows_named(m, name)
-    assert [(e["filename"], e["bytes"]) for e in _staged(m)] == [(name, 100_000)]
+    assert [(e["filename"], e["bytes"]) for e in staged(m)] == [(name, 100_000)]
     m.start()
-    assert [(e["filename"], e["bytes"]) for e in _staged(m)] == [(name, 100_000)]
+    assert [(e["filename"], e["bytes"]) for e in staged(m)] == [(name, 100_000)]
     assert not rows_named(m, name)
 
 
