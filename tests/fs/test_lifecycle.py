@@ -285,6 +285,12 @@ def test_killed_while_writing_keeps_the_bytes_staged(staged_local_mount):
     m.start()
     assert [(e["filename"], e["bytes"]) for e in staged(m)] == [(name, 100_000)]
     assert not rows_named(m, name)
+    # What was written before the kill is uploaded by `retry`, and then shown.
+    result = m.cli("retry", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert staged(m) == []
+    wait_for(lambda: name in os.listdir(m / "assistants"), 5, "the retried file shown")
+    assert_registered(m, m / "assistants" / name, b"x" * 100_000, "assistants")
 
 
 def test_stale_dead_mount_is_mounted_again(local_mount_setup):
