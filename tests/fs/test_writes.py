@@ -12,8 +12,10 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import threading
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
@@ -406,21 +408,43 @@ def test_truncate_by_path_without_an_open_file(mount):
     assert_registered(mount, dest, b"012", "assistants")
 
 
+def _old_file(m: Mount, purpose: str = "user_data"):
+    """A file created an hour ago (planted), once the mount lists it: its mtime is far from now."""
+    created = int(time.time()) - 3600
+    planted = m.plant(unique("old"), purpose, b"attrs\n", created_at=created)
+    path = m / purpose / planted.filename
+    wait_for(lambda: path.exists(), 5, "the planted file listed")
+    return planted, path
+
+
 def test_chmod_chown_and_touch_change_nothing(mount):
-    dest = mount / "user_data" / unique("attrs")
-    dest.write_bytes(b"attrs\n")
-    fid = file_id(dest)
-    before_stat = os.stat(dest)
+    planted, dest = _old_file(mount)
     before = settled_snapshot(mount)
     run("chmod", "600", dest)
     run("chown", f"{os.getuid()}:{os.getgid()}", dest)
+    st = os.stat(dest)
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime, st.st_size) == (0o644, planted.created_at, 6)
     run("touch", "-d", "2001-01-01", dest)
-    after_stat = os.stat(dest)
-    assert (after_stat.st_mode, after_stat.st_mtime, after_stat.st_size) == \
-        (before_stat.st_mode, before_stat.st_mtime, before_stat.st_size)
-    assert file_id(dest) == fid
+    run("touch", dest)
+    # Right after touch, see test_mtime_is_created_at_right_after_touch; here: once settled.
+    wait_for(lambda: os.stat(dest).st_mtime == planted.created_at, 5, "mtime back at created_at")
+    st = os.stat(dest)
+    assert (stat.S_IMODE(st.st_mode), st.st_size) == (0o644, 6)
+    assert file_id(dest) == planted.id
     settled_snapshot(mount)
     mount.assert_unchanged(before)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "observed: right after `touch` (or any open for writing closed without a write) of an older file, stat "
+    "gives st_mtime = the time of that open (the staged handle's mtime), not created_at, for up to ~1 s; "
+    "`chmod`/`chown` alone keep created_at (W5/W7: attributes unchanged, also right after)"))
+def test_mtime_is_created_at_right_after_touch(mount):
+    planted, dest = _old_file(mount)
+    run("touch", dest)
+    assert os.stat(dest).st_mtime == planted.created_at
+    os.close(os.open(dest, os.O_WRONLY))
+    assert os.stat(dest).st_mtime == planted.created_at
 
 
 def test_cp_onto_itself_is_refused_and_harmless(mount):
