@@ -135,7 +135,7 @@ class S3FilesOperations(mfusepy.Operations):
         return self._file_attrs(file.bytes, file.created_at * 1_000_000_000, mode)
 
     def _staged_attrs(self, staged: StagedFile) -> dict:
-        return self._file_attrs(staged.size, staged.created_at * 1_000_000_000, 0o644)
+        return self._file_attrs(staged.size, staged.shown_created_at * 1_000_000_000, 0o644)
 
     def _stage(self, purpose: str, name: str, base: FileObject | None, copy: bool) -> StagedFile:
         """The staged file of a path about to change, opened once more.
@@ -151,17 +151,9 @@ class S3FilesOperations(mfusepy.Operations):
             staged = self.staging.new_file(self.service, purpose, name, base.id if base else None,
                                            is_temporary_name(name))
             staged.opens = 1
-            self._staged[(purpose, name)] = staged
             if copy and base is not None:
-                staged.lock.acquire()  # taken before anyone else can see it: others wait for the copy
-        if copy and base is not None:
-            try:
-                staged.fill_from(base)
-            except BaseException:
-                staged.lock.release()
-                self._forget(staged)
-                raise
-            staged.lock.release()
+                staged.start_from(base)
+            self._staged[(purpose, name)] = staged
         return staged
 
     def _forget(self, staged: StagedFile) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..errors import NoSpace, NotFound, S3FilesError, StorageError
 from ..files import FileService, PendingFile
 from ..model import FileObject, is_temporary_name
+from .reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ class StagedFile:
         self._stream: PendingFile | None = None
         self._streamed = 0
         self._stream_possible = not temporary
+        self._reserved = 0  # bytes of the staging cap held: the staged data's size
+        self._base: FileObject | None = None  # copy-on-write source not copied yet
+        self._base_reader: Reader | None = None
         self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._sidecar_fd: int | None = None
         self._save("writing")
@@ -165,29 +169,72 @@ class StagedFile:
 
     # --- content -----------------------------------------------------------------------------
 
-    def fill_from(self, file: FileObject) -> None:
-        """Copy-on-write: start from the content of a committed file (no stream: writes are random)."""
-        self.staging.reserve(file.bytes)
+    def start_from(self, file: FileObject) -> None:
+        """Copy-on-write: this path's content is ``file``'s until the first change copies it here.
+
+        Opening for writing costs nothing by itself (`touch`, an editor that opens and closes): the
+        copy is made by the first write or truncate, and reads until then come from the store.
+        """
+        self._base = file
+        self._base_reader = None
         self.size = file.bytes
-        self._stream_possible = False
-        _, chunks = self.service.content(file.id)
-        offset = 0
-        for chunk in chunks:
-            os.pwrite(self._fd, chunk, offset)
-            offset += len(chunk)
+        self._stream_possible = False  # writes into an existing file are not a sequential stream
         self.dirty = False
+
+    def _copy_base(self) -> None:
+        """Make the copy-on-write copy now; on failure nothing has changed (the write fails)."""
+        base = self._base
+        if base is None:
+            return
+        self._reserve(base.bytes)
+        try:
+            _, chunks = self.service.content(base.id)
+            offset = 0
+            for chunk in chunks:
+                os.pwrite(self._fd, chunk, offset)
+                offset += len(chunk)
+        except BaseException:
+            self._reserve(0)
+            raise
+        self._base = None
+        if self._base_reader is not None:
+            self._base_reader.close()
+            self._base_reader = None
+
+    def _reserve(self, size: int) -> None:
+        """Hold ``size`` bytes of the staging cap for this file (more, or fewer, than before)."""
+        if size > self._reserved:
+            self.staging.reserve(size - self._reserved)
+        else:
+            self.staging.release(self._reserved - size)
+        self._reserved = size
+
+    def _changing(self) -> None:
+        if not self.dirty:  # the first change since the file was opened or uploaded: a new file
+            self.created_at = int(time.time())
+            self.dirty = True
+
+    @property
+    def shown_created_at(self) -> int:
+        """What ``stat`` shows as mtime: the content's creation, as it will be or as it is."""
+        if not self.dirty and self.uploaded is not None:
+            return self.uploaded.created_at
+        if not self.dirty and self._base is not None:
+            return self._base.created_at
+        return self.created_at
 
     def write(self, data: bytes, offset: int) -> int:
         with self.lock:
+            self._copy_base()
             end = offset + len(data)
             try:
-                self.staging.reserve(end - self.size)
+                self._reserve(max(end, self.size))
             except NoSpace as exc:
                 self.write_error = exc  # this file is now incomplete: never upload it
                 raise
             written = os.pwrite(self._fd, data, offset)
             self.size = max(self.size, end)
-            self.dirty = True
+            self._changing()
             self._feed_stream(data, offset)
             return written
 
@@ -218,19 +265,26 @@ class StagedFile:
             self._stream = None
 
     def read(self, size: int, offset: int) -> bytes:
+        with self.lock:
+            base = self._base
+            if base is not None and self._base_reader is None:
+                self._base_reader = Reader(self.service, base)
+            reader = self._base_reader
+        if base is not None:
+            return reader.read(size, offset)
         return os.pread(self._fd, size, offset)
 
     def truncate(self, length: int) -> None:
         with self.lock:
-            if length > self.size:
-                self.staging.reserve(length - self.size)
-            else:
-                self.staging.release(self.size - length)
+            if length == 0 and self._base is not None:
+                self._base, self.size = None, 0  # nothing of the old content survives: no copy
+            self._copy_base()
+            self._reserve(length)
             os.ftruncate(self._fd, length)
             if length != self.size or length < self._streamed:
                 self._drop_stream("truncated")
             self.size = length
-            self.dirty = True
+            self._changing()
 
     # --- upload ------------------------------------------------------------------------------
 
@@ -296,6 +350,8 @@ class StagedFile:
     def discard(self) -> None:
         with self.lock:
             self._drop_stream("discarded")
+            if self._base_reader is not None:
+                self._base_reader.close()
             self._close(release=True)
             discard(self.staging.folder, self.token)
 
@@ -306,7 +362,7 @@ class StagedFile:
                     os.close(fd)
         self._fd = self._sidecar_fd = None
         if release:
-            self.staging.release(self.size)
+            self._reserve(0)
 
     def _save(self, state: str, error: str | None = None) -> None:
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,

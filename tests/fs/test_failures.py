@@ -161,10 +161,16 @@ def test_failed_overwrite_retried_replaces_old_id(outage_mount, own_s3_server):
     assert set(m.rows()) == {old, moved}
     # The failed new content is not shown; the name still shows the old, registered file.
     wait_for(lambda: file_id(path) == old, 3, "the old id shown again under the name")
-    # Copy-on-write needs the old content: with the server down, opening to append fails with EIO.
-    with pytest.raises(OSError) as cow_failure:
-        open(other, "ab").close()
+    # Opening for writing copies nothing yet, so it works while the server is down; the first
+    # write needs the old content (copy-on-write) and fails with EIO, changing nothing.
+    fd = os.open(other, os.O_WRONLY | os.O_APPEND)
+    try:
+        with pytest.raises(OSError) as cow_failure:
+            os.write(fd, b"more\n")
+    finally:
+        os.close(fd)
     assert cow_failure.value.errno == errno.EIO, cow_failure.value
+    assert file_id(other) == moved
     assert len(staged(m)) == 1
     # A rename is metadata only: it works while the server is down.
     os.rename(other, m / "evals" / other.name)
