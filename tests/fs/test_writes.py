@@ -426,7 +426,6 @@ def test_chmod_chown_and_touch_change_nothing(mount):
     assert (stat.S_IMODE(st.st_mode), st.st_mtime, st.st_size) == (0o644, planted.created_at, 6)
     run("touch", "-d", "2001-01-01", dest)
     run("touch", dest)
-    # Right after touch, see test_mtime_is_created_at_right_after_touch; here: once settled.
     wait_for(lambda: os.stat(dest).st_mtime == planted.created_at, 5, "mtime back at created_at")
     st = os.stat(dest)
     assert (stat.S_IMODE(st.st_mode), st.st_size) == (0o644, 6)
@@ -435,10 +434,6 @@ def test_chmod_chown_and_touch_change_nothing(mount):
     mount.assert_unchanged(before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "observed: right after `touch` (or any open for writing closed without a write) of an older file, stat "
-    "gives st_mtime = the time of that open (the staged handle's mtime), not created_at, for up to ~1 s; "
-    "`chmod`/`chown` alone keep created_at (W5/W7: attributes unchanged, also right after)"))
 def test_mtime_is_created_at_right_after_touch(mount):
     planted, dest = _old_file(mount)
     run("touch", dest)
