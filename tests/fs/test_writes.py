@@ -269,6 +269,53 @@ def test_read_back_through_the_same_descriptor_before_close(mount):
     assert_registered(mount, dest, data[:10] + b"XYZ" + data[13:], "evals")
 
 
+def test_read_then_patch_an_existing_file_through_one_descriptor(mount):
+    """Copy-on-write with reads before and after the first change, through the same descriptor."""
+    original = payload(2 * MiB + 100, "rplus")
+    dest = mount / "assistants" / unique("rplus", ".bin")
+    dest.write_bytes(original)
+    old = file_id(dest)
+    with open(dest, "r+b") as f:
+        assert f.read(4096) == original[:4096]
+        f.seek(MiB + 7)
+        assert f.read(10) == original[MiB + 7:MiB + 17]
+        f.seek(MiB)
+        f.write(b"PATCHED")
+        f.seek(MiB - 3)
+        assert f.read(13) == original[MiB - 3:MiB] + b"PATCHED" + original[MiB + 7:MiB + 10]
+        f.seek(0)
+        expected = original[:MiB] + b"PATCHED" + original[MiB + 7:]
+        assert f.read() == expected
+        # Another descriptor opened meanwhile sees the change too.
+        with open(dest, "rb") as other:
+            other.seek(MiB)
+            assert other.read(7) == b"PATCHED"
+    assert file_id(dest) != old
+    assert_gone(mount, old)
+    assert_registered(mount, dest, expected, "assistants")
+
+
+def test_two_descriptors_patch_one_existing_file(mount):
+    """Both opened before either changes anything: both changes land in the one new id."""
+    original = payload(300_000, "two-fds")
+    dest = mount / "evals" / unique("shared", ".bin")
+    dest.write_bytes(original)
+    old = file_id(dest)
+    first = os.open(dest, os.O_WRONLY)
+    second = os.open(dest, os.O_RDWR)
+    try:
+        os.pwrite(first, b"AAAA", 10)
+        os.pwrite(second, b"BBBB", 200_000)
+        assert os.pread(second, 4, 10) == b"AAAA"
+    finally:
+        os.close(first)
+        os.close(second)
+    expected = original[:10] + b"AAAA" + original[14:200_000] + b"BBBB" + original[200_004:]
+    wait_for(lambda: len(rows_named(mount, dest.name, "evals")) == 1 and file_id(dest) != old, 5, "one new id")
+    assert_gone(mount, old)
+    assert_registered(mount, dest, expected, "evals")
+
+
 def test_fsync_does_not_register_early(mount):
     dest = mount / "assistants" / unique("synced")
     with open(dest, "wb") as f:
