@@ -379,7 +379,8 @@ class S3FilesOperations(mfusepy.Operations):
                 staged.opens += 1
         if writing and fi.flags & os.O_TRUNC:
             staged.truncate(0)
-        fi.direct_io = 1  # being written: the staged bytes are the truth, not the page cache
+        # Through the page cache (so a shared writable mmap works), which this open starts afresh:
+        # keep_cache stays 0, so pages of the id this path named before are dropped.
         fi.fh = self._new_handle(staged)
         return 0
 

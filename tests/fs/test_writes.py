@@ -498,9 +498,6 @@ def test_cp_onto_itself_is_refused_and_harmless(mount):
     assert_registered(mount, dest, b"myself\n", "assistants")
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "beyond the written contract (a user expectation: numpy.memmap mode 'r+'/'w+'): observed mmap(MAP_SHARED, "
-    "PROT_WRITE) of a file opened for writing fails with ENODEV, because write handles are opened direct_io"))
 def test_write_through_shared_mmap(mount):
     import mmap
 
