@@ -454,11 +454,24 @@ class S3FilesOperations(mfusepy.Operations):
         elif staged.write_error is not None:
             log.warning("%s/%s discarded: a write failed (%s)", staged.purpose, staged.filename, staged.write_error.message)
             staged.discard()
+        elif staged.last_error is None and self._upload_late(staged):
+            pass
         else:
             # The upload at close failed: keep the data for `retry`.
             staged.keep_for_retry(staged.last_error or "not uploaded when the file was closed")
             log.warning("%s/%s kept in staging for `s3filesfs retry`", staged.purpose, staged.filename)
         return 0
+
+    def _upload_late(self, staged: StagedFile) -> bool:
+        """Changed after its last close: a shared mmap written back when it was unmapped. Upload
+        now (nobody is left to tell of a failure, so a failure goes to `retry`)."""
+        try:
+            file = staged.upload()
+        except S3FilesError:
+            return False
+        self._registered(staged, file)
+        staged.discard()
+        return True
 
     # --- names -------------------------------------------------------------------------------
 
