@@ -488,6 +488,38 @@ def test_mtime_is_created_at_right_after_touch(mount):
     assert os.stat(dest).st_mtime == planted.created_at
 
 
+@pytest.mark.parametrize("existing", [True, False], ids=["r+", "w+"])
+def test_memmap_pattern_descriptor_closed_before_the_writes(mount, existing):
+    """numpy.memmap: map the file, close the descriptor at once, write through the map, flush, unmap."""
+    import mmap
+
+    dest = mount / "user_data" / unique("memmap", ".bin")
+    old = None
+    if existing:
+        dest.write_bytes(bytes(8192))
+        old = file_id(dest)
+        fd = os.open(dest, os.O_RDWR)
+    else:
+        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        os.ftruncate(fd, 8192)
+    mapped = mmap.mmap(fd, 8192)
+    os.close(fd)
+    mapped[0:5] = b"HELLO"
+    mapped[8000:8005] = b"WORLD"
+    mapped.flush()
+    mapped.close()
+    expected = b"HELLO" + bytes(7995) + b"WORLD" + bytes(187)
+
+    def uploaded():
+        matches = rows_named(mount, dest.name, "user_data")
+        return len(matches) == 1 and matches[0]["id"] != old and body(mount, matches[0]["id"]) == expected
+
+    wait_for(uploaded, 5, "the mapped writes registered")
+    if old:
+        assert_gone(mount, old)
+    assert_registered(mount, dest, expected, "user_data")
+
+
 def test_cp_onto_itself_is_refused_and_harmless(mount):
     dest = mount / "assistants" / unique("self")
     dest.write_bytes(b"myself\n")
