@@ -594,6 +594,23 @@ def test_rsync_a_folder_into_purpose(mount, tmp_path):
         assert_registered(mount, mount / "user_data" / name, data, "user_data")
 
 
+def test_rsync_inplace_updates_existing_files(mount, tmp_path):
+    files = _folder(tmp_path, "inplace")
+    run("rsync", "-a", f"{tmp_path / 'src'}/", f"{mount / 'user_data'}/")
+    old_ids = {name: file_id(mount / "user_data" / name) for name in files}
+    changed = {}
+    for i, name in enumerate(files):
+        data = payload(len(files[name]) // 2 + 1, ("inplace-2", i))  # shorter (so rsync sees a change): it truncates at the end
+        (tmp_path / "src" / name).write_bytes(data)
+        changed[name] = data
+    run("rsync", "-a", "--inplace", "--no-whole-file", f"{tmp_path / 'src'}/", f"{mount / 'user_data'}/")
+    for name, data in changed.items():
+        path = mount / "user_data" / name
+        assert file_id(path) != old_ids[name]
+        assert_gone(mount, old_ids[name])
+        assert_registered(mount, path, data, "user_data")
+
+
 def test_editor_style_save(mount):
     name = unique("notes")
     dest = mount / "assistants" / name
