@@ -858,10 +858,11 @@ def main(argv=None) -> int:
     if bad := set(args.tools) - set(TOOLS):
         parser.error(f"--tools: unknown tool(s) {', '.join(sorted(bad))}; choose from {','.join(TOOLS)}")
 
-    # SIGTERM/SIGHUP end the benchmark like Ctrl-C, so every finally: (unmounts) runs.
+    # SIGINT/SIGTERM/SIGHUP end the benchmark like Ctrl-C, so every finally: (unmounts) runs. SIGINT
+    # too: a shell without job control starts background jobs with SIGINT ignored.
     def interrupted(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
 
     info = machine()
@@ -938,4 +939,8 @@ def tool_version(command) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:  # the mounts are already stopped by the finally: blocks
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); mounts stopped, nothing written to bench/results/", file=sys.stderr)
+        sys.exit(130)
