@@ -72,7 +72,7 @@ class MetadataStore:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._watch_lock = threading.Lock()
-        self._watch_conn: sqlite3.Connection | None = None
+        self._watch_db: sqlite_utils.Database | None = None
         with self._errors("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._create_schema()
@@ -82,11 +82,7 @@ class MetadataStore:
     def _db(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            # WAL makes NORMAL durable against process crashes; only power loss can lose the tail.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            db = self._local.db = sqlite_utils.Database(conn)
+            db = self._local.db = sqlite_utils.Database(self._connect())
         return db
 
     def close(self) -> None:
@@ -96,16 +92,33 @@ class MetadataStore:
             db.conn.close()
             self._local.db = None
 
-    def data_version(self) -> int:
-        """A number that changes whenever any *other* connection has committed to the database.
+    def _connect(self, **options) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, **options)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # WAL makes NORMAL durable against process crashes; only power loss can lose the tail.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
 
-        Cheap enough to ask every second: long-running readers (the mount) reload their listing
-        only when it moves. One dedicated connection, because the value is per connection.
+    @contextlib.contextmanager
+    def _writer(self):
+        """The one connection this process writes ``openai_files`` through, one writer at a time.
+
+        SQLite allows one writer at a time anyway; sharing the connection also means that its
+        ``PRAGMA data_version`` moves only for changes made by *other* processes.
         """
-        with self._watch_lock, self._errors("data_version"):
-            if self._watch_conn is None:
-                self._watch_conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
-            return self._watch_conn.execute("PRAGMA data_version").fetchone()[0]
+        with self._watch_lock:
+            if self._watch_db is None:
+                self._watch_db = sqlite_utils.Database(self._connect(check_same_thread=False))
+            yield self._watch_db
+
+    def data_version(self) -> int:
+        """A number that moves whenever another process has changed the database.
+
+        Cheap enough to ask every second: a long-running reader (the mount) reloads its listing
+        only when it moves, and never because of its own writes, which share this connection.
+        """
+        with self._errors("data_version"), self._writer() as db:
+            return db.execute("PRAGMA data_version").fetchone()[0]
 
     @contextlib.contextmanager
     def _errors(self, action: str):
@@ -136,8 +149,8 @@ class MetadataStore:
     # --- openai_files ------------------------------------------------------------------------
 
     def insert(self, row: dict) -> None:
-        with self._errors("insert"):
-            self._db()[TABLE].insert({**{k: row[k] for k in FILE_COLUMNS}, **PUBLIC_ROW})
+        with self._errors("insert"), self._writer() as db:
+            db[TABLE].insert({**{k: row[k] for k in FILE_COLUMNS}, **PUBLIC_ROW})
 
     def get(self, file_id: str) -> dict | None:
         with self._errors("get"):
@@ -145,8 +158,8 @@ class MetadataStore:
         return rows[0] if rows else None
 
     def delete(self, file_id: str) -> bool:
-        with self._errors("delete"):
-            cursor = self._db().execute(f"DELETE FROM {TABLE} WHERE id = ?", [file_id])
+        with self._errors("delete"), self._writer() as db:
+            cursor = db.execute(f"DELETE FROM {TABLE} WHERE id = ?", [file_id])
         return cursor.rowcount > 0
 
     def page(
@@ -193,10 +206,8 @@ class MetadataStore:
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
         assignments = ", ".join(f"{name} = :{name}" for name in fields)
-        with self._errors("update"):
-            cursor = self._db().execute(
-                f"UPDATE {TABLE} SET {assignments} WHERE id = :id", {**fields, "id": file_id}
-            )
+        with self._errors("update"), self._writer() as db:
+            cursor = db.execute(f"UPDATE {TABLE} SET {assignments} WHERE id = :id", {**fields, "id": file_id})
         return cursor.rowcount > 0
 
     # --- s3filesfs_journal: the sync daemon's record of local files ----------------------------

@@ -161,6 +161,7 @@ class StagedFile:
         self._base_reader: Reader | None = None
         self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._sidecar_fd: int | None = None
+        self._record_stale = False
         self._save("writing")
 
     @property
@@ -213,6 +214,8 @@ class StagedFile:
         if not self.dirty:  # the first change since the file was opened or uploaded: a new file
             self.created_at = int(time.time())
             self.dirty = True
+            if self._record_stale:
+                self._save("writing")
 
     @property
     def shown_created_at(self) -> int:
@@ -309,7 +312,10 @@ class StagedFile:
             self._streamed = 0
             for replaced in self.replaced_ids:
                 _delete_quietly(self.service, replaced)
-            self._save("writing")
+            # The record still describes the upload just done. It is rewritten at the next change,
+            # not here, to keep close() short; until release removes it, a crash would have `retry`
+            # upload this content once more (a duplicate, nothing lost).
+            self._record_stale = True
             return file
 
     def _commit(self) -> FileObject:
@@ -370,6 +376,7 @@ class StagedFile:
         # A "writing" record stays locked while the mount has the file, so that `status` and
         # `retry` in another process leave it alone; a "failed" one is free for them.
         held = _write_sidecar(self.staging.folder, self.token, record, hold=state == "writing")
+        self._record_stale = False
         if self._sidecar_fd is not None:
             os.close(self._sidecar_fd)
         self._sidecar_fd = held

@@ -125,3 +125,25 @@ def test_files_of_purposes_not_shown_stay_reachable_by_id():
     hidden = file("x", purpose="evals")
     listing = Listing([hidden], ("assistants",))
     assert listing.by_id[hidden.id] == hidden and hidden.id not in listing.path_of
+
+
+# --- change detection ------------------------------------------------------------------------
+
+
+def test_data_version_moves_for_other_writers_only(tmp_path):
+    """The mount reloads its listing when others change the table, not after its own writes."""
+    from s3filesfs.metadata import MetadataStore
+
+    ours, theirs = MetadataStore(tmp_path / "m.db"), MetadataStore(tmp_path / "m.db")
+    row = file("a.txt").to_row()
+    start = ours.data_version()
+    ours.insert(row)
+    ours.update(row["id"], filename="b.txt", purpose="batch")
+    ours.delete(row["id"])
+    assert ours.data_version() == start
+    other = file("c.txt").to_row()
+    theirs.insert(other)
+    moved = ours.data_version()
+    assert moved != start
+    theirs.update(other["id"], filename="d.txt", purpose="batch")
+    assert ours.data_version() != moved
