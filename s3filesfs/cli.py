@@ -20,7 +20,7 @@ from .errors import S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
-from .fs import staging  # no mfusepy: the mount's staging folder, for status and retry
+from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -334,7 +334,7 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
 def status(state, as_json):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     _, info = _running_daemon(state)
-    staged = [r.to_dict() for r in staging.failed(state.settings.staging_dir)]
+    staged = [r.to_dict() for r in staged_records.failed(state.settings.staging_dir)]
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
@@ -404,7 +404,7 @@ def umount(state, mountpoint):
 @pass_state
 def retry(state, as_json):
     """Upload what the mount could not (kept in staging). Exit 3 if some still fail."""
-    done, failing = staging.retry(state.service, state.settings.staging_dir)
+    done, failing = staged_records.retry(state.service, state.settings.staging_dir)
     if as_json:
         _print_json({"uploaded": [f.to_openai() for f in done],
                      "failed": [{**r.to_dict(), "error": e.message} for r, e in failing]})

@@ -1,5 +1,7 @@
 """Staging: the local files that hold what is written through the mount until it is uploaded.
 
+(The records beside them, and ``status``/``retry`` from another process, are in ``records.py``.)
+
 Every file being written lives in the staging folder as ``<token>.data`` with a ``<token>.json``
 beside it naming its purpose, filename and the id it replaces. That sidecar is what makes a failure
 lose nothing: an upload that fails (or a mount that dies) leaves both files behind, ``status`` lists
@@ -17,40 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NoSpace, NotFound, S3FilesError, StorageError
+from ..errors import NoSpace, S3FilesError, StorageError
 from ..files import FileService, PendingFile
 from ..model import FileObject, is_temporary_name
 from .reader import Reader
+from .records import delete_quietly, discard, records, write_record
 
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 8 * 1024 * 1024
 LOCK_NAME = ".mount.lock"
-
-
-@dataclass
-class StagedRecord:
-    """What a sidecar says: an upload waiting in staging."""
-
-    token: str
-    purpose: str
-    filename: str
-    replaces: str | None
-    state: str  # "writing" (a mount has it open) or "failed" (waiting for retry)
-    error: str | None
-    bytes: int
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "token"}
 
 
 class Staging:
@@ -88,7 +73,7 @@ class Staging:
                     discard(self.folder, record.token)
                     self._used -= size
                     continue
-                _write_sidecar(self.folder, record.token, {
+                write_record(self.folder, record.token, {
                     **record.to_dict(), "state": "failed", "bytes": size,
                     "error": "the mount stopped before this file was uploaded"})
                 log.warning("staged upload %s/%s from an earlier mount kept for `s3filesfs retry`",
@@ -311,7 +296,7 @@ class StagedFile:
             self._stream_possible = False  # further writes make another file, uploaded whole
             self._streamed = 0
             for replaced in self.replaced_ids:
-                _delete_quietly(self.service, replaced)
+                delete_quietly(self.service, replaced)
             # The record still describes the upload just done. It is rewritten at the next change,
             # not here, to keep close() short; until release removes it, a crash would have `retry`
             # upload this content once more (a duplicate, nothing lost).
@@ -375,126 +360,8 @@ class StagedFile:
                   "state": state, "error": error, "bytes": self.size}
         # A "writing" record stays locked while the mount has the file, so that `status` and
         # `retry` in another process leave it alone; a "failed" one is free for them.
-        held = _write_sidecar(self.staging.folder, self.token, record, hold=state == "writing")
+        held = write_record(self.staging.folder, self.token, record, hold=state == "writing")
         self._record_stale = False
         if self._sidecar_fd is not None:
             os.close(self._sidecar_fd)
         self._sidecar_fd = held
-
-
-# --- the folder on its own: used by the CLI's `status` and `retry` --------------------------------
-
-
-def _write_sidecar(folder: Path, token: str, record: dict, hold: bool = False) -> int | None:
-    """Write a record atomically; with ``hold``, return an fd holding a shared lock on it.
-
-    The lock is taken before the rename, so no other process ever sees the record unlocked.
-    """
-    tmp = folder / f".{token}.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        if hold:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        os.write(fd, json.dumps(record).encode())
-        os.replace(tmp, folder / f"{token}.json")
-    except BaseException:
-        os.close(fd)
-        raise
-    if hold:
-        return fd
-    os.close(fd)
-    return None
-
-
-def _delete_quietly(service: FileService, file_id: str) -> None:
-    try:
-        service.delete(file_id)
-    except NotFound:
-        pass
-    except S3FilesError as exc:  # the new file is registered; the old one is left for `gc`/`check`
-        log.warning("replaced file %s could not be removed: %s", file_id, exc.message)
-
-
-def discard(folder: Path, token: str) -> None:
-    for suffix in (".data", ".json"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / f"{token}{suffix}")
-
-
-def records(folder: Path) -> list[StagedRecord]:
-    """Every sidecar in the folder, oldest first."""
-    found = []
-    if not Path(folder).is_dir():
-        return found
-    for path in sorted(Path(folder).glob("*.json")):
-        try:
-            raw = json.loads(path.read_text())
-            data = path.with_suffix(".data")
-            # The data file knows the size; a record written when the file was opened does not.
-            size = data.stat().st_size if data.exists() else int(raw.get("bytes") or 0)
-            found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
-                                      replaces=raw.get("replaces"), state=raw.get("state", "failed"),
-                                      error=raw.get("error"), bytes=size))
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable staging record %s: %s", path, exc)
-    return found
-
-
-def failed(folder: Path) -> list[StagedRecord]:
-    """Uploads waiting for ``retry``: failed ones, and ones a dead mount left "writing".
-
-    Temporary names (an editor's swap file a dead mount left) are never uploaded.
-    """
-    return [r for r in records(folder) if not is_temporary_name(r.filename)
-            and (r.state == "failed" or not _held(folder, r.token))]
-
-
-def _held(folder: Path, token: str) -> bool:
-    """True if a running mount holds this record (it is being written, not failed)."""
-    try:
-        fd = os.open(Path(folder) / f"{token}.json", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tuple[StagedRecord, S3FilesError]]]:
-    """Upload every failed staged file; returns (registered, still failing)."""
-    done, failing = [], []
-    for record in failed(folder):
-        sidecar = Path(folder) / f"{record.token}.json"
-        try:
-            fd = os.open(sidecar, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # another `retry`, or a mount that picked it up
-            if not sidecar.exists():
-                continue
-            try:
-                with open(Path(folder) / f"{record.token}.data", "rb") as body:
-                    file = service.create(body, record.filename, record.purpose)
-            except FileNotFoundError:
-                log.warning("staged data for %s/%s is missing; dropping its record", record.purpose, record.filename)
-                discard(folder, record.token)
-                continue
-            except S3FilesError as exc:
-                _write_sidecar(Path(folder), record.token, {**record.to_dict(), "state": "failed", "error": exc.message})
-                failing.append((record, exc))
-                continue
-            if record.replaces and record.replaces != file.id:
-                _delete_quietly(service, record.replaces)
-            discard(folder, record.token)
-            done.append(file)
-        finally:
-            os.close(fd)
-    return done, failing

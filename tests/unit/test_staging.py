@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from s3filesfs.errors import NoSpace, StorageUnavailable
-from s3filesfs.fs import staging
+from s3filesfs.fs import records, staging
 from tests.unit.stores import assert_clean
 
 
@@ -30,10 +30,10 @@ def stage(folder):
 
 
 def failed_in_other_process(folder) -> list[str]:
-    """`staging.failed` as another process (the CLI) sees it: flock is per open file description."""
+    """`records.failed` as another process (the CLI) sees it: flock is per open file description."""
     code = textwrap.dedent(f"""
-        from s3filesfs.fs import staging
-        print("\\n".join(r.filename for r in staging.failed({str(folder)!r})))
+        from s3filesfs.fs import records, staging
+        print("\\n".join(r.filename for r in records.failed({str(folder)!r})))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return result.stdout.split()
@@ -48,7 +48,7 @@ def test_a_file_being_written_is_not_offered_for_retry(stage, folder, local_back
     assert failed_in_other_process(folder) == []
     file = staged.upload()  # rewritten again after the upload
     assert failed_in_other_process(folder) == []
-    assert staging.retry(service, folder) == ([], [])
+    assert records.retry(service, folder) == ([], [])
     staged.discard()
     assert [f.id for f in service.iter_all()] == [file.id]
     assert list(folder.glob("*.data")) == [] and list(folder.glob("*.json")) == []
@@ -68,12 +68,12 @@ def test_a_failed_upload_is_kept_and_retried_once(stage, folder, local_backend, 
     staged.keep_for_retry(staged.last_error)
     monkeypatch.undo()
     assert failed_in_other_process(folder) == ["report.txt"]
-    record, = staging.failed(folder)
+    record, = records.failed(folder)
     assert (record.purpose, record.bytes, record.error) == ("assistants", 17, "S3 is down")
-    done, failing = staging.retry(service, folder)
+    done, failing = records.retry(service, folder)
     assert failing == [] and [f.filename for f in done] == ["report.txt"]
     assert service.content(done[0].id)[1].__next__() == b"the whole report\n"
-    assert staging.retry(service, folder) == ([], [])  # nothing twice
+    assert records.retry(service, folder) == ([], [])  # nothing twice
     assert_clean(service)
 
 
@@ -83,7 +83,7 @@ def test_retry_replaces_what_the_write_would_have(stage, folder, local_backend):
     staged = stage.new_file(service, "assistants", "notes.txt", old.id, temporary=False)
     staged.write(b"v2", 0)
     staged.keep_for_retry("S3 was down")
-    done, _ = staging.retry(service, folder)
+    done, _ = records.retry(service, folder)
     assert [f.id for f in service.iter_all()] == [done[0].id] and done[0].id != old.id
     assert_clean(service)
 
@@ -111,7 +111,7 @@ def test_records_of_a_dead_mount_become_failures(folder, local_backend):
         import os
         from s3filesfs.files import open_service
         from s3filesfs import config
-        from s3filesfs.fs import staging
+        from s3filesfs.fs import records, staging
         service = open_service(config.load(flags={{"data_dir": {str(folder.parent / "data")!r}}}))
         area = staging.Staging({str(folder)!r}, max_bytes=1 << 20)
         area.claim()
@@ -123,10 +123,10 @@ def test_records_of_a_dead_mount_become_failures(folder, local_backend):
     assert failed_in_other_process(folder) == ["run.jsonl"]  # a swap file is never offered
     area = staging.Staging(folder, max_bytes=1 << 20)
     area.claim()  # the next mount: the real file waits for retry, the temporary one is dropped
-    record, = staging.failed(folder)
+    record, = records.failed(folder)
     assert (record.filename, record.state, record.bytes) == ("run.jsonl", "failed", 3)
     assert "stopped before" in record.error
     assert area.used == 3
-    done, failing = staging.retry(local_backend.service, folder)
+    done, failing = records.retry(local_backend.service, folder)
     assert failing == [] and [f.filename for f in done] == ["run.jsonl"]
     assert_clean(local_backend.service)
