@@ -272,14 +272,25 @@ def _as_bool(value, key: str, where: str) -> bool:
     raise _fail(where, f"{key} must be true or false (got {value!r})")
 
 
-def _as_int(value, key: str, where: str, low: int, high: int) -> int:
+def _as_number(value, key: str, where, low, high, kind=int):
+    """``value`` as an ``int`` (or ``float``) within ``low..high``, or a ConfigError naming ``key``."""
     try:
-        number = int(str(value).strip())
+        number = kind(str(value).strip())
     except ValueError:
-        raise _fail(where, f"{key} must be a whole number (got {value!r})") from None
+        noun = "a whole number" if kind is int else "a number"
+        raise _fail(where, f"{key} must be {noun} (got {value!r})") from None
     if not low <= number <= high:
-        raise _fail(where, f"{key} must be between {low} and {high} (got {number})")
+        shown = str if kind is int else "{:g}".format
+        raise _fail(where, f"{key} must be between {shown(low)} and {shown(high)} (got {shown(number)})")
     return number
+
+
+def _as_int(value, key: str, where: str, low: int, high: int) -> int:
+    return _as_number(value, key, where, low, high)
+
+
+def _as_seconds(value, key: str, where, low: float, high: float) -> float:
+    return _as_number(value, key, where, low, high, kind=float)
 
 
 def _optional(value) -> str | None:
@@ -345,16 +356,6 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     if "mount_refresh_seconds" in v:
         v["mount_refresh_seconds"] = _as_seconds(v["mount_refresh_seconds"], "mount.refresh_seconds", where, 0.0, 3600)
     return Settings(**v)
-
-
-def _as_seconds(value, key: str, where, low: float, high: float) -> float:
-    try:
-        seconds = float(str(value).strip())
-    except ValueError:
-        raise _fail(where, f"{key} must be a number (got {value!r})") from None
-    if not low <= seconds <= high:
-        raise _fail(where, f"{key} must be between {low:g} and {high:g} (got {seconds:g})")
-    return seconds
 
 
 def _check_daemon(v: dict, where) -> None:

@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 FSNAME = "s3filesfs"
 START_TIMEOUT = 60.0
-STOP_GRACE = 60.0
+STOP_GRACE = 60.0  # how long SIGTERM waits for files still being written to be closed
 MAX_IDLE_THREADS = 32
-M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h  # how long SIGTERM waits for files still being written to be closed
-LOOP_ENDED = 8  # fuse_main's status when its loop stopped, which a signal also does
+M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
+LOOP_ENDED = 8  # fuse_main's status when its loop ended on an error, an aborted connection included
 
 
 class MountError(UserError):
@@ -114,12 +114,12 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
         options["ro"] = True
     if allow_other:
         options["allow_other"] = True
-    log.info("mounting %s at %s (staging %s)", service_location(service), mountpoint, settings.staging_dir)
+    log.info("mounting %s at %s (staging %s)", service.blobs.location, mountpoint, settings.staging_dir)
     _stop_gracefully_on_signals(operations, mountpoint)
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:
-        # libfuse answers 8 when its loop ended on a signal (SIGTERM, SIGINT): a normal stop.
+        # 8 after serving: the loop ended because the stop aborted a connection a reader still held.
         if str(exc) != str(LOOP_ENDED) or not operations.started_serving:
             raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
     finally:
@@ -183,10 +183,6 @@ def _detach(mountpoint: Path) -> None:
                 abort.write_text("1")
             except OSError:
                 pass
-
-
-def service_location(service: FileService) -> str:
-    return getattr(service.blobs, "location", None) or f"s3://{getattr(service.blobs, 'bucket', '?')}"
 
 
 def start_background(argv: list[str], mountpoint: Path, log_path: Path) -> int:

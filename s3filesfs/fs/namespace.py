@@ -179,7 +179,7 @@ class Namespace:
     # --- lookups -----------------------------------------------------------------------------
 
     def lookup(self, purpose: str, name: str) -> FileObject:
-        file = self.listing().folders[purpose].get(name)
+        file = self.find(purpose, name)
         if file is None:
             raise NotFound(f"{purpose}/{name}")
         return file

@@ -174,13 +174,22 @@ class S3FilesOperations(mfusepy.Operations):
         self._registered(staged, file)
 
     def _registered(self, staged: StagedFile, file: FileObject) -> None:
+        """An upload succeeded: show the file; a staged copy nobody has open is done with."""
         self.namespace.added(file)
         for replaced in staged.replaced_ids:
             self.namespace.removed(replaced)
-        with self._lock:
-            if staged.opens == 0 and self._staged.get((staged.purpose, staged.filename)) is staged:
+        with self._lock:  # checked and removed together: an open of this path may be racing
+            idle = staged.opens == 0
+            if idle and self._staged.get((staged.purpose, staged.filename)) is staged:
                 del self._staged[(staged.purpose, staged.filename)]
-                staged.discard()
+        if idle:
+            staged.discard()
+
+    def _drop(self, staged: StagedFile) -> None:
+        """A staged file removed from its path (unlinked, renamed over): never uploaded."""
+        staged.unlinked = True
+        if staged.opens == 0:
+            staged.discard()
 
     # --- attributes and listing ------------------------------------------------------------
 
@@ -219,9 +228,7 @@ class S3FilesOperations(mfusepy.Operations):
     @_mapped
     def readdir(self, path, fh):
         """This open folder's entries with their attributes, listed once per ``opendir``."""
-        entries = self._handles.get(fh)
-        if entries is None:
-            return self._entries(path)
+        entries = self._handles[fh]
         if not entries:
             entries.extend(self._entries(path))
         return entries
@@ -470,7 +477,6 @@ class S3FilesOperations(mfusepy.Operations):
         except S3FilesError:
             return False
         self._registered(staged, file)
-        staged.discard()
         return True
 
     # --- names -------------------------------------------------------------------------------
@@ -483,9 +489,7 @@ class S3FilesOperations(mfusepy.Operations):
         if staged is None:
             self._delete(self.namespace.lookup(where.purpose, where.name).id)
             return 0
-        staged.unlinked = True
-        if staged.opens == 0:
-            staged.discard()
+        self._drop(staged)
         # The committed file the path showed (the last upload, or the file being replaced) goes too.
         if staged.replaces:
             self._delete(staged.replaces)
@@ -509,9 +513,7 @@ class S3FilesOperations(mfusepy.Operations):
             displaced = self._staged.pop((target.purpose, target.name), None)
         replaced = self.namespace.find(target.purpose, target.name)
         if displaced is not None:
-            displaced.unlinked = True
-            if displaced.opens == 0:
-                displaced.discard()
+            self._drop(displaced)
             if displaced.replaces and (replaced is None or replaced.id != displaced.replaces):
                 self._delete(displaced.replaces)
         if staged is not None:
