@@ -22,7 +22,8 @@ class BlobWriter(ABC):
     """An object being written. Call ``write`` any number of times, then ``commit`` or ``abort``."""
 
     @abstractmethod
-    def write(self, data: bytes) -> None: ...
+    def write(self, data) -> None:
+        """Append ``data``: any bytes-like object, which may be reused by the caller afterwards."""
 
     @abstractmethod
     def commit(self) -> int:

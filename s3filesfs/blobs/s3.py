@@ -245,21 +245,23 @@ class S3BlobStore(BlobStore):
 class _S3Writer(BlobWriter):
     """A body sent as it arrives: one PUT if it stays small, else a multipart upload.
 
-    Written chunks are kept as they come (a queue of ``bytes``, not one growing buffer) and
-    joined into a part only once a slot is free, so the bytes are copied once on their way out:
-    at most ``concurrency`` parts are in flight and one part's worth is waiting, whatever the size.
+    Written bytes are copied once, into the part being filled (a ``bytearray``), and that buffer is
+    the request body. A buffer whose part is uploaded is filled again for a later part, so a large
+    body allocates ``concurrency + 1`` buffers in all rather than one per part, and ``write`` may be
+    given a view of someone else's memory (the mount passes libfuse's buffer) that is not kept.
+    At most ``concurrency`` parts are in flight and one is being filled, whatever the size.
     """
 
     def __init__(self, store: S3BlobStore, full_key: str, metadata: dict[str, str]):
         self._store = store
         self._key = full_key
         self._metadata = metadata
-        self._pending: deque[bytes] = deque()  # written, not yet sent, in order
-        self._pending_size = 0
+        self._part = bytearray()  # the part being filled: its first `_filled` bytes
+        self._filled = 0
+        self._spare: deque[bytearray] = deque()  # buffers of uploaded parts, to be filled again
         self._size = 0
         self._upload_id: str | None = None
         self._parts: list[Future] = []
-        # Bounds memory: at most `concurrency` parts in flight, plus the one being filled.
         self._slots = threading.BoundedSemaphore(store.concurrency)
         self._done = False
 
@@ -267,36 +269,34 @@ class _S3Writer(BlobWriter):
         step = min(len(self._parts) // PARTS_PER_SIZE_STEP, 4)
         return self._store.part_size << step
 
-    def write(self, data: bytes) -> None:
+    def write(self, data) -> None:
         if self._done:
             raise StorageError("write after the upload was committed or aborted")
-        if not data:
-            return
-        # Kept by reference; a caller's mutable buffer (bytearray, memoryview) is copied first.
-        chunk = data if type(data) is bytes else bytes(data)
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
-        self._size += len(chunk)
-        while self._pending_size >= self._part_size():
-            self._send_part(self._part_size())
-
-    def _take(self, size: int) -> bytes:
-        """The first ``size`` pending bytes as one body; a part that is one whole chunk is not copied."""
-        pieces = []
-        wanted = size
-        while wanted:
-            chunk = self._pending[0]
-            if len(chunk) <= wanted:
-                pieces.append(self._pending.popleft())
-                wanted -= len(chunk)
+        view = memoryview(data).cast("B")
+        taken, size = 0, len(view)
+        while taken < size:
+            count = min(self._part_size() - self._filled, size - taken)
+            piece = view[taken:taken + count]
+            if self._filled == len(self._part):
+                self._part += piece  # a new buffer grows as it fills (no zero-filling first)
             else:
-                pieces.append(memoryview(chunk)[:wanted])
-                self._pending[0] = chunk[wanted:]
-                wanted = 0
-        self._pending_size -= size
-        return b"".join(pieces)
+                self._part[self._filled:self._filled + count] = piece  # a reused one is overwritten
+            self._filled += count
+            taken += count
+            if self._filled == self._part_size():
+                self._send_part()
+        self._size += size
 
-    def _send_part(self, size: int) -> None:
+    def _full_part(self) -> bytearray:
+        """The filled part as a request body; a fresh or spare buffer takes its place."""
+        body = self._part
+        del body[self._filled:]  # only a last, short part has anything past `_filled`
+        # A spare is never larger than the next part (part sizes only grow); a smaller one grows.
+        self._part = self._spare.pop() if self._spare else bytearray()
+        self._filled = 0
+        return body
+
+    def _send_part(self) -> None:
         store = self._store
         try:
             if self._upload_id is None:
@@ -312,13 +312,10 @@ class _S3Writer(BlobWriter):
             self._raise_failed_part()
             if len(self._parts) >= MAX_PARTS:
                 raise StorageError("file too large for one S3 multipart upload")
-            # Wait for a free slot before building the body, so that no finished part sits in
-            # memory waiting for one.
             self._slots.acquire()
             try:
-                body = self._take(size)
                 number = len(self._parts) + 1
-                self._parts.append(store._parts_pool.submit(self._upload_part, number, body))
+                self._parts.append(store._parts_pool.submit(self._upload_part, number, self._full_part()))
             except BaseException:
                 self._slots.release()
                 raise
@@ -326,7 +323,7 @@ class _S3Writer(BlobWriter):
             self.abort()
             raise
 
-    def _upload_part(self, number: int, body: bytes) -> dict:
+    def _upload_part(self, number: int, body: bytearray) -> dict:
         store = self._store
         try:
             with store.errors(self._key):
@@ -341,6 +338,7 @@ class _S3Writer(BlobWriter):
             part = {"PartNumber": number, "ETag": response["ETag"]}
             if "ChecksumCRC32" in response:
                 part["ChecksumCRC32"] = response["ChecksumCRC32"]
+            self._spare.append(body)  # only once the request is over: a retry re-sends it
             return part
         finally:
             self._slots.release()
@@ -358,13 +356,13 @@ class _S3Writer(BlobWriter):
                     store.client.put_object(
                         Bucket=store.bucket,
                         Key=self._key,
-                        Body=self._take(self._pending_size),
+                        Body=self._full_part(),
                         Metadata=self._metadata,
                         **store._sse_args,
                     )
             else:
-                if self._pending_size:
-                    self._send_part(self._pending_size)
+                if self._filled:
+                    self._send_part()
                 parts = [part.result() for part in self._parts]
                 with store.errors(self._key):
                     store.client.complete_multipart_upload(
@@ -377,15 +375,18 @@ class _S3Writer(BlobWriter):
             self.abort()
             raise
         self._done = True
-        self._pending.clear()
+        self._release_buffers()
         return self._size
+
+    def _release_buffers(self) -> None:
+        self._part, self._filled = bytearray(), 0
+        self._spare.clear()
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        self._pending.clear()
-        self._pending_size = 0
+        self._release_buffers()
         for part in self._parts:
             part.cancel()
         if self._upload_id is not None:

@@ -281,6 +281,24 @@ def test_multipart_body_round_trips_byte_for_byte(backend):
     assert_clean(service)
 
 
+def test_body_written_from_a_reused_buffer_keeps_what_was_written(backend):
+    """The mount hands writers a view of libfuse's buffer, overwritten by the next request."""
+    service = backend.service
+    body = os.urandom(6 * 8 * MIB + 3)  # six parts or more: part buffers are filled again
+    scratch = bytearray(MIB + 7)  # writes straddle every part boundary
+    pending = service.begin("reused.bin", "batch")
+    for start in range(0, len(body), len(scratch)):
+        piece = body[start:start + len(scratch)]
+        scratch[:len(piece)] = piece
+        with memoryview(scratch)[:len(piece)] as view:
+            pending.write(view)
+        scratch[:] = b"\xff" * len(scratch)  # what the caller does with its buffer next
+    created = pending.commit()
+    assert created.bytes == len(body)
+    assert backend.object_body(created.id) == body
+    assert_clean(service)
+
+
 @pytest.mark.parametrize("operation", ["retrieve", "content", "read", "delete"])
 @pytest.mark.parametrize("file_id", ["file-" + "0" * 32, "not-a-file-id"])
 def test_unknown_id_is_not_found(backend, operation, file_id):
