@@ -33,6 +33,10 @@ START_TIMEOUT = 60.0
 STOP_GRACE = 60.0  # how long SIGTERM waits for files still being written to be closed
 MAX_IDLE_THREADS = 32
 M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
+# A request thread that let go of the GIL for a system call waits to get it back behind the upload
+# threads (botocore's Python between hashing and sending). At CPython's default 5 ms that wait shows
+# up in one write in ten of a large copy; at 0.5 ms it rarely exceeds 1 ms.
+GIL_SWITCH_INTERVAL = 0.0005
 LOOP_ENDED = 8  # fuse_main's status when its loop ended on an error, an aborted connection included
 
 
@@ -99,6 +103,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     from .staging import Staging
 
     _limit_malloc_arenas()
+    _hand_over_the_gil_sooner()
     mountpoint = prepare(mountpoint)
     _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
@@ -138,6 +143,10 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+def _hand_over_the_gil_sooner() -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 def _stop_gracefully_on_signals(operations, mountpoint: Path) -> None:

@@ -569,14 +569,27 @@ class S3FilesOperations(mfusepy.Operations):
 
 
 class FUSE(mfusepy.FUSE):
-    """mfusepy's FUSE, listing folders with complete attributes (readdirplus).
+    """mfusepy's FUSE with two requests answered closer to libfuse.
 
-    mfusepy hands libfuse only each entry's mode, so after a listing the kernel looks every file
-    up again: 10,000 calls into Python for one ``ls -l``. Here each entry carries its attributes
-    and an offset (libfuse only forwards attributes in offset mode), and the kernel caches them for
-    ``attr_timeout``. ``.``, ``..`` and ``index.jsonl`` (whose size changes with every file) are
-    listed without them.
+    ``readdir``: mfusepy hands libfuse only each entry's mode, so after a listing the kernel looks
+    every file up again: 10,000 calls into Python for one ``ls -l``. Here each entry carries its
+    attributes and an offset (libfuse only forwards attributes in offset mode), and the kernel
+    caches them for ``attr_timeout``. ``.``, ``..`` and ``index.jsonl`` (whose size changes with
+    every file) are listed without them.
+
+    ``write``: mfusepy copies every request's data into a new ``bytes`` (a fresh 1 MiB allocation
+    per call, page faults included). Here the operation gets a view of libfuse's buffer, valid for
+    the call only; staging and the upload buffer each copy from it once.
     """
+
+    def write(self, path, buf, size, offset, fip):
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        if size <= 0:
+            return self.operations.write(decoded, b"", offset, fh)
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        with memoryview((ctypes.c_char * size).from_address(address)).cast("B") as data:
+            return self.operations.write(decoded, data, offset, fh)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0

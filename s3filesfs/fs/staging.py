@@ -211,7 +211,8 @@ class StagedFile:
             return self._base.created_at
         return self.created_at
 
-    def write(self, data: bytes, offset: int) -> int:
+    def write(self, data, offset: int) -> int:
+        """Stage ``data`` (any bytes-like, possibly a view valid for this call only) at ``offset``."""
         with self.lock:
             self._copy_base()
             end = offset + len(data)
