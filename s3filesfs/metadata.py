@@ -71,8 +71,8 @@ class MetadataStore:
         self.path = Path(db_path).expanduser()
         self.busy_timeout = busy_timeout
         self._local = threading.local()
-        self._watch_lock = threading.Lock()
-        self._watch_db: sqlite_utils.Database | None = None
+        self._writer_lock = threading.Lock()
+        self._writer_db: sqlite_utils.Database | None = None
         with self._errors("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._create_schema()
@@ -106,10 +106,10 @@ class MetadataStore:
         SQLite allows one writer at a time anyway; sharing the connection also means that its
         ``PRAGMA data_version`` moves only for changes made by *other* processes.
         """
-        with self._watch_lock:
-            if self._watch_db is None:
-                self._watch_db = sqlite_utils.Database(self._connect(check_same_thread=False))
-            yield self._watch_db
+        with self._writer_lock:
+            if self._writer_db is None:
+                self._writer_db = sqlite_utils.Database(self._connect(check_same_thread=False))
+            yield self._writer_db
 
     def data_version(self) -> int:
         """A number that moves whenever another process has changed the database.

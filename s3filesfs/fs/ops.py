@@ -461,23 +461,26 @@ class S3FilesOperations(mfusepy.Operations):
         elif staged.write_error is not None:
             log.warning("%s/%s discarded: a write failed (%s)", staged.purpose, staged.filename, staged.write_error.message)
             staged.discard()
-        elif staged.last_error is None and self._upload_late(staged):
-            pass
-        else:
-            # The upload at close failed: keep the data for `retry`.
-            staged.keep_for_retry(staged.last_error or "not uploaded when the file was closed")
-            log.warning("%s/%s kept in staging for `s3filesfs retry`", staged.purpose, staged.filename)
+        elif staged.last_error is None:
+            self._upload_late(staged)
+        else:  # the upload at close failed
+            self._keep_for_retry(staged, staged.last_error)
         return 0
 
-    def _upload_late(self, staged: StagedFile) -> bool:
+    def _upload_late(self, staged: StagedFile) -> None:
         """Changed after its last close: a shared mmap written back when it was unmapped. Upload
         now (nobody is left to tell of a failure, so a failure goes to `retry`)."""
         try:
             file = staged.upload()
         except S3FilesError:
-            return False
+            self._keep_for_retry(staged, staged.last_error or "not uploaded when the file was closed")
+            return
         self._registered(staged, file)
-        return True
+
+    @staticmethod
+    def _keep_for_retry(staged: StagedFile, why: str) -> None:
+        staged.keep_for_retry(why)
+        log.warning("%s/%s kept in staging for `s3filesfs retry`", staged.purpose, staged.filename)
 
     # --- names -------------------------------------------------------------------------------
 
@@ -564,8 +567,7 @@ class S3FilesOperations(mfusepy.Operations):
             if staged.temporary or not staged.dirty:
                 staged.discard()
             else:
-                staged.keep_for_retry("the mount stopped before this file was closed")
-                log.warning("%s/%s kept in staging for `s3filesfs retry`", staged.purpose, staged.filename)
+                self._keep_for_retry(staged, "the mount stopped before this file was closed")
 
 
 class FUSE(mfusepy.FUSE):

@@ -39,7 +39,6 @@ class StagedRecord:
         return {k: v for k, v in self.__dict__.items() if k != "token"}
 
 
-
 def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> int | None:
     """Write a record atomically; with ``hold``, return an fd holding a shared lock on it.
 

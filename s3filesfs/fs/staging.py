@@ -12,7 +12,7 @@ they arrive (a ``PendingFile``: multipart parts go out while the data comes in),
 big file only waits for the last part. Any write out of order, or a failed part, drops the stream;
 the upload then happens from the staged copy at close.
 
-This module does not import mfusepy: the CLI uses it for ``status`` and ``retry``.
+No mfusepy here (only ``ops.py`` talks to libfuse), so this can be tested without a mount.
 """
 
 from __future__ import annotations

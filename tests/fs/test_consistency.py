@@ -32,19 +32,8 @@ def index_ids(mount):
 
 def shows(changed, key, predicate, what, window=WINDOW):
     """``predicate()`` holds within ``window`` seconds of the change ``key`` (polled until then)."""
-    deadline = changed.at[key] + window
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not shown {window}s after the change (last: {last!r})")
-        time.sleep(0.02)
+    remaining = changed.at[key] + window - time.monotonic()
+    wait_for(predicate, timeout=max(remaining, 0.0), what=f"{what}, within {window}s of the change")
 
 
 @pytest.fixture(scope="module")

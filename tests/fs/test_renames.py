@@ -86,14 +86,23 @@ def test_mv_over_existing_name_in_other_purpose(mount):
     assert_registered(mount, target, b'{"new": true}\n', "batch")
 
 
-def test_rename_decorated_duplicate(mount):
-    name = unique("dup", ".txt")
+def plant_duplicates(mount, purpose: str, stem: str, ext: str):
+    """Two files of one name planted in ``purpose``, an older and a newer, once both are listed.
+
+    Returns (name, older, newer, decorated): the newer one shows as ``<stem> (<id>)<ext>``.
+    """
+    name = unique(stem, ext)
     now = int(time.time())
-    older = mount.plant(name, "assistants", b"older\n", created_at=now - 10)
-    newer = mount.plant(name, "assistants", b"newer\n", created_at=now - 5)
-    decorated = f"{name[:-4]} ({newer.id}).txt"
+    older = mount.plant(name, purpose, b"older\n", created_at=now - 20)
+    newer = mount.plant(name, purpose, b"newer\n", created_at=now - 10)
+    decorated = f"{name[:-len(ext)]} ({newer.id}){ext}"
+    wait_for(lambda: {name, decorated} <= set(os.listdir(mount / purpose)), 5, "both duplicates listed")
+    return name, older, newer, decorated
+
+
+def test_rename_decorated_duplicate(mount):
+    name, older, newer, decorated = plant_duplicates(mount, "assistants", "dup", ".txt")
     folder = mount / "assistants"
-    wait_for(lambda: {name, decorated} <= set(os.listdir(folder)), 5, "both duplicates listed")
     assert file_id(folder / name) == older.id
     assert file_id(folder / decorated) == newer.id
     assert (folder / decorated).read_bytes() == b"newer\n"
@@ -105,7 +114,7 @@ def test_rename_decorated_duplicate(mount):
     assert_registered(mount, dest, b"newer\n", "assistants")
     assert_registered(mount, folder / name, b"older\n", "assistants")
     # The decorated name is a real path for rm too.
-    again = mount.plant(name, "assistants", b"third\n", created_at=now)
+    again = mount.plant(name, "assistants", b"third\n", created_at=int(time.time()))
     third = f"{name[:-4]} ({again.id}).txt"
     wait_for(lambda: third in os.listdir(folder), 5, "the third duplicate listed")
     os.unlink(folder / third)
@@ -207,13 +216,8 @@ def test_mv_from_mount_to_local_disk(mount, tmp_path):
 
 
 def test_moving_the_plain_duplicate_promotes_the_next(mount):
-    name = unique("twin", ".md")
-    now = int(time.time())
-    older = mount.plant(name, "vision", b"older\n", created_at=now - 20)
-    newer = mount.plant(name, "vision", b"newer\n", created_at=now - 10)
+    name, older, newer, decorated = plant_duplicates(mount, "vision", "twin", ".md")
     folder = mount / "vision"
-    decorated = f"{name[:-3]} ({newer.id}).md"
-    wait_for(lambda: {name, decorated} <= set(os.listdir(folder)), 5, "both twins listed")
     away = folder / unique("away", ".md")
     os.rename(folder / name, away)
     assert file_id(away) == older.id
@@ -237,13 +241,8 @@ def test_rename_onto_itself_changes_nothing(mount):
 
 def test_decorated_duplicate_renamed_onto_the_plain_name(mount):
     """Rename over an existing name replaces it, even when both carry the same filename."""
-    name = unique("pair", ".txt")
-    now = int(time.time())
-    older = mount.plant(name, "assistants", b"older\n", created_at=now - 20)
-    newer = mount.plant(name, "assistants", b"newer\n", created_at=now - 10)
+    name, older, newer, decorated = plant_duplicates(mount, "assistants", "pair", ".txt")
     folder = mount / "assistants"
-    decorated = f"{name[:-4]} ({newer.id}).txt"
-    wait_for(lambda: {name, decorated} <= set(os.listdir(folder)), 5, "both listed")
     os.rename(folder / decorated, folder / name)
     assert file_id(folder / name) == newer.id
     assert_gone(mount, older.id)

@@ -225,24 +225,18 @@ def test_append(mount):
     assert_registered(mount, dest, b'{"a": 1}\n{"b": 2}\n{"c": 3}\n', "fine-tune")
 
 
-def test_truncate_existing_file(mount):
+@pytest.mark.parametrize("before, size, after", [
+    (b"0123456789", 4, b"0123"),  # shorter: cut
+    (b"abc", 100000, b"abc" + bytes(100000 - 3)),  # longer: padded with zeros
+], ids=["shorter", "longer"])
+def test_truncate_existing_file(mount, before, size, after):
     dest = mount / "assistants" / unique("trunc")
-    dest.write_bytes(b"0123456789")
+    dest.write_bytes(before)
     old = file_id(dest)
-    run("truncate", "-s", "4", dest)
+    run("truncate", "-s", str(size), dest)
     assert file_id(dest) != old
     assert_gone(mount, old)
-    assert_registered(mount, dest, b"0123", "assistants")
-
-
-def test_truncate_to_a_larger_size_pads_with_zeros(mount):
-    dest = mount / "assistants" / unique("grow")
-    dest.write_bytes(b"abc")
-    old = file_id(dest)
-    run("truncate", "-s", "100000", dest)
-    assert file_id(dest) != old
-    assert_gone(mount, old)
-    assert_registered(mount, dest, b"abc" + bytes(100000 - 3), "assistants")
+    assert_registered(mount, dest, after, "assistants")
 
 
 def test_write_past_the_end_leaves_a_hole_of_zeros(mount):
