@@ -53,6 +53,19 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 QUIET_ERRNOS = (errno.ENOENT, errno.ENODATA, errno.ENOTSUP)  # answers `ls` and `cp` ask for all the time
 
 
+def _bypass_page_cache_if_write_only(fi) -> None:
+    """Send a write-only descriptor's writes (``cp``, ``dd``, a ``>`` redirect) straight to us.
+
+    Such a descriptor can neither read nor mmap, so caching what it writes only costs: the kernel
+    would first copy every write into page-cache pages and keep them, a second copy of the staged
+    file, a GiB of memory per GiB copied in. With ``direct_io`` each write reaches staging in one
+    copy; the kernel drops any cached pages of the range written, so descriptors that can read
+    still see the new bytes at once.
+    """
+    if fi.flags & os.O_ACCMODE == os.O_WRONLY:
+        fi.direct_io = 1
+
+
 def _mapped(method):
     """Run one operation; turn any failure into its errno and log refusals once."""
 
@@ -343,6 +356,7 @@ class S3FilesOperations(mfusepy.Operations):
         staged = self._stage(where.purpose, where.name, base, copy=False)
         if fi.flags & os.O_TRUNC:
             staged.truncate(0)
+        _bypass_page_cache_if_write_only(fi)
         fi.fh = self._new_handle(staged)
         return 0
 
@@ -386,8 +400,10 @@ class S3FilesOperations(mfusepy.Operations):
                 staged.opens += 1
         if writing and fi.flags & os.O_TRUNC:
             staged.truncate(0)
-        # Through the page cache (so a shared writable mmap works), which this open starts afresh:
-        # keep_cache stays 0, so pages of the id this path named before are dropped.
+        # A descriptor that can read goes through the page cache (so a shared writable mmap works),
+        # which this open starts afresh: keep_cache stays 0, so pages of the id this path named
+        # before are dropped.
+        _bypass_page_cache_if_write_only(fi)
         fi.fh = self._new_handle(staged)
         return 0
 

@@ -310,6 +310,66 @@ def test_two_descriptors_patch_one_existing_file(mount):
     assert_registered(mount, dest, expected, "evals")
 
 
+def resident_pages(fd: int, size: int) -> list[bool]:
+    """Which pages of the file behind ``fd`` sit in the kernel's page cache (mmap + mincore;
+    mapping a file reads none of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        vector = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+        assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+        return [bool(v & 1) for v in vector]
+    finally:
+        libc.munmap(address, size)
+
+
+def test_write_only_descriptor_leaves_no_pages_in_the_cache(mount):
+    """W11: what `cp` writes is not also kept as cached pages (reading them would show it)."""
+    dest = mount / "user_data" / unique("uncached", ".bin")
+    size = 16 * 4096
+    writer = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        reader = os.open(dest, os.O_RDONLY)  # opened first: its open empties the file's cache
+        try:
+            os.write(writer, payload(size, "uncached"))
+            assert os.fstat(reader).st_size == size
+            assert not any(resident_pages(reader, size))
+        finally:
+            os.close(reader)
+    finally:
+        os.close(writer)
+    assert_registered(mount, dest, payload(size, "uncached"), "user_data")
+
+
+def test_a_reader_sees_what_a_write_only_descriptor_writes(mount):
+    """Write-only descriptors bypass the page cache (W11): a reader's cached pages must not hide
+    their writes, whether they grow the file or change bytes already read."""
+    dest = mount / "assistants" / unique("direct", ".bin")
+    writer = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(writer, b"A" * 100)
+        reader = os.open(dest, os.O_RDONLY)
+        try:
+            assert os.pread(reader, 300, 0) == b"A" * 100  # the page is now in the kernel's cache
+            os.write(writer, b"B" * 100)
+            assert os.pread(reader, 300, 0) == b"A" * 100 + b"B" * 100
+            os.pwrite(writer, b"C" * 10, 0)  # same size: only the write itself can drop the page
+            assert os.pread(reader, 300, 0) == b"C" * 10 + b"A" * 90 + b"B" * 100
+        finally:
+            os.close(reader)
+    finally:
+        os.close(writer)
+    assert_registered(mount, dest, b"C" * 10 + b"A" * 90 + b"B" * 100, "assistants")
+
+
 def test_fsync_does_not_register_early(mount):
     dest = mount / "assistants" / unique("synced")
     with open(dest, "wb") as f:
