@@ -6,8 +6,10 @@ file back) and behind the mount's back (rows, objects, staging); the ``_store_ag
 every test on the shared mount by checking that bucket and table agree.
 """
 
+import ctypes
 import errno
 import json
+import mmap
 import os
 import random
 import re
@@ -313,9 +315,6 @@ def test_two_descriptors_patch_one_existing_file(mount):
 def resident_pages(fd: int, size: int) -> list[bool]:
     """Which pages of the file behind ``fd`` sit in the kernel's page cache (mmap + mincore;
     mapping a file reads none of it)."""
-    import ctypes
-    import mmap
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
@@ -332,7 +331,7 @@ def resident_pages(fd: int, size: int) -> list[bool]:
 
 
 def test_write_only_descriptor_leaves_no_pages_in_the_cache(mount):
-    """W11: what `cp` writes is not also kept as cached pages (reading them would show it)."""
+    """W11: what a write-only descriptor (as `cp` opens) writes is not also kept as cached pages."""
     dest = mount / "user_data" / unique("uncached", ".bin")
     size = 16 * 4096
     writer = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
