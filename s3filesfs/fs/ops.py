@@ -66,6 +66,20 @@ def _bypass_page_cache_if_write_only(fi) -> None:
         fi.direct_io = 1
 
 
+def _calling_process() -> int:
+    """The process whose request this is. FUSE names the calling thread; its thread group is the
+    process, so a descriptor opened in one thread and closed in another still matches."""
+    thread = mfusepy.fuse_get_context()[2]
+    try:
+        with open(f"/proc/{thread}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return thread
+
+
 def _mapped(method):
     """Run one operation; turn any failure into its errno and log refusals once."""
 
@@ -107,6 +121,7 @@ class S3FilesOperations(mfusepy.Operations):
         self._lock = threading.RLock()
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
         self._last_opened: dict[str, str] = {}  # path -> the id it named when last opened to read
+        self._writers: dict[int, int] = {}  # handle -> the process that opened it for writing
 
     def init_with_config(self, conn, config):
         # Always list with attributes: in "auto" mode the kernel does so only for the first batch
@@ -358,6 +373,7 @@ class S3FilesOperations(mfusepy.Operations):
             staged.truncate(0)
         _bypass_page_cache_if_write_only(fi)
         fi.fh = self._new_handle(staged)
+        self._writers[fi.fh] = _calling_process()
         return 0
 
     @_mapped
@@ -405,6 +421,8 @@ class S3FilesOperations(mfusepy.Operations):
         # before are dropped.
         _bypass_page_cache_if_write_only(fi)
         fi.fh = self._new_handle(staged)
+        if writing:
+            self._writers[fi.fh] = _calling_process()
         return 0
 
     @_mapped
@@ -446,6 +464,12 @@ class S3FilesOperations(mfusepy.Operations):
         staged = self._handles.get(fi.fh)
         if not isinstance(staged, StagedFile):
             return 0
+        if self._writers.get(fi.fh) != _calling_process():
+            # A copy of the descriptor closed by another process (a child's, closed when it runs
+            # exec or exits), or a descriptor opened only to read: whoever writes is still at it.
+            # Uploading now would register a partial file and end the streamed upload. The
+            # writer's own close uploads, or else the last close (release).
+            return 0
         if staged.temporary or staged.unlinked or not staged.dirty or staged.write_error is not None:
             return 0
         self._registered(staged, staged.upload())
@@ -458,6 +482,7 @@ class S3FilesOperations(mfusepy.Operations):
     @_mapped
     def release(self, path, fi):
         handle = self._handles.pop(fi.fh, None)
+        self._writers.pop(fi.fh, None)
         if isinstance(handle, Reader):
             handle.close()
         if not isinstance(handle, StagedFile):

@@ -369,6 +369,36 @@ def test_a_reader_sees_what_a_write_only_descriptor_writes(mount):
     assert_registered(mount, dest, b"C" * 10 + b"A" * 90 + b"B" * 100, "assistants")
 
 
+def test_a_child_process_closing_its_copy_uploads_nothing(mount):
+    """A process that writes and meanwhile starts others (subprocess, fork): the children's
+    copies of the descriptor are closed at exec or exit, and that registers nothing partial."""
+    dest = mount / "batch" / unique("forking", ".jsonl")
+    with open(dest, "wb") as f:
+        f.write(b"first half\n")
+        f.flush()
+        subprocess.run(["true"], check=True)  # its exec closes the inherited close-on-exec copy
+        child = os.fork()
+        if child == 0:  # a child that closes its copy itself
+            os.close(f.fileno())
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert rows_named(mount, dest.name, "batch") == []
+        f.write(b"second half\n")
+    assert_registered(mount, dest, b"first half\nsecond half\n", "batch")
+
+
+def test_a_child_that_outlives_the_opener_is_uploaded_at_the_last_close(mount):
+    """`Popen(stdout=f)` and the parent closes f at once: the child's output is registered once
+    the child is done with it."""
+    dest = mount / "evals" / unique("child-output", ".txt")
+    with open(dest, "wb") as f:
+        child = subprocess.Popen(["sh", "-c", "sleep 0.3; echo done"], stdout=f)
+    assert child.wait(10) == 0
+    wait_for(lambda: [r["bytes"] for r in rows_named(mount, dest.name, "evals")] == [5], 5,
+             "the child's output registered, and only that")
+    assert_registered(mount, dest, b"done\n", "evals")
+
+
 def test_fsync_does_not_register_early(mount):
     dest = mount / "assistants" / unique("synced")
     with open(dest, "wb") as f:
