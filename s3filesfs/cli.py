@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config
-from .errors import S3FilesError, UserError, internal_error
+from .errors import NotStaged, S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
@@ -352,10 +352,28 @@ def status(state, as_json):
         _print_staged(staged)
 
 
+def _drop_staged(folder: Path, names: tuple[str, ...], as_json: bool) -> None:
+    dropped, missing = [], []
+    for name in names:
+        purpose, _, filename = name.partition("/")
+        found = staged_records.drop(folder, purpose, filename) if filename else []
+        dropped.extend(found)
+        if not found:
+            missing.append(name)
+    if as_json:
+        _print_json({"dropped": [r.to_dict() for r in dropped]})
+    else:
+        for record in dropped:
+            click.echo(f"dropped {record.purpose}/{record.filename} ({_human_size(record.bytes)})")
+    if missing:
+        raise NotStaged(missing)
+
+
 def _print_staged(staged: list[dict]) -> None:
     if not staged:
         return
-    click.echo(f"staged:     {len(staged)} upload(s) from the mount waiting for `s3filesfs retry`")
+    click.echo(f"staged:     {len(staged)} upload(s) from the mount waiting for `s3filesfs retry` "
+               "(or `retry --drop PURPOSE/FILENAME` to discard one)")
     for item in staged:
         click.echo(f"  {item['purpose']}/{item['filename']} ({_human_size(item['bytes'])}): {item['error']}")
 
@@ -400,10 +418,20 @@ def umount(state, mountpoint):
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the registered files as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the registered (or dropped) files as JSON.")
+@click.option("--drop", "drops", multiple=True, metavar="PURPOSE/FILENAME",
+              help="Discard this staged upload instead of uploading it (repeatable); uploads nothing else.")
 @pass_state
-def retry(state, as_json):
-    """Upload what the mount could not (kept in staging). Exit 3 if some still fail."""
+def retry(state, as_json, drops):
+    """Upload what the mount could not (kept in staging). Exit 3 if some still fail.
+
+    With --drop, discard the named uploads instead: the bytes are deleted from staging and the
+    store is left as it is (a file the upload would have replaced stays). Exit 1 if a name is not
+    waiting.
+    """
+    if drops:
+        _drop_staged(state.settings.staging_dir, drops, as_json)
+        return
     done, failing = staged_records.retry(state.service, state.settings.staging_dir)
     if as_json:
         _print_json({"uploaded": [f.to_openai() for f in done],

@@ -84,6 +84,17 @@ class NotFound(UserError):
         self.file_id = file_id
 
 
+class NotStaged(UserError):
+    """``retry --drop`` named something that is not waiting in the mount's staging folder."""
+
+    errno = _errno.ENOENT
+    http_status = 404
+
+    def __init__(self, names: list[str]):
+        super().__init__(f"nothing waits in staging as {', '.join(names)}: `s3filesfs status` lists "
+                         "what does (a file a running mount is still writing is not waiting)")
+
+
 class NotPermitted(UserError):
     """An operation the store or the mount refuses by design (mkdir, writes to by-id/, ...)."""
 

@@ -1,4 +1,5 @@
-"""The staging folder's records, as another process sees them: what ``status`` lists and ``retry`` uploads.
+"""The staging folder's records, as another process sees them: what ``status`` lists, ``retry``
+uploads and ``retry --drop`` discards.
 
 Each staged file ``<token>.data`` has a ``<token>.json`` record beside it (purpose, filename, the id
 it replaces, state). A running mount holds a shared lock on the records of files it is writing; a
@@ -118,21 +119,33 @@ def _held(folder: Path, token: str) -> bool:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _claimed(folder: Path, token: str):
+    """Hold the record's exclusive lock for the block. Yields False, holding nothing, if another
+    process has it (a running mount, another ``retry``) or the record is gone."""
+    sidecar = Path(folder) / f"{token}.json"
+    try:
+        fd = os.open(sidecar, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield sidecar.exists()  # the lock's holder may have finished it meanwhile
+    finally:
+        os.close(fd)
+
+
 def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tuple[StagedRecord, S3FilesError]]]:
     """Upload every failed staged file; returns (registered, still failing)."""
     done, failing = [], []
     for record in failed(folder):
-        sidecar = Path(folder) / f"{record.token}.json"
-        try:
-            fd = os.open(sidecar, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # another `retry`, or a mount that picked it up
-            if not sidecar.exists():
+        with _claimed(folder, record.token) as claimed:
+            if not claimed:
                 continue
             try:
                 with open(Path(folder) / f"{record.token}.data", "rb") as body:
@@ -149,6 +162,21 @@ def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tu
                 delete_quietly(service, record.replaces)
             discard(folder, record.token)
             done.append(file)
-        finally:
-            os.close(fd)
     return done, failing
+
+
+def drop(folder: Path, purpose: str, filename: str) -> list[StagedRecord]:
+    """Discard the uploads waiting as ``purpose/filename`` instead of uploading them.
+
+    Nothing in the store changes: a file the upload would have replaced stays. A file a running
+    mount is still writing is not waiting, so it is not dropped.
+    """
+    dropped = []
+    for record in failed(folder):
+        if (record.purpose, record.filename) != (purpose, filename):
+            continue
+        with _claimed(folder, record.token) as claimed:
+            if claimed:
+                discard(folder, record.token)
+                dropped.append(record)
+    return dropped

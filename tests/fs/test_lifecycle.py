@@ -4,6 +4,7 @@ start (a missing bucket, wrong credentials).
 """
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -294,6 +295,40 @@ def test_killed_while_writing_keeps_the_bytes_staged(staged_local_mount):
     assert staged(m) == []
     wait_for(lambda: name in os.listdir(m / "assistants"), 5, "the retried file shown")
     assert_registered(m, m / "assistants" / name, b"x" * 100_000, "assistants")
+
+
+def test_killed_overwrite_dropped_keeps_the_old_file(staged_local_mount):
+    """`retry --drop` discards what a killed mount left; the file it would have replaced stays."""
+    m = staged_local_mount
+    m.start()
+    name = unique("dropped")
+    path = m / "assistants" / name
+    path.write_bytes(b"version 1\n")
+    old = file_id(path)
+    f = open(path, "wb")
+    f.write(b"y" * 100_000)
+    f.flush()
+    # Still being written by a running mount: not waiting, so not dropped.
+    busy = m.cli("retry", "--drop", f"assistants/{name}", check=False)
+    assert busy.returncode == 1 and "nothing waits in staging" in busy.stderr, busy.stdout + busy.stderr
+    m.process.kill()
+    m.process.wait(10)
+    m.process = None
+    with pytest.raises(OSError):
+        f.close()
+    assert [(e["filename"], e["replaces"]) for e in staged(m)] == [(name, old)]
+    result = m.cli("retry", "--drop", f"assistants/{name}", "--json", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(e["purpose"], e["filename"], e["bytes"]) for e in json.loads(result.stdout)["dropped"]] == [
+        ("assistants", name, 100_000)]
+    assert staged(m) == []
+    assert not [p for p in m.staged_files() if p.endswith((".data", ".json"))], m.staged_files()
+    again = m.cli("retry", "--drop", f"assistants/{name}", check=False)
+    assert again.returncode == 1 and f"assistants/{name}" in again.stderr, again.stderr
+    assert m.cli("retry").stdout.strip() == "nothing to retry"
+    m.start()
+    assert file_id(path) == old
+    assert_registered(m, path, b"version 1\n", "assistants")
 
 
 def test_stale_dead_mount_is_mounted_again(local_mount_setup):
