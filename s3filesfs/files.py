@@ -92,6 +92,12 @@ class PendingFile:
     def write(self, data: bytes) -> None:
         self._writer.write(data)
 
+    @property
+    def begun(self) -> bool:
+        """True once part of the body sits in the store, which ``FileService.abandon`` removes
+        if the writer dies before ``commit`` or ``abort``."""
+        return self._writer.begun
+
     def commit(self) -> FileObject:
         size = self._writer.commit()
         file = FileObject(**{**self._file.to_row(), "bytes": size})
@@ -274,12 +280,14 @@ class FileService:
         self.metadata.delete(file_id)
 
     def abandon(self, file_id: str) -> bool:
-        """Remove what an interrupted create left under ``file_id``: an object without a row.
+        """Remove what an interrupted create left under ``file_id``: an upload never completed
+        (its parts stay in an S3 bucket, and are billed, until aborted) or an object without a row.
 
         A registered file (one with a row) is left alone; returns True if the id was free of a row.
         """
         if self.metadata.get(file_id) is not None:
             return False
+        self.blobs.abort_unfinished(file_id)
         self.blobs.delete(file_id)
         return True
 

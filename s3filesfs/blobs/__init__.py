@@ -33,6 +33,12 @@ class BlobWriter(ABC):
     def abort(self) -> None:
         """Drop everything written so far. Safe to call more than once and after a failure."""
 
+    @property
+    def begun(self) -> bool:
+        """True once the store holds pieces of this object that only ``abort`` removes (an S3
+        multipart upload under way); a writer that dies then leaves them behind."""
+        return False
+
 
 class BlobStore(ABC):
     #: Where the bodies go, for messages and ``config show`` (never holds a secret).
@@ -63,3 +69,8 @@ class BlobStore(ABC):
     @abstractmethod
     def keys(self) -> Iterator[BlobInfo]:
         """Every object in the store (its metadata not filled in)."""
+
+    def abort_unfinished(self, key: str) -> int:
+        """Remove what writers of ``key`` that never finished left in the store (S3: its
+        incomplete multipart uploads); returns how many. Other keys are never touched."""
+        return 0

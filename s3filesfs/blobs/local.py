@@ -103,6 +103,18 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 pass
 
+    def abort_unfinished(self, key: str) -> int:
+        """The body files of writers of ``key`` that died (``tmp/<key>.*``), before the sweep."""
+        self._path(key)  # the same check on the key as everywhere else
+        removed = 0
+        for path in self._tmp.glob(f"{key}.*"):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def keys(self) -> Iterator[BlobInfo]:
         try:
             entries = list(os.scandir(self._objects))

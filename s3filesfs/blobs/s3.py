@@ -232,6 +232,19 @@ class S3BlobStore(BlobStore):
         except BlobMissing:
             pass
 
+    def abort_unfinished(self, key: str) -> int:
+        full_key = self.prefix + key
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        with self.errors(key):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_key):
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] == full_key:  # the prefix also matches longer keys
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=full_key,
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+        return aborted
+
     def keys(self) -> Iterator[BlobInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         with self.errors():
@@ -264,6 +277,10 @@ class _S3Writer(BlobWriter):
         self._parts: list[Future] = []
         self._slots = threading.BoundedSemaphore(store.concurrency)
         self._done = False
+
+    @property
+    def begun(self) -> bool:
+        return self._upload_id is not None and not self._done
 
     def _part_size(self) -> int:
         step = min(len(self._parts) // PARTS_PER_SIZE_STEP, 4)
@@ -393,8 +410,8 @@ class _S3Writer(BlobWriter):
             for part in self._parts:
                 with contextlib.suppress(Exception):
                     part.result()
-            # Best effort: the server may be the thing that failed. A bucket lifecycle rule for
-            # incomplete multipart uploads cleans up what this cannot.
+            # Best effort: the server may be the thing that failed. What stays is found again by
+            # `abort_unfinished` (FileService.abandon), which `retry` runs for the mount's records.
             with contextlib.suppress(Exception):
                 self._store.client.abort_multipart_upload(
                     Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id

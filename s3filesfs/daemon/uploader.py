@@ -310,7 +310,7 @@ class Uploader:
         try:
             self.service.retrieve(entry.pending_id)
         except NotFound:
-            self.service.abandon(entry.pending_id)  # a body that got in before the crash
+            self.service.abandon(entry.pending_id)  # a body or the parts of an upload the crash cut off
             self.journal.drop_pending(entry.path)
             return
         self.journal.promote(entry)

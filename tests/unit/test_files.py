@@ -182,6 +182,26 @@ def test_pending_file_is_invisible_until_commit_and_abort_leaves_nothing(backend
     assert_clean(service)
 
 
+def test_abandon_removes_what_a_writer_that_died_left(backend):
+    """A writer that stops without commit or abort (its process died) leaves a multipart upload
+    (S3) or a body file (local); ``abandon`` of its id removes that, and only that."""
+    service = backend.service
+    died = service.begin("died.bin", "user_data")
+    died.write(os.urandom(9 * MIB))  # past one S3 part: the multipart upload is under way
+    assert died.begun == (backend.name != "local")  # S3 keeps the parts until they are aborted
+    alive = service.begin("alive.bin", "user_data")
+    alive.write(os.urandom(9 * MIB))
+    assert len(backend.leftovers()) == 2
+    assert service.abandon(died.id) is True
+    assert len(backend.leftovers()) == 1, "another writer's upload is left alone"
+    created = alive.commit()
+    assert backend.leftovers() == []
+    assert [f.id for f in service.list().data] == [created.id]
+    assert service.abandon(created.id) is False  # a registered file is never abandoned
+    assert backend.object_keys() == {created.id}
+    assert_clean(service)
+
+
 def test_streamed_writes_of_any_size_and_buffer_type_round_trip(backend):
     """Writes that straddle part boundaries, empty writes, and callers that reuse their buffer."""
     service = backend.service
