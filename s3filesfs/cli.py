@@ -352,11 +352,11 @@ def status(state, as_json):
         _print_staged(staged)
 
 
-def _drop_staged(folder: Path, names: tuple[str, ...], as_json: bool) -> None:
+def _drop_staged(service, folder: Path, names: tuple[str, ...], as_json: bool) -> None:
     dropped, missing = [], []
     for name in names:
         purpose, _, filename = name.partition("/")
-        found = staged_records.drop(folder, purpose, filename) if filename else []
+        found = staged_records.drop(service, folder, purpose, filename) if filename else []
         dropped.extend(found)
         if not found:
             missing.append(name)
@@ -430,7 +430,7 @@ def retry(state, as_json, drops):
     waiting.
     """
     if drops:
-        _drop_staged(state.settings.staging_dir, drops, as_json)
+        _drop_staged(state.service, state.settings.staging_dir, drops, as_json)
         return
     done, failing = staged_records.retry(state.service, state.settings.staging_dir)
     if as_json:

@@ -35,6 +35,7 @@ class StagedRecord:
     state: str  # "writing" (a mount has it open) or "failed" (waiting for retry)
     error: str | None
     bytes: int
+    unfinished: list[str]  # ids of uploads begun for it, whose parts may still be in the store
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "token"}
@@ -59,6 +60,17 @@ def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> 
         return fd
     os.close(fd)
     return None
+
+
+def _abandon_unfinished(service: FileService, record: StagedRecord) -> None:
+    """Remove the parts of the uploads a dead or failed writer of ``record`` began. Best effort:
+    what cannot be removed now is only litter (a bucket lifecycle rule removes it too)."""
+    for file_id in record.unfinished:
+        try:
+            service.abandon(file_id)  # an id that got registered after all is left alone
+        except S3FilesError as exc:
+            log.warning("unfinished upload %s of %s/%s not removed: %s",
+                        file_id, record.purpose, record.filename, exc.message)
 
 
 def delete_quietly(service: FileService, file_id: str) -> None:
@@ -89,7 +101,8 @@ def records(folder: Path) -> list[StagedRecord]:
             size = data.stat().st_size if data.exists() else int(raw.get("bytes") or 0)
             found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
                                       replaces=raw.get("replaces"), state=raw.get("state", "failed"),
-                                      error=raw.get("error"), bytes=size))
+                                      error=raw.get("error"), bytes=size,
+                                      unfinished=list(raw.get("unfinished") or [])))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable staging record %s: %s", path, exc)
     return found
@@ -147,6 +160,7 @@ def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tu
         with _claimed(folder, record.token) as claimed:
             if not claimed:
                 continue
+            _abandon_unfinished(service, record)
             try:
                 with open(Path(folder) / f"{record.token}.data", "rb") as body:
                     file = service.create(body, record.filename, record.purpose)
@@ -165,11 +179,12 @@ def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tu
     return done, failing
 
 
-def drop(folder: Path, purpose: str, filename: str) -> list[StagedRecord]:
+def drop(service: FileService, folder: Path, purpose: str, filename: str) -> list[StagedRecord]:
     """Discard the uploads waiting as ``purpose/filename`` instead of uploading them.
 
-    Nothing in the store changes: a file the upload would have replaced stays. A file a running
-    mount is still writing is not waiting, so it is not dropped.
+    No file in the store changes: a file the upload would have replaced stays; only the parts of
+    uploads its writer began are removed. A file a running mount is still writing is not waiting,
+    so it is not dropped.
     """
     dropped = []
     for record in failed(folder):
@@ -177,6 +192,7 @@ def drop(folder: Path, purpose: str, filename: str) -> list[StagedRecord]:
             continue
         with _claimed(folder, record.token) as claimed:
             if claimed:
+                _abandon_unfinished(service, record)
                 discard(folder, record.token)
                 dropped.append(record)
     return dropped

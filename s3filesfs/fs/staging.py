@@ -140,6 +140,7 @@ class StagedFile:
         self.created_at = int(time.time())
         self._stream: PendingFile | None = None
         self._streamed = 0
+        self._unfinished: list[str] = []  # ids whose uploads have parts in the store (see _note_begun)
         self._stream_possible = not temporary
         self._reserved = 0  # bytes of the staging cap held: the staged data's size
         self._base: FileObject | None = None  # copy-on-write source not copied yet
@@ -242,8 +243,17 @@ class StagedFile:
         try:
             self._stream.write(data)
             self._streamed += len(data)
+            self._note_begun(self._stream)
         except S3FilesError as exc:
             self._drop_stream(f"a part failed: {exc.message}")
+
+    def _note_begun(self, pending: PendingFile) -> None:
+        """Name an upload in the record once it has parts in the store: if the mount dies, or
+        the server goes away, before the upload completes or is aborted, ``retry`` (or
+        ``retry --drop``) removes those parts, which S3 would otherwise keep, and bill, forever."""
+        if pending.begun and pending.id not in self._unfinished:
+            self._unfinished.append(pending.id)
+            self._save("writing")
 
     def _drop_stream(self, why: str) -> None:
         self._stream_possible = False
@@ -321,6 +331,7 @@ class StagedFile:
                     break
                 pending.write(chunk)
                 offset += len(chunk)
+                self._note_begun(pending)
         except BaseException:
             pending.abort()
             raise
@@ -358,7 +369,7 @@ class StagedFile:
 
     def _save(self, state: str, error: str | None = None) -> None:
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
-                  "state": state, "error": error, "bytes": self.size}
+                  "state": state, "error": error, "bytes": self.size, "unfinished": self._unfinished}
         # A "writing" record stays locked while the mount has the file, so that `status` and
         # `retry` in another process leave it alone; a "failed" one is free for them.
         held = write_record(self.staging.folder, self.token, record, hold=state == "writing")

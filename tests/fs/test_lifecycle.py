@@ -331,6 +331,50 @@ def test_killed_overwrite_dropped_keeps_the_old_file(staged_local_mount):
     assert_registered(m, path, b"version 1\n", "assistants")
 
 
+@pytest.fixture
+def staged_s3_mount(fuse, own_s3_server):
+    m = StagedMount("s3", own_s3_server)
+    yield m
+    cleanup(m)
+
+
+def test_killed_mid_multipart_upload_leaves_no_parts_after_retry_or_drop(staged_s3_mount, own_s3_server):
+    """A mount killed while two big files stream up leaves two multipart uploads in the bucket;
+    `retry` (which uploads one) and `retry --drop` (which discards the other) remove both."""
+    m = staged_s3_mount
+    m.start()
+    client = own_s3_server.client()
+
+    def unfinished():
+        return client.list_multipart_uploads(Bucket=m.bucket).get("Uploads", [])
+
+    kept, dropped = unique("kept", ".bin"), unique("dropped", ".bin")
+    data = payload(10 * MiB, "kept")
+    writers = [open(m / "user_data" / name, "wb") for name in (kept, dropped)]
+    for writer in writers:
+        writer.write(data)  # more than one 8 MiB part: each has a multipart upload under way
+        writer.flush()
+    wait_for(lambda: len(unfinished()) == 2, 10, "two multipart uploads under way")
+    m.process.kill()
+    m.process.wait(10)
+    m.process = None
+    for writer in writers:
+        with pytest.raises(OSError):
+            writer.close()
+    assert sorted(e["filename"] for e in staged(m)) == sorted([kept, dropped])
+    assert all(len(e["unfinished"]) == 1 for e in staged(m)), staged(m)
+    result = m.cli("retry", "--drop", f"user_data/{dropped}", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(unfinished()) == 1
+    result = m.cli("retry", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert unfinished() == []
+    assert staged(m) == []
+    m.start()
+    assert_registered(m, m / "user_data" / kept, data, "user_data")
+    assert not (m / "user_data" / dropped).exists()
+
+
 def test_stale_dead_mount_is_mounted_again(local_mount_setup):
     """A dead mount that answers ENOTCONN (what a crash leaves when nothing cleans up after it)."""
     m = local_mount_setup
