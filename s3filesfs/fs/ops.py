@@ -295,7 +295,7 @@ class S3FilesOperations(mfusepy.Operations):
             return None
         staged = self._staged.get((where.purpose, where.name))
         if staged is not None:
-            return staged.uploaded
+            return staged.shown_file
         return self.namespace.lookup(where.purpose, where.name)
 
     @_mapped

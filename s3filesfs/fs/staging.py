@@ -204,13 +204,18 @@ class StagedFile:
                 self._save("writing")
 
     @property
+    def shown_file(self) -> FileObject | None:
+        """The registered file whose content this path holds while unchanged: the last upload, or
+        the copy-on-write source (opened for writing, nothing written yet). None once changed."""
+        if self.dirty:
+            return None
+        return self.uploaded if self.uploaded is not None else self._base
+
+    @property
     def shown_created_at(self) -> int:
         """What ``stat`` shows as mtime: the content's creation, as it will be or as it is."""
-        if not self.dirty and self.uploaded is not None:
-            return self.uploaded.created_at
-        if not self.dirty and self._base is not None:
-            return self._base.created_at
-        return self.created_at
+        shown = self.shown_file
+        return shown.created_at if shown is not None else self.created_at
 
     def write(self, data, offset: int) -> int:
         """Stage ``data`` (any bytes-like, possibly a view valid for this call only) at ``offset``."""
@@ -303,6 +308,7 @@ class StagedFile:
                 self._save("failed", exc.message)
                 raise
             old, self.replaces, self.uploaded, self.dirty = self.replaces, file.id, file, False
+            self._unfinished = [i for i in self._unfinished if i != file.id]  # complete: no parts left
             self.replaced_ids = [old] if old and old != file.id else []
             self._stream_possible = False  # further writes make another file, uploaded whole
             self._streamed = 0

@@ -206,6 +206,11 @@ def test_open_for_write_and_close_keeps_id(mount):
         pass
     run("touch", dest)  # utimens: accepted and ignored
     assert file_id(dest) == fid
+    held = os.open(dest, os.O_WRONLY | os.O_APPEND)  # a log file kept open, nothing written yet
+    try:
+        assert file_id(dest) == fid
+    finally:
+        os.close(held)
     mount.assert_unchanged(before)
     assert_registered(mount, dest, data, "assistants")
 
