@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     moto_server,
     print_table,
     run_measured,
+    upload_command,
     write_results,
 )
 
@@ -580,9 +581,7 @@ class Bench:
         for run in range(args.runs):
             if "a" in args.only or "b" in args.only:
                 key = f"assistants/big-{run}.bin"
-                r = measured([sys.executable, str(BENCH_DIR / "baseline_boto3.py"), "upload", str(self.big),
-                              "--endpoint-url", server.endpoint_url, "--bucket", bucket, "--key", key],
-                             None, server, env=self.env)
+                r = measured(upload_command(self.big, server.endpoint_url, bucket, key), None, server, env=self.env)
                 self.describe(tool, "a: upload_file", r)
                 check = client.head_object(Bucket=bucket, Key=key)["ContentLength"] if r.returncode == 0 else None
                 if "a" in args.only:
@@ -729,8 +728,7 @@ class Bench:
         """
         server, bucket, client = self.server, self.paired_bucket, self.server.client()
         if measure == "a":
-            command = [sys.executable, str(BENCH_DIR / "baseline_boto3.py"), "upload", str(self.big),
-                       "--endpoint-url", server.endpoint_url, "--bucket", bucket, "--key", "paired.bin"]
+            command = upload_command(self.big, server.endpoint_url, bucket, "paired.bin")
         else:
             command = baseline_command("put-loop", "--endpoint-url", server.endpoint_url, "--bucket", bucket,
                                        "--dir", self.small_dir, "--prefix", "paired/")

@@ -37,6 +37,7 @@ from common import (  # noqa: E402
     moto_server,
     print_table,
     run_measured,
+    upload_command,
     write_results,
 )
 
@@ -88,9 +89,7 @@ def run_boto3(server, work: Path, path: Path, size: int, run: int, args) -> Meas
     bucket = server.new_bucket_name()
     server.client().create_bucket(Bucket=bucket)
     key = f"baseline-{run}"
-    command = [sys.executable, str(BENCH_DIR / "baseline_boto3.py"), "upload", str(path),
-               "--endpoint-url", server.endpoint_url, "--bucket", bucket, "--key", key]
-    result = run_measured(command, env=child_env(server), interval=args.interval)
+    result = run_measured(upload_command(path, server.endpoint_url, bucket, key), env=child_env(server), interval=args.interval)
     if result.returncode != 0:
         raise SystemExit(f"boto3 upload_file failed ({result.returncode}):\n{result.stderr}")
     result.extra = {"bucket": bucket, "key": key}

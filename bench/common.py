@@ -6,6 +6,7 @@ resident memory of the tool's process tree. This module owns the parts every ben
 
 * ``moto_server()``: a moto server on a free loopback port (``tests/s3server.py``'s ``MotoServer``);
 * ``make_test_file()``: a large file of incompressible-looking bytes, written quickly;
+* ``upload_command()``: the boto3 ``upload_file`` baseline, as a command of its own;
 * ``run_measured()``: run a command, sample the resident memory of it and its children every
   ~20 ms with psutil, and read the kernel's own ``ru_maxrss`` for that one child via ``wait4``;
 * ``median()``, ``print_table()``, ``write_results()``.
@@ -48,6 +49,12 @@ def moto_server():
         yield server
     finally:
         server.stop()
+
+
+def upload_command(file: Path, endpoint_url: str, bucket: str, key: str) -> list[str]:
+    """The plain-boto3 baseline of every upload measure: ``upload_file`` in a process of its own."""
+    return [sys.executable, str(BENCH_DIR / "baseline_boto3.py"), "upload", str(file),
+            "--endpoint-url", endpoint_url, "--bucket", bucket, "--key", key]
 
 
 def console_script(name: str) -> str:

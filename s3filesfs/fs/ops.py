@@ -66,10 +66,13 @@ def _bypass_page_cache_if_write_only(fi) -> None:
         fi.direct_io = 1
 
 
-def _calling_process() -> int:
-    """The process whose request this is. FUSE names the calling thread; its thread group is the
-    process, so a descriptor opened in one thread and closed in another still matches."""
-    thread = mfusepy.fuse_get_context()[2]
+def _calling_thread() -> int:
+    return mfusepy.fuse_get_context()[2]  # FUSE names the thread that made the request
+
+
+def _process_of(thread: int) -> int:
+    """The process (thread group) of ``thread``: a descriptor opened in one thread of a process
+    may be closed in another."""
     try:
         with open(f"/proc/{thread}/status", "rb") as status:
             for line in status:
@@ -121,7 +124,7 @@ class S3FilesOperations(mfusepy.Operations):
         self._lock = threading.RLock()
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
         self._last_opened: dict[str, str] = {}  # path -> the id it named when last opened to read
-        self._writers: dict[int, int] = {}  # handle -> the process that opened it for writing
+        self._writers: dict[int, tuple[int, int]] = {}  # handle -> (thread, process) that opened it to write
 
     def init_with_config(self, conn, config):
         # Always list with attributes: in "auto" mode the kernel does so only for the first batch
@@ -149,6 +152,19 @@ class S3FilesOperations(mfusepy.Operations):
         number = next(self._numbers)
         self._handles[number] = handle
         return number
+
+    def _note_writer(self, fh: int) -> None:
+        thread = _calling_thread()
+        self._writers[fh] = (thread, _process_of(thread))
+
+    def _closed_by_writer(self, fh: int) -> bool:
+        """Whether this close comes from the process that opened ``fh`` for writing (the same
+        thread, the usual case, is answered without reading /proc)."""
+        opener = self._writers.get(fh)
+        if opener is None:
+            return False
+        thread = _calling_thread()
+        return thread == opener[0] or _process_of(thread) == opener[1]
 
     def _file_attrs(self, size: int, mtime_ns: int, mode: int) -> dict:
         return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_size": size, "st_uid": self.uid,
@@ -373,7 +389,7 @@ class S3FilesOperations(mfusepy.Operations):
             staged.truncate(0)
         _bypass_page_cache_if_write_only(fi)
         fi.fh = self._new_handle(staged)
-        self._writers[fi.fh] = _calling_process()
+        self._note_writer(fi.fh)
         return 0
 
     @_mapped
@@ -422,7 +438,7 @@ class S3FilesOperations(mfusepy.Operations):
         _bypass_page_cache_if_write_only(fi)
         fi.fh = self._new_handle(staged)
         if writing:
-            self._writers[fi.fh] = _calling_process()
+            self._note_writer(fi.fh)
         return 0
 
     @_mapped
@@ -464,13 +480,13 @@ class S3FilesOperations(mfusepy.Operations):
         staged = self._handles.get(fi.fh)
         if not isinstance(staged, StagedFile):
             return 0
-        if self._writers.get(fi.fh) != _calling_process():
+        if staged.temporary or staged.unlinked or not staged.dirty or staged.write_error is not None:
+            return 0
+        if not self._closed_by_writer(fi.fh):
             # A copy of the descriptor closed by another process (a child's, closed when it runs
             # exec or exits), or a descriptor opened only to read: whoever writes is still at it.
             # Uploading now would register a partial file and end the streamed upload. The
             # writer's own close uploads, or else the last close (release).
-            return 0
-        if staged.temporary or staged.unlinked or not staged.dirty or staged.write_error is not None:
             return 0
         self._registered(staged, staged.upload())
         return 0
