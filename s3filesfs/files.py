@@ -4,6 +4,11 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 
 * **create** writes the object first and the row second, so a failed upload registers nothing and
   a registered file always has its body (a row whose insert fails has its object removed again);
+* every upload is recorded (``s3filesfs_intents``: its id and the process sending it) before its
+  first byte leaves, and forgotten once its row is in or its upload aborted. A process that dies
+  mid-upload leaves that record behind, and ``reap_abandoned`` (run by every mount start and
+  ``retry``) removes what it may have left in the bucket: an object without a row, an open
+  multipart upload;
 * **delete** removes the object, then the row; a missing object is not an error;
 * a row whose object has vanished is treated as gone: reading it removes the row and answers
   not-found. Rows younger than ``ORPHAN_GRACE`` are spared, because the seed server writes its row
@@ -15,6 +20,7 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import urllib.parse
@@ -25,6 +31,7 @@ from typing import BinaryIO
 from .blobs import BlobStore, BlobWriter
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError
 from .metadata import MetadataStore
+from .processes import is_running, this_process
 from .model import (
     DEFAULT_FILENAME,
     LIST_LIMIT_MAX,
@@ -99,17 +106,30 @@ class PendingFile:
         return self._writer.begun
 
     def commit(self) -> FileObject:
-        size = self._writer.commit()
-        file = FileObject(**{**self._file.to_row(), "bytes": size})
         try:
-            self._service.metadata.insert(file.to_row())
+            size = self._writer.commit()
+        except BaseException:
+            # The last request may have reached the store although we saw it fail (a timeout):
+            # remove whatever it left now if the store answers, else the record stays for later.
+            with contextlib.suppress(S3FilesError):
+                self._service.abandon(self.id)
+            raise
+        file = FileObject(**{**self._file.to_row(), "bytes": size})
+        metadata = self._service.metadata
+        try:
+            metadata.insert(file.to_row())
         except BaseException:
             self._service.blobs.delete(file.id)
+            metadata.intent_remove(file.id)
             raise
+        metadata.intent_remove(file.id)
         return file
 
     def abort(self) -> None:
-        self._writer.abort()
+        """Drop the upload. Its record stays if the store may still hold a piece of it (the abort
+        itself failed), for ``reap_abandoned`` to finish the job."""
+        if self._writer.abort():
+            self._service.metadata.intent_remove(self.id)
 
 
 class FileService:
@@ -152,20 +172,26 @@ class FileService:
     # --- create ------------------------------------------------------------------------------
 
     def begin(self, filename: str | None, purpose: str, expires_after: object = None,
-              created_at: int | None = None) -> PendingFile:
-        """Start a file; ``created_at`` defaults to now (the mount passes when writing began)."""
+              created_at: int | None = None, file_id: str | None = None) -> PendingFile:
+        """Start a file; ``created_at`` defaults to now (the mount passes when writing began).
+
+        The id is recorded as an upload under way before anything is sent; a caller that needs to
+        know the id first (to note it in a record of its own) chooses it with ``file_id``.
+        """
         check_purpose(purpose, self.purposes)
         seconds = parse_expires_after(expires_after)
         created_at = self.now() if created_at is None else created_at
         file = FileObject(
-            id=new_file_id(),
+            id=file_id or new_file_id(),
             filename=filename or DEFAULT_FILENAME,
             purpose=purpose,
             bytes=0,
             created_at=created_at,
             expires_at=expires_at_for(purpose, created_at, seconds),
         )
-        return PendingFile(self, file, self.blobs.writer(file.id, object_metadata(file)))
+        blobs = self.blobs  # a missing bucket fails here, before anything is recorded
+        self.metadata.intent_add(file.id, this_process(), self.now())
+        return PendingFile(self, file, blobs.writer(file.id, object_metadata(file)))
 
     def create(
         self,
@@ -286,10 +312,29 @@ class FileService:
         A registered file (one with a row) is left alone; returns True if the id was free of a row.
         """
         if self.metadata.get(file_id) is not None:
+            self.metadata.intent_remove(file_id)
             return False
         self.blobs.abort_unfinished(file_id)
         self.blobs.delete(file_id)
+        self.metadata.intent_remove(file_id)
         return True
+
+    def reap_abandoned(self) -> list[str]:
+        """Clean up after every upload whose process died (on this host) before finishing it;
+        returns the ids whose leftovers were removed. Uploads of running processes, and of
+        processes on other hosts, are left alone. One failure does not stop the rest."""
+        reaped, failures = [], []
+        for intent in self.metadata.intents():
+            if is_running(intent["owner"]) is not False:
+                continue
+            try:
+                if self.abandon(intent["id"]):
+                    reaped.append(intent["id"])
+            except S3FilesError as exc:
+                failures.append(exc)
+        if failures and not reaped:
+            raise failures[0]
+        return reaped
 
     def gc(self) -> list[str]:
         """Remove every expired file; returns their ids. One failure does not stop the rest."""

@@ -62,6 +62,17 @@ CREATE TABLE IF NOT EXISTS {JOURNAL} (
     updated_at INTEGER
 )
 """
+# Uploads under way: each file id is recorded here (with the process that sends it) before its first
+# byte goes to the store, and removed once its row is in or its upload is aborted. What a crash leaves
+# here names exactly what it may have left in the bucket.
+INTENTS = "s3filesfs_intents"
+INTENTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {INTENTS} (
+    id VARCHAR PRIMARY KEY,
+    owner VARCHAR,
+    started_at INTEGER
+)
+"""
 # Public rows, as the seed writes them for an unauthenticated caller: owner '' and JSON null.
 PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
 
@@ -145,6 +156,7 @@ class MetadataStore:
             db.execute(statement)
         db.execute(JOURNAL_DDL)
         db.execute(f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)")
+        db.execute(INTENTS_DDL)
 
     # --- openai_files ------------------------------------------------------------------------
 
@@ -209,6 +221,22 @@ class MetadataStore:
         with self._errors("update"), self._writer() as db:
             cursor = db.execute(f"UPDATE {TABLE} SET {assignments} WHERE id = :id", {**fields, "id": file_id})
         return cursor.rowcount > 0
+
+    # --- s3filesfs_intents: uploads under way ---------------------------------------------------
+
+    def intent_add(self, file_id: str, owner: str, started_at: int) -> None:
+        with self._errors("record upload"), self._writer() as db:
+            db.execute(f"INSERT INTO {INTENTS} (id, owner, started_at) VALUES (?, ?, ?)",
+                       [file_id, owner, started_at])
+
+    def intent_remove(self, file_id: str) -> None:
+        with self._errors("forget upload"), self._writer() as db:
+            db.execute(f"DELETE FROM {INTENTS} WHERE id = ?", [file_id])
+
+    def intents(self) -> list[dict]:
+        """Every upload under way or cut off, oldest first."""
+        with self._errors("list uploads"):
+            return list(self._db().query(f"SELECT id, owner, started_at FROM {INTENTS} ORDER BY started_at, id"))
 
     # --- s3filesfs_journal: the sync daemon's record of local files ----------------------------
     #

@@ -30,8 +30,10 @@ class BlobWriter(ABC):
         """Make the object visible under its key; returns its size. On failure nothing is left."""
 
     @abstractmethod
-    def abort(self) -> None:
-        """Drop everything written so far. Safe to call more than once and after a failure."""
+    def abort(self) -> bool:
+        """Drop everything written so far. Safe to call more than once and after a failure.
+
+        Returns False if the store may still hold a piece of it (the abort itself failed)."""
 
     @property
     def begun(self) -> bool:

@@ -159,10 +159,13 @@ class _LocalWriter(BlobWriter):
             raise StorageError(f"writing to the local store failed: {exc}") from exc
         return self._size
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         if not self._file.closed:
             self._file.close()
         try:
             self._tmp_path.unlink()
         except FileNotFoundError:
             pass
+        except OSError:
+            return False
+        return True

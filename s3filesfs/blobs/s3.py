@@ -7,6 +7,7 @@ parts in memory. Every boto3 failure is translated here, once, into the project'
 """
 
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from ..errors import (
     StorageUnavailable,
 )
 from . import BlobInfo, BlobStore, BlobWriter
+
+log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3's smallest allowed part (all but the last)
@@ -277,6 +280,7 @@ class _S3Writer(BlobWriter):
         self._parts: list[Future] = []
         self._slots = threading.BoundedSemaphore(store.concurrency)
         self._done = False
+        self._cleaned = True  # False once an abort could not remove what the store holds
 
     @property
     def begun(self) -> bool:
@@ -399,9 +403,9 @@ class _S3Writer(BlobWriter):
         self._part, self._filled = bytearray(), 0
         self._spare.clear()
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         if self._done:
-            return
+            return self._cleaned
         self._done = True
         self._release_buffers()
         for part in self._parts:
@@ -410,9 +414,14 @@ class _S3Writer(BlobWriter):
             for part in self._parts:
                 with contextlib.suppress(Exception):
                     part.result()
-            # Best effort: the server may be the thing that failed. What stays is found again by
-            # `abort_unfinished` (FileService.abandon), which `retry` runs for the mount's records.
-            with contextlib.suppress(Exception):
-                self._store.client.abort_multipart_upload(
-                    Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
-                )
+            # The server may be the thing that failed: then the upload stays open, and the
+            # caller's record of it lets FileService.abandon abort it later.
+            try:
+                with self._store.errors(self._key):
+                    self._store.client.abort_multipart_upload(
+                        Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
+                    )
+            except StorageError as exc:
+                log.warning("multipart upload of %s not aborted (left for later): %s", self._key, exc.message)
+                self._cleaned = False
+        return self._cleaned
