@@ -334,7 +334,7 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
 def status(state, as_json):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     _, info = _running_daemon(state)
-    staged = [r.to_dict() for r in staged_records.failed(state.settings.staging_dir)]
+    staged = [r.to_dict() for r in staged_records.waiting(state.settings.staging_dir)]
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
@@ -372,17 +372,21 @@ def _drop_staged(service, folder: Path, names: tuple[str, ...], as_json: bool) -
 def _print_staged(staged: list[dict]) -> None:
     if not staged:
         return
-    click.echo(f"staged:     {len(staged)} upload(s) from the mount waiting for `s3filesfs retry` "
-               "(or `retry --drop PURPOSE/FILENAME` to discard one)")
+    complete = sum(1 for item in staged if item["state"] != "interrupted")
+    click.echo(f"staged:     {len(staged)} upload(s) from the mount waiting in staging: {complete} complete "
+               f"(`s3filesfs retry` registers them), {len(staged) - complete} interrupted (registered "
+               "only if named: `retry PURPOSE/FILENAME`); `retry --drop PURPOSE/FILENAME` discards one")
     for item in staged:
-        click.echo(f"  {item['purpose']}/{item['filename']} ({_human_size(item['bytes'])}): {item['error']}")
+        click.echo(f"  {item['purpose']}/{item['filename']} ({_human_size(item['bytes'])}, {item['state']}): "
+                   f"{item['error']}")
 
 
 # --- the mount -------------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+# Not `readable`: a dead mount (ENOTCONN) is not, and prepare() is what cleans it up.
+@click.argument("mountpoint", type=click.Path(file_okay=False, readable=False))
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached (for systemd); log to stderr.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount (needs user_allow_other).")
 @click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
@@ -408,7 +412,7 @@ def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, st
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint", type=click.Path(file_okay=False, readable=False))
 @pass_state
 def umount(state, mountpoint):
     """Unmount MOUNTPOINT once its open files are closed and their uploads are done."""
@@ -418,21 +422,28 @@ def umount(state, mountpoint):
 
 
 @main.command()
+@click.argument("names", nargs=-1, metavar="[PURPOSE/FILENAME]...")
 @click.option("--json", "as_json", is_flag=True, help="Print the registered (or dropped) files as JSON.")
+@click.option("--include-interrupted", is_flag=True,
+              help="Also register interrupted files (their writer or the mount stopped before close()).")
 @click.option("--drop", "drops", multiple=True, metavar="PURPOSE/FILENAME",
               help="Discard this staged upload instead of uploading it (repeatable); uploads nothing else.")
 @pass_state
-def retry(state, as_json, drops):
-    """Upload what the mount could not (kept in staging). Exit 3 if some still fail.
+def retry(state, names, as_json, include_interrupted, drops):
+    """Register what the mount could not (kept in staging). Exit 3 if some still fail.
 
-    With --drop, discard the named uploads instead: the bytes are deleted from staging and the
-    store is left as it is (a file the upload would have replaced stays). Exit 1 if a name is not
-    waiting.
+    Without names, registers the complete files (whose close() was reached but whose upload
+    failed); interrupted ones, which may be incomplete, only with --include-interrupted or when
+    named. With --drop, discard the named uploads instead: the bytes are deleted from staging and
+    the store is left as it is. Exit 1 if a name is not waiting.
     """
     if drops:
         _drop_staged(state.service, state.settings.staging_dir, drops, as_json)
         return
-    done, failing = staged_records.retry(state.service, state.settings.staging_dir)
+    wanted = [_staged_name(name) for name in names] or None
+    done, failing = staged_records.retry(state.service, state.settings.staging_dir, wanted, include_interrupted)
+    tried = {(f.purpose, f.filename) for f in done} | {(r.purpose, r.filename) for r, _ in failing}
+    missing = [f"{p}/{n}" for p, n in wanted or () if (p, n) not in tried]
     if as_json:
         _print_json({"uploaded": [f.to_openai() for f in done],
                      "failed": [{**r.to_dict(), "error": e.message} for r, e in failing]})
@@ -443,5 +454,18 @@ def retry(state, as_json, drops):
             click.echo(f"still failing: {record.purpose}/{record.filename}: {exc.message}", err=True)
         if not done and not failing:
             click.echo("nothing to retry")
+        interrupted = [r for r in staged_records.waiting(state.settings.staging_dir) if r.interrupted]
+        if interrupted and not wanted:
+            click.echo(f"{len(interrupted)} interrupted file(s) left in staging (`s3filesfs status` lists them; "
+                       "name one, or --include-interrupted, to register it)", err=True)
+    if missing:
+        raise NotStaged(missing)
     if failing:
         sys.exit(3)
+
+
+def _staged_name(name: str) -> tuple[str, str]:
+    purpose, _, filename = name.partition("/")
+    if not filename:
+        raise click.UsageError(f"{name!r}: name a staged upload as PURPOSE/FILENAME")
+    return purpose, filename

@@ -75,6 +75,12 @@ class NameTooLong(InvalidName):
     errno = _errno.ENAMETOOLONG
 
 
+class NameNotUtf8(InvalidName):
+    """A name whose bytes are not UTF-8: the table and the API hold text, so it cannot be stored."""
+
+    errno = _errno.EILSEQ
+
+
 class NotFound(UserError):
     errno = _errno.ENOENT
     http_status = 404
@@ -136,6 +142,14 @@ class NoSpace(UserError):
     http_status = 507
 
 
+class StagingInUse(UserError):
+    """Another mount is using the staging folder."""
+
+    def __init__(self, folder):
+        super().__init__(f"staging folder {folder} is in use by another mount; give this mount a "
+                         "folder of its own with --staging-dir")
+
+
 # --- errors of the storage backend --------------------------------------------------------------
 
 
@@ -169,6 +183,11 @@ class StorageUnavailable(StorageError):
     """The backend could not be reached (connection refused, timeout, endpoint gone)."""
 
     http_status = 503
+
+
+class StagingFailed(StorageError):
+    """The local staging disk failed a read or write (EIO), or a writer ended without closing:
+    the staged content is incomplete and is never registered on its own."""
 
 
 class BlobMissing(StorageError):

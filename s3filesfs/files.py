@@ -106,29 +106,34 @@ class PendingFile:
         return self._writer.begun
 
     def commit(self) -> FileObject:
+        service = self._service
         try:
             size = self._writer.commit()
         except BaseException:
+            service._live.discard(self.id)
             # The last request may have reached the store although we saw it fail (a timeout):
             # remove whatever it left now if the store answers, else the record stays for later.
             with contextlib.suppress(S3FilesError):
-                self._service.abandon(self.id)
+                service.abandon(self.id)
             raise
         file = FileObject(**{**self._file.to_row(), "bytes": size})
-        metadata = self._service.metadata
         try:
-            metadata.insert(file.to_row())
+            service.metadata.insert(file.to_row())
         except BaseException:
-            self._service.blobs.delete(file.id)
-            metadata.intent_remove(file.id)
+            service.blobs.delete(file.id)
+            service.metadata.intent_remove(file.id)
             raise
-        metadata.intent_remove(file.id)
+        finally:
+            service._live.discard(self.id)
+        service.metadata.intent_remove(file.id)
         return file
 
     def abort(self) -> None:
         """Drop the upload. Its record stays if the store may still hold a piece of it (the abort
         itself failed), for ``reap_abandoned`` to finish the job."""
-        if self._writer.abort():
+        cleaned = self._writer.abort()
+        self._service._live.discard(self.id)
+        if cleaned:
             self._service.metadata.intent_remove(self.id)
 
 
@@ -146,6 +151,7 @@ class FileService:
         self.clock = clock
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._live: set[str] = set()  # ids this process is uploading right now
 
     @property
     def blobs(self) -> BlobStore:
@@ -190,6 +196,7 @@ class FileService:
             expires_at=expires_at_for(purpose, created_at, seconds),
         )
         blobs = self.blobs  # a missing bucket fails here, before anything is recorded
+        self._live.add(file.id)
         self.metadata.intent_add(file.id, this_process(), self.now())
         return PendingFile(self, file, blobs.writer(file.id, object_metadata(file)))
 
@@ -320,12 +327,16 @@ class FileService:
         return True
 
     def reap_abandoned(self) -> list[str]:
-        """Clean up after every upload whose process died (on this host) before finishing it;
-        returns the ids whose leftovers were removed. Uploads of running processes, and of
-        processes on other hosts, are left alone. One failure does not stop the rest."""
+        """Clean up after every upload that its process (on this host) gave up or died in before
+        finishing; returns the ids whose leftovers were removed. Uploads under way in any process,
+        and those of processes on other hosts, are left alone. One failure does not stop the rest."""
         reaped, failures = [], []
+        me = this_process()
         for intent in self.metadata.intents():
-            if is_running(intent["owner"]) is not False:
+            if intent["owner"] == me:
+                if intent["id"] in self._live:
+                    continue  # ours and still under way
+            elif is_running(intent["owner"]) is not False:
                 continue
             try:
                 if self.abandon(intent["id"]):

@@ -13,7 +13,7 @@ import re
 import uuid
 from dataclasses import asdict, dataclass
 
-from .errors import InvalidName, InvalidPurpose, InvalidRequest, NameTooLong
+from .errors import InvalidName, InvalidPurpose, InvalidRequest, NameNotUtf8, NameTooLong
 
 PURPOSES: tuple[str, ...] = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 
@@ -48,6 +48,10 @@ def check_name(name: str) -> str:
         raise InvalidName(f"invalid file name {name!r}")
     if "/" in name or "\0" in name:
         raise InvalidName(f"file name {name!r} must not contain '/' or NUL")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8, kept as surrogates by the decoder
+        raise NameNotUtf8(f"file name {name.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
     if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
         raise NameTooLong(f"file name is longer than {NAME_MAX_BYTES} bytes")
     return name

@@ -99,6 +99,7 @@ def pid_file(runtime_dir: Path, mountpoint: Path) -> Path:
 
 def run(service: FileService, settings, mountpoint: Path, allow_other: bool = False, read_only: bool = False) -> None:
     """Mount in this process until unmounted."""
+    from .core import MountCore
     from .ops import FUSE, S3FilesOperations  # loads libfuse
     from .staging import Staging
 
@@ -106,8 +107,9 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     mountpoint = prepare(mountpoint)
     _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
-    staging.claim()
-    operations = S3FilesOperations(service, staging, settings.mount_refresh_seconds, read_only)
+    staging.claim(service)
+    core = MountCore(service, staging, settings.mount_refresh_seconds, read_only)
+    operations = S3FilesOperations(core)
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
     pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pid_path.write_text(str(os.getpid()))
@@ -119,7 +121,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     if allow_other:
         options["allow_other"] = True
     log.info("mounting %s at %s (staging %s)", service.blobs.location, mountpoint, settings.staging_dir)
-    _stop_gracefully_on_signals(operations, mountpoint)
+    _stop_gracefully_on_signals(core, mountpoint)
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:
@@ -146,7 +148,7 @@ def _tune_process() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
-def _stop_gracefully_on_signals(operations, mountpoint: Path) -> None:
+def _stop_gracefully_on_signals(core, mountpoint: Path) -> None:
     """SIGTERM/SIGINT: let files being written be closed and uploaded, then unmount.
 
     libfuse's own handlers would end the loop at once, cutting off a writer mid-file. Instead the
@@ -159,13 +161,13 @@ def _stop_gracefully_on_signals(operations, mountpoint: Path) -> None:
     def wait_and_stop() -> None:
         received = signal.sigwait(signals)
         deadline = time.monotonic() + STOP_GRACE
-        waiting = operations.files_being_written()
+        waiting = core.files_being_written()
         if waiting:
             log.info("%s: waiting up to %.0f s for %d file(s) being written: %s", signal.Signals(received).name,
                      STOP_GRACE, len(waiting), ", ".join(waiting[:5]))
         while waiting and time.monotonic() < deadline:
             time.sleep(0.1)
-            waiting = operations.files_being_written()
+            waiting = core.files_being_written()
         if waiting:
             log.warning("stopping with %d file(s) still open for writing; they are kept for `s3filesfs retry`",
                         len(waiting))

@@ -1,10 +1,20 @@
 """The staging folder's records, as another process sees them: what ``status`` lists, ``retry``
 uploads and ``retry --drop`` discards.
 
-Each staged file ``<token>.data`` has a ``<token>.json`` record beside it (purpose, filename, the id
-it replaces, state). A running mount holds a shared lock on the records of files it is writing; a
-record that is "failed", or "writing" but unlocked (its mount died), waits for ``retry``. Written
-atomically, the lock taken before the rename. No mfusepy here: the CLI imports this module.
+Each staged file ``<token>.data`` has a ``<token>.json`` record beside it: purpose, filename, the id
+it replaces, its state, and while it is being registered the id it is registered under. A running
+mount holds a shared lock on the records of the files it has; a record nobody holds waits here:
+
+* ``failed``: its writer's close covered it, only the upload failed. ``retry`` registers it.
+* ``interrupted``: a write failed, or the writer or the mount died before the close. Registering it
+  could put a truncated file under a real name, so ``retry`` does so only when it is named
+  (``retry PURPOSE/NAME``) or told to (``--include-interrupted``).
+* ``writing`` (its mount died) counts as interrupted; ``closed``/``uploading`` as failed, after
+  ``uploading`` is first checked: if its row exists, it was registered and is finished instead.
+
+Records are written atomically, the lock taken before the rename. ``retry`` writes the id it will
+register under into the record before sending a byte, so a ``retry`` killed at any point is
+finished by the next one, never registered twice. No mfusepy here: the CLI imports this module.
 """
 
 from __future__ import annotations
@@ -19,26 +29,43 @@ from pathlib import Path
 
 from ..errors import NotFound, S3FilesError
 from ..files import FileService
-from ..model import FileObject, is_temporary_name
+from ..model import FileObject, is_temporary_name, new_file_id
 
 log = logging.getLogger(__name__)
+
+INCOMPLETE = ("interrupted", "writing")
 
 
 @dataclass
 class StagedRecord:
-    """What a sidecar says: an upload waiting in staging."""
+    """What a record says: an upload waiting in staging."""
 
     token: str
     purpose: str
     filename: str
     replaces: str | None
-    state: str  # "writing" (a mount has it open) or "failed" (waiting for retry)
+    state: str
     error: str | None
     bytes: int
-    unfinished: list[str]  # ids of uploads begun for it, whose parts may still be in the store
+    uploading_id: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Possibly incomplete: never registered unless asked for by name."""
+        return self.state in INCOMPLETE
+
+    @property
+    def reason(self) -> str:
+        if self.error:
+            return self.error
+        if self.interrupted:
+            return "the mount stopped before this file was closed"
+        return "not uploaded yet"
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "token"}
+        return {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
+                "state": "interrupted" if self.interrupted else "failed", "error": self.reason,
+                "bytes": self.bytes, "uploading_id": self.uploading_id}
 
 
 def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> int | None:
@@ -62,17 +89,6 @@ def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> 
     return None
 
 
-def _abandon_unfinished(service: FileService, record: StagedRecord) -> None:
-    """Remove the parts of the uploads a dead or failed writer of ``record`` began. Best effort:
-    what cannot be removed now is only litter (a bucket lifecycle rule removes it too)."""
-    for file_id in record.unfinished:
-        try:
-            service.abandon(file_id)  # an id that got registered after all is left alone
-        except S3FilesError as exc:
-            log.warning("unfinished upload %s of %s/%s not removed: %s",
-                        file_id, record.purpose, record.filename, exc.message)
-
-
 def delete_quietly(service: FileService, file_id: str) -> None:
     try:
         service.delete(file_id)
@@ -85,12 +101,23 @@ def delete_quietly(service: FileService, file_id: str) -> None:
 def discard(folder: Path, token: str) -> None:
     for suffix in (".data", ".json"):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / f"{token}{suffix}")
+            os.unlink(Path(folder) / f"{token}{suffix}")
+
+
+def finish_registered(service: FileService, folder: Path, record: StagedRecord) -> bool:
+    """If the upload a record names did register, finish it (remove the file it replaced, drop
+    the staged copy) and return True. A registered file is never uploaded twice."""
+    if not record.uploading_id or service.metadata.get(record.uploading_id) is None:
+        return False
+    if record.replaces and record.replaces != record.uploading_id:
+        delete_quietly(service, record.replaces)
+    discard(folder, record.token)
+    return True
 
 
 def records(folder: Path) -> list[StagedRecord]:
-    """Every sidecar in the folder, oldest first."""
-    found = []
+    """Every record in the folder, oldest first."""
+    found: list[StagedRecord] = []
     if not Path(folder).is_dir():
         return found
     for path in sorted(Path(folder).glob("*.json")):
@@ -101,24 +128,23 @@ def records(folder: Path) -> list[StagedRecord]:
             size = data.stat().st_size if data.exists() else int(raw.get("bytes") or 0)
             found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
                                       replaces=raw.get("replaces"), state=raw.get("state", "failed"),
-                                      error=raw.get("error"), bytes=size,
-                                      unfinished=list(raw.get("unfinished") or [])))
+                                      error=raw.get("error"), bytes=size, uploading_id=raw.get("uploading_id")))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable staging record %s: %s", path, exc)
     return found
 
 
-def failed(folder: Path) -> list[StagedRecord]:
-    """Uploads waiting for ``retry``: failed ones, and ones a dead mount left "writing".
+def waiting(folder: Path) -> list[StagedRecord]:
+    """Uploads no running mount has: failed or interrupted ones, oldest first.
 
     Temporary names (an editor's swap file a dead mount left) are never uploaded.
     """
     return [r for r in records(folder) if not is_temporary_name(r.filename)
-            and (r.state == "failed" or not _held(folder, r.token))]
+            and r.state not in ("registered", "unlinked") and not _held(folder, r.token)]
 
 
 def _held(folder: Path, token: str) -> bool:
-    """True if a running mount holds this record (it is being written, not failed)."""
+    """True if a running mount holds this record."""
     try:
         fd = os.open(Path(folder) / f"{token}.json", os.O_RDONLY)
     except FileNotFoundError:
@@ -136,9 +162,9 @@ def _held(folder: Path, token: str) -> bool:
 def _claimed(folder: Path, token: str):
     """Hold the record's exclusive lock for the block. Yields False, holding nothing, if another
     process has it (a running mount, another ``retry``) or the record is gone."""
-    sidecar = Path(folder) / f"{token}.json"
+    record_path = Path(folder) / f"{token}.json"
     try:
-        fd = os.open(sidecar, os.O_RDONLY)
+        fd = os.open(record_path, os.O_RDONLY)
     except FileNotFoundError:
         yield False
         return
@@ -148,28 +174,45 @@ def _claimed(folder: Path, token: str):
         except BlockingIOError:
             yield False
             return
-        yield sidecar.exists()  # the lock's holder may have finished it meanwhile
+        yield record_path.exists()  # the lock's holder may have finished it meanwhile
     finally:
         os.close(fd)
 
 
-def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tuple[StagedRecord, S3FilesError]]]:
-    """Upload every failed staged file; returns (registered, still failing)."""
+def _selected(record: StagedRecord, names: list[tuple[str, str]] | None, include_interrupted: bool) -> bool:
+    if names is not None:
+        return (record.purpose, record.filename) in names
+    return include_interrupted or not record.interrupted
+
+
+def retry(service: FileService, folder: Path, names: list[tuple[str, str]] | None = None,
+          include_interrupted: bool = False) -> tuple[list[FileObject], list[tuple[StagedRecord, S3FilesError]]]:
+    """Register what waits in staging; returns (registered, still failing).
+
+    By default only complete files (failed uploads); interrupted ones too with
+    ``include_interrupted``; with ``names`` (purpose, filename pairs) exactly those, in any state.
+    First, what crashed uploads of dead processes left in the store is removed.
+    """
+    service.reap_abandoned()
     done, failing = [], []
-    for record in failed(folder):
+    for record in waiting(folder):
+        if not _selected(record, names, include_interrupted):
+            continue
         with _claimed(folder, record.token) as claimed:
             if not claimed:
                 continue
-            _abandon_unfinished(service, record)
+            if finish_registered(service, folder, record):
+                continue  # a `retry` or a mount killed after registering it: nothing to send again
             try:
-                with open(Path(folder) / f"{record.token}.data", "rb") as body:
-                    file = service.create(body, record.filename, record.purpose)
+                file = _register(service, folder, record)
             except FileNotFoundError:
                 log.warning("staged data for %s/%s is missing; dropping its record", record.purpose, record.filename)
                 discard(folder, record.token)
                 continue
             except S3FilesError as exc:
-                write_record(Path(folder), record.token, {**record.to_dict(), "state": "failed", "error": exc.message})
+                write_record(Path(folder), record.token, {
+                    **_raw(record), "state": "interrupted" if record.interrupted else "failed",
+                    "uploading_id": None, "error": exc.message})
                 failing.append((record, exc))
                 continue
             if record.replaces and record.replaces != file.id:
@@ -179,20 +222,42 @@ def retry(service: FileService, folder: Path) -> tuple[list[FileObject], list[tu
     return done, failing
 
 
+def _raw(record: StagedRecord) -> dict:
+    return {"purpose": record.purpose, "filename": record.filename, "replaces": record.replaces,
+            "state": record.state, "error": record.error, "bytes": record.bytes,
+            "uploading_id": record.uploading_id}
+
+
+def _register(service: FileService, folder: Path, record: StagedRecord) -> FileObject:
+    """Upload a record's data under an id written into the record first."""
+    with open(Path(folder) / f"{record.token}.data", "rb") as body:
+        file_id = new_file_id()
+        write_record(Path(folder), record.token, {**_raw(record), "uploading_id": file_id})
+        pending = service.begin(record.filename, record.purpose, file_id=file_id)
+        try:
+            while chunk := body.read(8 * 1024 * 1024):
+                pending.write(chunk)
+        except BaseException:
+            pending.abort()
+            raise
+        return pending.commit()
+
+
 def drop(service: FileService, folder: Path, purpose: str, filename: str) -> list[StagedRecord]:
     """Discard the uploads waiting as ``purpose/filename`` instead of uploading them.
 
-    No file in the store changes: a file the upload would have replaced stays; only the parts of
-    uploads its writer began are removed. A file a running mount is still writing is not waiting,
-    so it is not dropped.
+    No file in the store changes: a file the upload would have replaced stays. A file a running
+    mount still has is not waiting, so it is not dropped.
     """
+    service.reap_abandoned()
     dropped = []
-    for record in failed(folder):
+    for record in waiting(folder):
         if (record.purpose, record.filename) != (purpose, filename):
             continue
         with _claimed(folder, record.token) as claimed:
-            if claimed:
-                _abandon_unfinished(service, record)
+            if claimed and not finish_registered(service, folder, record):
+                if record.uploading_id:
+                    service.abandon(record.uploading_id)  # unless it registered: then it stays
                 discard(folder, record.token)
                 dropped.append(record)
     return dropped

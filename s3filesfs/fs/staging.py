@@ -1,23 +1,32 @@
-"""Staging: the local files that hold what is written through the mount until it is uploaded.
+"""Staging: the local files that hold what is written through the mount, and each one's lifecycle.
 
-(The records beside them, and ``status``/``retry`` from another process, are in ``records.py``.)
+(The records as another process sees them, and ``status``/``retry``, are in ``records.py``.)
 
 Every file being written lives in the staging folder as ``<token>.data`` with a ``<token>.json``
-beside it naming its purpose, filename and the id it replaces. That sidecar is what makes a failure
-lose nothing: an upload that fails (or a mount that dies) leaves both files behind, ``status`` lists
-them and ``retry`` uploads them. The folder has a size cap; a write past it fails with ENOSPC.
+record beside it: purpose, filename, the id it replaces, its state and, while it is being
+registered, the id it is being registered under. The record is written before each step that has an
+effect elsewhere, so a crash at any point leaves a record that says what to do next (``records.py``).
+The folder has a size cap; a write past it fails with ENOSPC.
 
-A ``StagedFile`` is one path being written. Sequential writes are also streamed to the store as
-they arrive (a ``PendingFile``: multipart parts go out while the data comes in), so ``close()`` of a
-big file only waits for the last part. Any write out of order, or a failed part, drops the stream;
-the upload then happens from the staged copy at close.
+A ``StagedFile`` is one path being written, and it alone moves itself from state to state
+(``State``), under its own ``_lock``. Sequential writes of a new file are also streamed to the store
+as they arrive (multipart parts go out while the data comes in), so ``close()`` of a big file only
+waits for the last part. Any write out of order drops the stream; the upload then happens from the
+staged copy at close.
 
-No mfusepy here (only ``ops.py`` talks to libfuse), so this can be tested without a mount.
+Locks, in the order they may be taken (see docs/architecture.md): ``StagedFile.io`` (its content
+and its upload; may be held across disk and network I/O) before the mount's table lock
+(``core.MountCore._lock``) before ``StagedFile._lock`` (state and open count; never held across I/O)
+before ``Staging._lock`` (the cap's accounting).
+
+No mfusepy here (only ``ops.py`` talks to libfuse), so all of this runs without a mount.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import fcntl
 import logging
 import os
@@ -26,11 +35,11 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import NoSpace, S3FilesError, StorageError
+from ..errors import NoSpace, S3FilesError, StagingFailed, StorageError, StagingInUse
 from ..files import FileService, PendingFile
-from ..model import FileObject, is_temporary_name
+from ..model import FileObject, is_temporary_name, new_file_id
 from .reader import Reader
-from .records import delete_quietly, discard, records, write_record
+from .records import delete_quietly, discard, finish_registered, records, write_record
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +47,28 @@ COPY_CHUNK = 8 * 1024 * 1024
 LOCK_NAME = ".mount.lock"
 
 
+class State(enum.Enum):
+    """Where one path's content stands. Transitions are ``StagedFile``'s alone."""
+
+    REGISTERED = "registered"  # the content is a registered file (``shown_file``): nothing to upload
+    WRITING = "writing"  # changed since, not yet covered by its writer's close
+    CLOSED = "closed"  # covered by a close, not uploaded: a temporary name, kept local until renamed
+    UPLOADING = "uploading"  # being registered under ``uploading_id``
+    FAILED = "failed"  # covered by a close, but the upload failed: kept for ``retry``
+    INTERRUPTED = "interrupted"  # a write failed or the writer died first: registered only when named
+    UNLINKED = "unlinked"  # removed from its path while open: never uploaded
+    DISCARDED = "discarded"  # gone: staged bytes deleted
+    KEPT = "kept"  # handed to ``retry``: the mount no longer has it, its record waits
+
+
+# What happens once the last handle is gone, by state.
+_SETTLED = {State.REGISTERED: State.DISCARDED, State.UNLINKED: State.DISCARDED,
+            State.FAILED: State.KEPT, State.INTERRUPTED: State.KEPT}
+_DONE = (State.DISCARDED, State.KEPT)
+
+
 class Staging:
-    """The staging folder: reservations against its cap, sidecars, and the retry of failures."""
+    """The staging folder: its owner lock, reservations against its cap, recovery at start."""
 
     def __init__(self, folder: Path, max_bytes: int):
         self.folder = Path(folder)
@@ -50,34 +79,45 @@ class Staging:
 
     # --- ownership ---------------------------------------------------------------------------
 
-    def claim(self) -> None:
-        """Take the folder for one mount; a second mount on the same folder is refused."""
+    def claim(self, service: FileService) -> None:
+        """Take the folder for one mount (a second mount on it is refused) and settle what an
+        earlier mount left: registered uploads are finished, the rest waits for ``retry``."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StorageError(f"staging folder {self.folder} is in use by another mount") from None
+            raise StagingInUse(self.folder) from None
         self._mount_lock_fd = fd
-        self._recover()
+        self._recover(service)
 
-    def _recover(self) -> None:
-        """Sidecars a previous mount left as "writing" (it died) become failures to retry."""
+    def _recover(self, service: FileService) -> None:
         for record in records(self.folder):
-            data = self.folder / f"{record.token}.data"
-            size = data.stat().st_size if data.exists() else 0
-            self._used += size
-            if record.state == "writing":
-                if is_temporary_name(record.filename):
-                    discard(self.folder, record.token)
-                    self._used -= size
-                    continue
-                write_record(self.folder, record.token, {
-                    **record.to_dict(), "state": "failed", "bytes": size,
-                    "error": "the mount stopped before this file was uploaded"})
-                log.warning("staged upload %s/%s from an earlier mount kept for `s3filesfs retry`",
-                            record.purpose, record.filename)
+            if record.state in ("registered", "unlinked") or (
+                    record.state in ("writing", "closed") and is_temporary_name(record.filename)):
+                discard(self.folder, record.token)  # nothing to keep: registered, removed, or a swap file
+                continue
+            if record.state == "uploading" and finish_registered(service, self.folder, record):
+                log.info("%s/%s had been registered as %s before the mount stopped", record.purpose,
+                         record.filename, record.uploading_id)
+                continue
+            self._used += record.bytes
+            if record.state in ("writing", "closed", "uploading"):
+                state = "interrupted" if record.state == "writing" else "failed"
+                why = ("the mount stopped before this file was closed" if state == "interrupted"
+                       else "the mount stopped before this file was uploaded")
+                write_record(self.folder, record.token, {**record.to_dict(), "state": state, "error": why,
+                                                          "uploading_id": None})
+                log.warning("%s/%s from an earlier mount is kept for `s3filesfs retry` (%s)",
+                            record.purpose, record.filename, state)
+        try:
+            reaped = service.reap_abandoned()
+        except S3FilesError as exc:
+            log.warning("uploads cut off by an earlier crash could not be cleaned up yet: %s", exc.message)
+        else:
+            if reaped:
+                log.info("removed what %d upload(s) cut off by a crash left in the store", len(reaped))
 
     # --- space -------------------------------------------------------------------------------
 
@@ -108,51 +148,131 @@ class Staging:
 
     # --- files -------------------------------------------------------------------------------
 
-    def new_file(self, service: FileService, purpose: str, filename: str, replaces: str | None,
-                 temporary: bool) -> "StagedFile":
+    def new_file(self, service: FileService, purpose: str, filename: str, replaces: str | None) -> StagedFile:
         token = f"{int(time.time())}-{secrets.token_hex(6)}"
-        return StagedFile(self, service, token, purpose, filename, replaces, temporary)
+        return StagedFile(self, service, token, purpose, filename, replaces)
+
+
+def _staging_error(exc: OSError, folder: Path) -> S3FilesError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"staging folder {folder} is full: {exc.strerror}")
+    return StagingFailed(f"staging folder {folder} failed: {exc.strerror or exc}")
 
 
 class StagedFile:
-    """One path being written: the staged bytes, the optional stream, what it replaces."""
+    """One path being written: its staged bytes, its state, the optional stream, what it replaces.
+
+    ``opens`` counts the mount's handles on it; the mount changes it only through ``attach`` and
+    ``detach`` while holding its table lock, so deciding that the last handle is gone and taking
+    the file off its path happen together.
+    """
 
     def __init__(self, staging: Staging, service: FileService, token: str, purpose: str, filename: str,
-                 replaces: str | None, temporary: bool):
+                 replaces: str | None):
         self.staging = staging
         self.service = service
         self.token = token
         self.purpose = purpose
         self.filename = filename
-        self.replaces = replaces  # the committed id this file takes the place of, once uploaded
-        self.temporary = temporary
-        self.lock = threading.RLock()
+        self.replaces = replaces  # the committed id this path showed, removed once replaced
+        self.io = threading.RLock()  # content and upload; may be held across I/O
+        self._lock = threading.Lock()  # state and opens; never held across I/O
+        self.state = State.WRITING  # a new file is uploaded at close even if empty (`touch`)
         self.opens = 0
         self.size = 0
-        self.dirty = True  # a new file is uploaded at close even if empty (`touch`)
-        self.replaced_ids: list[str] = []  # what the last upload replaced
         self.uploaded: FileObject | None = None
-        self.unlinked = False  # removed while open: never upload
-        self.write_error: S3FilesError | None = None  # a write failed: the content is incomplete
-        self.last_error: str | None = None  # why the last upload failed
+        self.uploading_id: str | None = None
+        self._replaced: list[str] = []  # ids the last upload replaced, for the listing to drop
+        self.failure: S3FilesError | None = None  # why it is FAILED or INTERRUPTED
+        self.kept_as = "failed"  # what the record of a KEPT file says: failed or interrupted
         # The file's created_at once registered, fixed now so that the attributes the kernel
         # caches while the file is written (mtime) are the ones it shows after the upload.
         self.created_at = int(time.time())
         self._stream: PendingFile | None = None
         self._streamed = 0
-        self._unfinished: list[str] = []  # ids whose uploads have parts in the store (see _note_begun)
-        self._stream_possible = not temporary
+        self._stream_possible = not self.temporary
         self._reserved = 0  # bytes of the staging cap held: the staged data's size
         self._base: FileObject | None = None  # copy-on-write source not copied yet
         self._base_reader: Reader | None = None
-        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        self._sidecar_fd: int | None = None
-        self._record_stale = False
-        self._save("writing")
+        self._fd: int | None = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._record_fd: int | None = None
+        self._save()
 
     @property
     def data_path(self) -> Path:
         return self.staging.folder / f"{self.token}.data"
+
+    @property
+    def temporary(self) -> bool:
+        return is_temporary_name(self.filename)
+
+    @property
+    def waiting(self) -> bool:
+        """Written and not registered yet: what a stop waits for while a handle is open."""
+        return self.state in (State.WRITING, State.CLOSED, State.UPLOADING) and not self.temporary
+
+    @property
+    def changed(self) -> bool:
+        """Something for a close to do: changed content to register, or a failure to report."""
+        return self.state not in (State.REGISTERED, State.UNLINKED, *_DONE)
+
+    # --- handles (called under the mount's table lock) ----------------------------------------
+
+    def attach(self) -> bool:
+        """One more handle; False if the file is already done with (the caller starts afresh)."""
+        with self._lock:
+            if self.state in _DONE:
+                return False
+            self.opens += 1
+            return True
+
+    def detach(self) -> State:
+        """One handle fewer. With none left, decide what becomes of it: the state it settles into
+        (DISCARDED and KEPT take it off its path), or its current one if there is work left."""
+        with self._lock:
+            self.opens -= 1
+            return self._settle_if_idle()
+
+    def settle(self) -> State:
+        """The same decision as ``detach`` without giving up a handle (after a late upload)."""
+        with self._lock:
+            return self._settle_if_idle()
+
+    def _settle_if_idle(self) -> State:
+        if self.opens == 0 and self.state in _SETTLED:
+            self.kept_as = self.state.value
+            self.state = State.DISCARDED if self._staging_was_full else _SETTLED[self.state]
+        return self.state
+
+    @property
+    def _staging_was_full(self) -> bool:
+        """Cut short by a full staging disk: keeping the part written would keep it full and fail
+        every other write too. The writer was told (its write and close failed) and still has it."""
+        return self.state == State.INTERRUPTED and isinstance(self.failure, NoSpace)
+
+    def unlink(self) -> bool:
+        """Taken off its path: never uploaded. True if no handle is left (discard it now)."""
+        with self._lock:
+            if self.state in _DONE:
+                return False
+            self.state = State.UNLINKED
+            if self.opens == 0:
+                self.state = State.DISCARDED
+                return True
+            return False
+
+    def note_unlinked(self) -> None:
+        """Record that the file left its path (a crash now leaves nothing to keep)."""
+        with self.io:
+            if self.state == State.UNLINKED:
+                self._save()
+
+    def _move(self, *allowed: State, to: State) -> bool:
+        with self._lock:
+            if self.state not in allowed:
+                return False
+            self.state = to
+            return True
 
     # --- content -----------------------------------------------------------------------------
 
@@ -163,10 +283,10 @@ class StagedFile:
         copy is made by the first write or truncate, and reads until then come from the store.
         """
         self._base = file
-        self._base_reader = None
         self.size = file.bytes
         self._stream_possible = False  # writes into an existing file are not a sequential stream
-        self.dirty = False
+        self._move(State.WRITING, to=State.REGISTERED)
+        self._save()  # a crash now leaves nothing to do: the content is `file`
 
     def _copy_base(self) -> None:
         """Make the copy-on-write copy now; on failure nothing has changed (the write fails)."""
@@ -178,7 +298,7 @@ class StagedFile:
             _, chunks = self.service.content(base.id)
             offset = 0
             for chunk in chunks:
-                os.pwrite(self._fd, chunk, offset)
+                self._pwrite(chunk, offset)
                 offset += len(chunk)
         except BaseException:
             self._reserve(0)
@@ -196,18 +316,39 @@ class StagedFile:
             self.staging.release(self._reserved - size)
         self._reserved = size
 
+    def _pwrite(self, data, offset: int) -> int:
+        try:
+            return os.pwrite(self._fd, data, offset)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise _staging_error(exc, self.staging.folder) from None
+
     def _changing(self) -> None:
-        if not self.dirty:  # the first change since the file was opened or uploaded: a new file
+        """A change is about to be made: the content becomes a new file, not yet closed."""
+        with self._lock:
+            previous = self.state
+            if previous in (State.REGISTERED, State.CLOSED, State.FAILED):
+                self.state = State.WRITING
+        if previous == State.REGISTERED:  # the first change since the last upload: a new file
             self.created_at = int(time.time())
-            self.dirty = True
-            if self._record_stale:
-                self._save("writing")
+            self.uploading_id = None
+            self._save()
+
+    def _interrupted(self, failure: S3FilesError) -> None:
+        with self._lock:
+            if self.state in (State.UNLINKED, *_DONE):
+                return
+            self.state = State.INTERRUPTED
+            self.failure = failure
+        self._drop_stream("the content is incomplete")
+        self._save()
+        log.warning("%s/%s is incomplete (%s): kept in staging, never registered unless named to "
+                    "`s3filesfs retry`", self.purpose, self.filename, failure.message)
 
     @property
     def shown_file(self) -> FileObject | None:
         """The registered file whose content this path holds while unchanged: the last upload, or
         the copy-on-write source (opened for writing, nothing written yet). None once changed."""
-        if self.dirty:
+        if self.state != State.REGISTERED:
             return None
         return self.uploaded if self.uploaded is not None else self._base
 
@@ -219,22 +360,22 @@ class StagedFile:
 
     def write(self, data, offset: int) -> int:
         """Stage ``data`` (any bytes-like, possibly a view valid for this call only) at ``offset``."""
-        with self.lock:
+        with self.io:
             self._copy_base()
             end = offset + len(data)
+            self._changing()
             try:
                 self._reserve(max(end, self.size))
-            except NoSpace as exc:
-                self.write_error = exc  # this file is now incomplete: never upload it
+                written = self._pwrite(data, offset)
+            except S3FilesError as exc:  # the staged content now misses this write: never upload it
+                self._interrupted(exc)
                 raise
-            written = os.pwrite(self._fd, data, offset)
             self.size = max(self.size, end)
-            self._changing()
             self._feed_stream(data, offset)
             return written
 
-    def _feed_stream(self, data: bytes, offset: int) -> None:
-        if not self._stream_possible:
+    def _feed_stream(self, data, offset: int) -> None:
+        if not self._stream_possible or self.state != State.WRITING:
             return
         if self._stream is None and offset == 0 and self._streamed == 0:
             try:
@@ -248,17 +389,8 @@ class StagedFile:
         try:
             self._stream.write(data)
             self._streamed += len(data)
-            self._note_begun(self._stream)
         except S3FilesError as exc:
             self._drop_stream(f"a part failed: {exc.message}")
-
-    def _note_begun(self, pending: PendingFile) -> None:
-        """Name an upload in the record once it has parts in the store: if the mount dies, or
-        the server goes away, before the upload completes or is aborted, ``retry`` (or
-        ``retry --drop``) removes those parts, which S3 would otherwise keep, and bill, forever."""
-        if pending.begun and pending.id not in self._unfinished:
-            self._unfinished.append(pending.id)
-            self._save("writing")
 
     def _drop_stream(self, why: str) -> None:
         self._stream_possible = False
@@ -269,117 +401,192 @@ class StagedFile:
             self._stream = None
 
     def read(self, size: int, offset: int) -> bytes:
-        with self.lock:
+        with self.io:
             base = self._base
             if base is not None and self._base_reader is None:
                 self._base_reader = Reader(self.service, base)
             reader = self._base_reader
-        if base is not None:
-            return reader.read(size, offset)
-        return os.pread(self._fd, size, offset)
+            if base is None:
+                return os.pread(self._fd, size, offset)  # type: ignore[arg-type]
+        return reader.read(size, offset)  # type: ignore[union-attr]
 
     def truncate(self, length: int) -> None:
-        with self.lock:
+        with self.io:
             if length == 0 and self._base is not None:
                 self._base, self.size = None, 0  # nothing of the old content survives: no copy
             self._copy_base()
-            self._reserve(length)
-            os.ftruncate(self._fd, length)
+            self._changing()
+            try:
+                self._reserve(length)
+                os.ftruncate(self._fd, length)  # type: ignore[arg-type]
+            except OSError as exc:
+                failure = _staging_error(exc, self.staging.folder)
+                self._interrupted(failure)
+                raise failure from None
+            except S3FilesError as exc:
+                self._interrupted(exc)
+                raise
             if length != self.size or length < self._streamed:
                 self._drop_stream("truncated")
             self.size = length
-            self._changing()
 
-    # --- upload ------------------------------------------------------------------------------
+    # --- closing and uploading -----------------------------------------------------------------
 
-    def upload(self) -> FileObject:
-        """Register the staged content as a new file; the replaced id is removed afterwards.
+    def closed_by_writer(self) -> None:
+        """The writer's own close: what it wrote is complete. Register it (a temporary name waits
+        to be renamed). Raises what made it fail: the close reports it."""
+        with self.io:
+            if self.state == State.INTERRUPTED:
+                raise self.failure  # type: ignore[misc]
+            if self.temporary:
+                self._move(State.WRITING, to=State.CLOSED)
+                return
+            if self._move(State.WRITING, State.CLOSED, State.FAILED, to=State.UPLOADING):
+                self._upload()
 
-        On failure the staged data is kept, recorded as a failure for ``retry``, and the error is
-        raised for ``close()`` to report.
-        """
-        with self.lock:
-            if self.write_error is not None:
-                raise self.write_error
+    def take_replaced(self) -> list[str]:
+        with self.io:
+            replaced, self._replaced = self._replaced, []
+            return replaced
+
+    def synced(self) -> None:
+        """The writer's fsync: what it wrote is on the staging disk and complete so far, so a
+        crash from now on leaves it for `retry` (failed, not interrupted)."""
+        with self.io:
+            if self.state == State.INTERRUPTED:
+                raise self.failure  # type: ignore[misc]
             try:
-                file = self._commit()
-            except S3FilesError as exc:
-                self.last_error = exc.message
-                self._save("failed", exc.message)
-                raise
-            old, self.replaces, self.uploaded, self.dirty = self.replaces, file.id, file, False
-            self._unfinished = [i for i in self._unfinished if i != file.id]  # complete: no parts left
-            self.replaced_ids = [old] if old and old != file.id else []
-            self._stream_possible = False  # further writes make another file, uploaded whole
-            self._streamed = 0
-            for replaced in self.replaced_ids:
-                delete_quietly(self.service, replaced)
-            # The record still describes the upload just done. It is rewritten at the next change,
-            # not here, to keep close() short; until release removes it, a crash would have `retry`
-            # upload this content once more (a duplicate, nothing lost).
-            self._record_stale = True
-            return file
+                os.fsync(self._fd)  # type: ignore[arg-type]
+            except OSError as exc:
+                failure = _staging_error(exc, self.staging.folder)
+                self._interrupted(failure)
+                raise failure from None
+            if self._move(State.WRITING, to=State.CLOSED):
+                self._save()
+
+    def writer_died(self, how: str) -> None:
+        """The writer ended without closing (killed): what it wrote may be incomplete."""
+        with self.io:
+            if self.state in (State.WRITING, State.CLOSED):
+                self._interrupted(StagingFailed(f"the writer {how} before closing the file"))
+
+    def upload_if_complete(self) -> None:
+        """Register content no close covered but nobody can change any more (the last handle is gone:
+        a shared mmap written back after close), or a temporary name just renamed to a real one."""
+        with self.io:
+            if self.temporary:
+                return
+            if self._move(State.WRITING, State.CLOSED, to=State.UPLOADING):
+                self._upload()
+
+    def _upload(self) -> None:
+        """Register the staged content (state UPLOADING, ``io`` held): REGISTERED, or FAILED with
+        the error raised. The id is in the record before any byte goes out under it."""
+        try:
+            file = self._commit()
+        except S3FilesError as exc:
+            self.uploading_id = None
+            self.failure = exc
+            self._move(State.UPLOADING, to=State.FAILED)
+            self._save()
+            raise
+        old, self.replaces, self.uploaded = self.replaces, file.id, file
+        with self._lock:
+            unlinked = self.state != State.UPLOADING  # removed from its path meanwhile
+            if not unlinked:
+                self.state = State.REGISTERED
+        self._stream_possible = False  # further writes make another file, uploaded whole
+        self._streamed = 0
+        if old and old != file.id:
+            self._delete_quietly(old)
+            self._replaced.append(old)
+        if unlinked:
+            self._delete_quietly(file.id)
+
+    def _delete_quietly(self, file_id: str) -> None:
+        delete_quietly(self.service, file_id)
 
     def _commit(self) -> FileObject:
         stream, self._stream = self._stream, None
         named_as_begun = stream is not None and (stream.file.filename, stream.file.purpose) == (self.filename, self.purpose)
         if stream is not None and named_as_begun and self._streamed == self.size:
+            self.uploading_id = stream.id
+            self._save()
             return stream.commit()
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.abort()
-        pending = self.service.begin(self.filename, self.purpose, created_at=self.created_at)
+        self.uploading_id = new_file_id()
+        self._save()
+        pending = self.service.begin(self.filename, self.purpose, created_at=self.created_at,
+                                     file_id=self.uploading_id)
         try:
             offset = 0
             while offset < self.size:
-                chunk = os.pread(self._fd, min(COPY_CHUNK, self.size - offset), offset)
+                chunk = os.pread(self._fd, min(COPY_CHUNK, self.size - offset), offset)  # type: ignore[arg-type]
                 if not chunk:
                     break
                 pending.write(chunk)
                 offset += len(chunk)
-                self._note_begun(pending)
         except BaseException:
             pending.abort()
             raise
         return pending.commit()
 
-    def rename(self, purpose: str, filename: str, temporary: bool) -> None:
-        with self.lock:
-            self.purpose, self.filename, self.temporary = purpose, filename, temporary
-            self._save("writing")
+    def rename(self, purpose: str, filename: str) -> None:
+        with self.io:
+            self.purpose, self.filename = purpose, filename
+            self._save()
 
     # --- end of life -------------------------------------------------------------------------
 
-    def keep_for_retry(self, error: str) -> None:
-        """Leave the data and a "failed" sidecar for ``retry``; this object is done."""
-        with self.lock:
-            self._save("failed", error)
-            self._close(release=False)
+    def stop(self) -> None:
+        """The mount is stopping with this file still in its hands: keep what must be kept."""
+        with self.io:
+            if self.state == State.WRITING and not self.temporary:
+                self._interrupted(StagingFailed("the mount stopped before this file was closed"))
+            elif self.state == State.CLOSED and not self.temporary:
+                self._move(State.CLOSED, to=State.FAILED)
+                self.failure = StorageError("the mount stopped before this file was uploaded")
+            with self._lock:
+                if self.state in (State.FAILED, State.INTERRUPTED) and not self._staging_was_full:
+                    self.kept_as, self.state = self.state.value, State.KEPT
+                else:
+                    self.state = State.DISCARDED
+            self.finish()
 
-    def discard(self) -> None:
-        with self.lock:
-            self._drop_stream("discarded")
+    def finish(self) -> None:
+        """Let go of a file that has settled: DISCARDED deletes it, KEPT hands its record to ``retry``."""
+        with self.io:
+            self._drop_stream("done with")
             if self._base_reader is not None:
                 self._base_reader.close()
-            self._close(release=True)
+                self._base_reader = None
+            if self.state == State.KEPT:
+                self._save()  # no longer held: `retry` may take it
+                self._close_fds()
+                log.warning("%s/%s kept in staging for `s3filesfs retry` (%s)", self.purpose, self.filename,
+                            self.failure.message if self.failure else "not uploaded")
+                return
+            self._close_fds()
+            self._reserve(0)
             discard(self.staging.folder, self.token)
 
-    def _close(self, release: bool) -> None:
-        for fd in (self._fd, self._sidecar_fd):
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._record_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._fd = self._sidecar_fd = None
-        if release:
-            self._reserve(0)
+        self._fd = self._record_fd = None
 
-    def _save(self, state: str, error: str | None = None) -> None:
+    def _save(self) -> None:
+        """Write the record as things stand. While the mount has the file the record stays
+        locked, so that `status` and `retry` in another process leave it alone."""
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
-                  "state": state, "error": error, "bytes": self.size, "unfinished": self._unfinished}
-        # A "writing" record stays locked while the mount has the file, so that `status` and
-        # `retry` in another process leave it alone; a "failed" one is free for them.
-        held = write_record(self.staging.folder, self.token, record, hold=state == "writing")
-        self._record_stale = False
-        if self._sidecar_fd is not None:
-            os.close(self._sidecar_fd)
-        self._sidecar_fd = held
+                  "state": self.kept_as if self.state == State.KEPT else self.state.value,
+                  "error": self.failure.message if self.failure else None,
+                  "bytes": self.size, "uploading_id": self.uploading_id}
+        held = write_record(self.staging.folder, self.token, record, hold=self.state != State.KEPT)
+        if self._record_fd is not None:
+            os.close(self._record_fd)
+        self._record_fd = held

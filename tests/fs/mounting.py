@@ -217,12 +217,22 @@ class Mount:
                 "problems": set(report.rows_without_objects) | set(report.objects_without_rows)
                 | set(report.size_mismatches)}
 
-    def assert_unchanged(self, before: dict) -> None:
-        """Nothing was added or removed since ``before``: no row, object, staging file or upload."""
-        after = self.snapshot()
-        for key in ("rows", "objects", "staged", "uploads"):
-            assert after[key] == before[key], (
-                f"{key} changed: added {sorted(after[key] - before[key])}, removed {sorted(before[key] - after[key])}")
+    def assert_unchanged(self, before: dict, timeout: float = 3.0) -> None:
+        """Nothing was added or removed since ``before``: no row, object, staging file or upload.
+
+        Polled up to ``timeout``, as ``assert_consistent`` is: ``release`` follows ``close()``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            after = self.snapshot()
+            changed = [key for key in ("rows", "objects", "staged", "uploads") if after[key] != before[key]]
+            if not changed:
+                return
+            if time.monotonic() >= deadline:
+                key = changed[0]
+                raise AssertionError(f"{key} changed: added {sorted(after[key] - before[key])}, "
+                                     f"removed {sorted(before[key] - after[key])}")
+            time.sleep(0.05)
 
     def assert_consistent(self, baseline: dict | None = None, expected_staged=(".mount.lock",),
                           timeout: float = 3.0) -> None:

@@ -289,8 +289,14 @@ def test_killed_while_writing_keeps_the_bytes_staged(staged_local_mount):
     m.start()
     assert [(e["filename"], e["bytes"]) for e in staged(m)] == [(name, 100_000)]
     assert not rows_named(m, name)
-    # What was written before the kill is uploaded by `retry`, and then shown.
+    assert [e["state"] for e in staged(m)] == ["interrupted"]
+    # It may be incomplete: a plain `retry` leaves it, and says so.
     result = m.cli("retry", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing to retry" in result.stdout and "1 interrupted file(s)" in result.stderr
+    assert not rows_named(m, name)
+    # Named, it is registered with what was written before the kill, and then shown.
+    result = m.cli("retry", f"assistants/{name}", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert staged(m) == []
     wait_for(lambda: name in os.listdir(m / "assistants"), 5, "the retried file shown")
@@ -339,8 +345,9 @@ def staged_s3_mount(fuse, own_s3_server):
 
 
 def test_killed_mid_multipart_upload_leaves_no_parts_after_retry_or_drop(staged_s3_mount, own_s3_server):
-    """A mount killed while two big files stream up leaves two multipart uploads in the bucket;
-    `retry` (which uploads one) and `retry --drop` (which discards the other) remove both."""
+    """A mount killed while two big files stream up leaves two multipart uploads in the bucket,
+    each recorded before it began: the next `retry --drop` (or `retry`) removes both, and the
+    interrupted files wait until named."""
     m = staged_s3_mount
     m.start()
     client = own_s3_server.client()
@@ -362,13 +369,13 @@ def test_killed_mid_multipart_upload_leaves_no_parts_after_retry_or_drop(staged_
         with pytest.raises(OSError):
             writer.close()
     assert sorted(e["filename"] for e in staged(m)) == sorted([kept, dropped])
-    assert all(len(e["unfinished"]) == 1 for e in staged(m)), staged(m)
+    assert all(e["state"] == "interrupted" for e in staged(m)), staged(m)
     result = m.cli("retry", "--drop", f"user_data/{dropped}", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(unfinished()) == 1
-    result = m.cli("retry", check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
     assert unfinished() == []
+    assert [e["filename"] for e in staged(m)] == [kept]
+    result = m.cli("retry", f"user_data/{kept}", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert staged(m) == []
     m.start()
     assert_registered(m, m / "user_data" / kept, data, "user_data")

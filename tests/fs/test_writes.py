@@ -957,10 +957,12 @@ def test_staging_cap_gives_enospc(capped_mount):
     finally:
         try:
             os.close(fd)
-        except OSError:
-            pass  # close may report it too; the contract only fixes write()'s errno
+            closed = None
+        except OSError as exc:
+            closed = exc
     assert failure is not None, f"wrote {written} bytes past a 1 MiB staging cap"
     assert failure.errno == errno.ENOSPC, failure
+    assert closed is not None and closed.errno == errno.ENOSPC, "close() must report the failed write too"
     assert written <= 1 * MiB + len(chunk)
     assert not m.rows() and not m.object_keys()
     wait_for(lambda: m.staged_files() == m.baseline["staged"], 5, "staging emptied")

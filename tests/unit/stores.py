@@ -36,6 +36,7 @@ def assert_clean(service: FileService) -> None:
     """Bucket and table agree: every row has its object (of the row's size) and vice versa."""
     report = service.check()
     assert report.clean, report.to_dict()
+    assert service.metadata.intents() == [], "uploads left recorded as under way"
 
 
 def storage_failure(operation: str) -> ClientError:

@@ -225,6 +225,9 @@ def test_server_stopped_mid_upload(own_s3_server, tmp_path):
         service.content(before.id)
     after = service.create(io.BytesIO(b"after"), "after.txt", "assistants")
     assert [f.id for f in service.list().data] == [after.id]
+    # The upload cut off by the outage stays recorded until its leftovers can be removed.
+    assert pending.id in {intent["id"] for intent in service.metadata.intents()}
+    assert pending.id in service.reap_abandoned()
     assert_clean(service)
 
 
