@@ -270,7 +270,8 @@ class Mount:
         from botocore.exceptions import ClientError
 
         try:
-            return self.server.client().head_object(Bucket=self.bucket, Key=self.key_for(folder, filename))["ContentLength"]
+            head = self.server.client().head_object(Bucket=self.bucket, Key=self.key_for(folder, filename))
+            return head["ContentLength"]
         except ClientError:
             return None
 
@@ -794,13 +795,15 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                     rows.append([labels[m], tool, "-", "", "", "< 250 MB", "n/a", note or ""])
                     continue
                 peak = max(peaks)
-                a_peak = max([e.get("mount_peak_rss") or 0 for e in ok(results[tool]["measures"].get("a", []))], default=0)
-                b_peak = max([e.get("mount_peak_rss") or 0 for e in ok(results[tool]["measures"].get("b", []))], default=0)
+                measures = results[tool]["measures"]
+                a_peak = max([e.get("mount_peak_rss") or 0 for e in ok(measures.get("a", []))], default=0)
+                b_peak = max([e.get("mount_peak_rss") or 0 for e in ok(measures.get("b", []))], default=0)
                 verdict = "PASS" if peak < RSS_TARGET else "FAIL"
                 shown = " / ".join(f"{x} {p / 1e6:.0f}" for x, p in (("a", a_peak), ("b", b_peak)) if p) + " MB"
                 rows.append([labels[m], tool, "", shown, "",
                              "< 250 MB", verdict, f"{peak / 1e6:.1f} MB peak"])
-                summary.setdefault(m, {})[tool] = {"peak_bytes": peak, "a": a_peak, "b": b_peak, "pass": peak < RSS_TARGET}
+                summary.setdefault(m, {})[tool] = {"peak_bytes": peak, "a": a_peak, "b": b_peak,
+                                                   "pass": peak < RSS_TARGET}
                 continue
             field = "stored_seconds" if m in "ac" else "seconds"
             value = seconds(tool, m, field)
@@ -811,8 +814,10 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                 summary.setdefault(m, {})[tool] = {"seconds": None, "timed_out": True, "pass": False}
                 continue
             if value is None:
-                errors = [e.get("error") for e in results.get(tool, {}).get("measures", {}).get(m, []) if e.get("error")]
-                rows.append([labels[m], tool, "-", "", "", "", "n/a", (note or (errors[0][:80] if errors else "not run"))])
+                entries = results.get(tool, {}).get("measures", {}).get(m, [])
+                errors = [e.get("error") for e in entries if e.get("error")]
+                rows.append([labels[m], tool, "-", "", "", "", "n/a",
+                             (note or (errors[0][:80] if errors else "not run"))])
                 continue
             extra = ""
             if m == "d":
@@ -861,7 +866,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="large file for (a), (b) in MiB (default 1024)")
     parser.add_argument("--small-files", type=int, default=1000, help="files copied in (c) (default 1000)")
     parser.add_argument("--small-kib", type=int, default=16, help="size of each file in (c) in KiB (default 16)")
-    parser.add_argument("--list-files", type=int, default=10000, help="files in the folder listed by (d) (default 10000)")
+    parser.add_argument("--list-files", type=int, default=10000,
+                        help="files in the folder listed by (d) (default 10000)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each measure; the median is reported (default 1)")
     parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,b,e (default all)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="mounts to run (default s3filesfs,s3fs,rclone)")
@@ -947,7 +953,8 @@ def source_state() -> str:
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
-    return f"{head}" + (f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else "")
+    changes = f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else ""
+    return f"{head}{changes}"
 
 
 def rclone_path() -> str | None:

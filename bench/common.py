@@ -189,7 +189,7 @@ def print_table(header: list[str], rows: list[list], out=None) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(header))]
     for n, row in enumerate(cells):
-        parts = [c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        parts = [c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         print("  ".join(parts).rstrip(), file=out)
         if n == 0:
             print("  ".join("-" * w for w in widths), file=out)

@@ -194,7 +194,8 @@ def _from_run_yaml(document: dict, where: str) -> dict:
                 backends = (document.get("storage") or {}).get("backends") or {}
                 backend = backends.get(store["backend"])
                 if not isinstance(backend, dict):
-                    raise _fail(where, f"metadata_store.backend '{store['backend']}' is not defined under storage.backends")
+                    raise _fail(where, f"metadata_store.backend '{store['backend']}' is not defined "
+                                       "under storage.backends")
                 config["metadata_store"] = backend
             return config
     raise _fail(where, "this Llama Stack run.yaml has no files provider of type remote::s3")
@@ -313,7 +314,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {v['endpoint_url']!r})")
         try:
-            parsed.port
+            _ = parsed.port  # urllib checks the port only when asked for it
         except ValueError:
             raise _fail(where, f"endpoint_url has a bad port (got {v['endpoint_url']!r})") from None
     s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))

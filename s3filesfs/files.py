@@ -78,7 +78,7 @@ def object_metadata(file: FileObject) -> dict[str, str]:
 class PendingFile:
     """A file being created: write its body, then ``commit`` to register it (or ``abort``)."""
 
-    def __init__(self, service: "FileService", file: FileObject, writer: BlobWriter):
+    def __init__(self, service: FileService, file: FileObject, writer: BlobWriter):
         self._service = service
         self._file = file
         self._writer = writer

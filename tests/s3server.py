@@ -34,8 +34,9 @@ class MotoServer:
 
     def start(self, timeout: float = 30.0) -> "MotoServer":
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env})
+                                        stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -52,7 +52,8 @@ class Env:
         sync = {"watch_dir": str(self.watch), "settle_seconds": 0.3, "workers": 4, "max_retries": 8}
         sync.update(options.pop("sync", {}))
         api = {"socket": str(self.socket), **options.pop("api", {})}
-        document = {**server.settings_values(self.bucket), "metadata_store": {"type": "sqlite", "db_path": str(self.db)},
+        document = {**server.settings_values(self.bucket),
+                    "metadata_store": {"type": "sqlite", "db_path": str(self.db)},
                     "data_dir": str(tmp_path / "data"), "sync": sync, "api": api, **options}
         self.config_path = tmp_path / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(document))

@@ -19,7 +19,6 @@ from pathlib import Path
 from s3filesfs import config
 from s3filesfs.files import object_metadata, open_service
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
-
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 MOUNT_TIMEOUT = 20.0

@@ -171,7 +171,8 @@ def test_file_that_expires_while_mounted_disappears(mount, changed):
     # Wait for the expiry itself without touching the store (other tests' changes came before it).
     while time.monotonic() < changed.at["expired"]:
         time.sleep(0.05)
-    shows(changed, "expired", lambda: planted.filename not in names(mount, "batch"), "the expired file gone from batch/")
+    shows(changed, "expired", lambda: planted.filename not in names(mount, "batch"),
+          "the expired file gone from batch/")
     shows(changed, "expired", lambda: not os.path.exists(mount / "batch" / planted.filename),
           "the expired file gone for stat", ENTRY_WINDOW)
     assert planted.id not in index_ids(mount)

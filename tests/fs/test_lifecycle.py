@@ -17,7 +17,7 @@ import pytest
 
 from tests.fs.mounting import Mount, unique, wait_for
 from tests.fs.test_failures import StagedMount, staged
-from tests.fs.test_writes import MiB, settled_snapshot, assert_registered, body, file_id, payload, rows_named
+from tests.fs.test_writes import MiB, assert_registered, body, file_id, payload, rows_named, settled_snapshot
 from tests.s3server import SECRET_KEY, MotoServer
 
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}

@@ -688,7 +688,8 @@ def test_rsync_inplace_updates_existing_files(mount, tmp_path):
     old_ids = {name: file_id(mount / "user_data" / name) for name in files}
     changed = {}
     for i, name in enumerate(files):
-        data = payload(len(files[name]) // 2 + 1, ("inplace-2", i))  # shorter (so rsync sees a change): it truncates at the end
+        # Shorter, so rsync sees a change: it truncates at the end.
+        data = payload(len(files[name]) // 2 + 1, ("inplace-2", i))
         (tmp_path / "src" / name).write_bytes(data)
         changed[name] = data
     run("rsync", "-a", "--inplace", "--no-whole-file", f"{tmp_path / 'src'}/", f"{mount / 'user_data'}/")

@@ -166,7 +166,7 @@ def test_upload_json_gives_openai_file_objects(samples):
              "--expires-after", "7200", "--json")
     documents = json_documents(out)
     assert len(documents) == 2
-    for document, name in zip(documents, ["a.txt", "b.jsonl"]):
+    for document, name in zip(documents, ["a.txt", "b.jsonl"], strict=True):
         assert_file_object(document)
         assert (document["filename"], document["purpose"]) == (name, "assistants")
         assert document["expires_at"] == document["created_at"] + 7200

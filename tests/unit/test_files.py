@@ -593,7 +593,7 @@ def test_bad_list_arguments_are_rejected(backend, kwargs, param):
 def test_after_pagination_gives_disjoint_pages(backend, order):
     service = backend.service
     ids = []
-    for n in range(7):
+    for _ in range(7):
         ids.append(upload(service, purpose="user_data").id)
         backend.clock.advance(1)
     expected = ids if order == "asc" else ids[::-1]

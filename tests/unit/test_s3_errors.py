@@ -122,7 +122,7 @@ def test_access_denied_when_only_the_head_is_refused(s3_server, tmp_path):
 def test_access_denied_on_upload_leaves_no_row(s3_server, tmp_path, code, reason):
     bucket = s3_server.new_bucket_name()
     service = service_on(s3_server, tmp_path, bucket)
-    service.blobs  # the bucket is there and reachable
+    _ = service.blobs  # the bucket is there and reachable
     with mock.patch.object(service.blobs.client, "put_object",
                            side_effect=client_error(code, "refused", "PutObject", 403)):
         with pytest.raises(AccessDenied) as raised:

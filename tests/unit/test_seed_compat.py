@@ -28,28 +28,32 @@ COLUMNS = [
 ]
 
 # The table as the seed's SQLAlchemy store creates it on SQLite.
-SEED_DDL = """CREATE TABLE openai_files (
-\tid VARCHAR NOT NULL, 
-\tfilename VARCHAR, 
-\tpurpose VARCHAR, 
-\tbytes INTEGER, 
-\tcreated_at INTEGER, 
-\texpires_at INTEGER, 
-\taccess_attributes JSON, 
-\towner_principal VARCHAR, 
-\tPRIMARY KEY (id)
-)"""
+SEED_DDL = (
+    "CREATE TABLE openai_files (\n"
+    "\tid VARCHAR NOT NULL, \n"
+    "\tfilename VARCHAR, \n"
+    "\tpurpose VARCHAR, \n"
+    "\tbytes INTEGER, \n"
+    "\tcreated_at INTEGER, \n"
+    "\texpires_at INTEGER, \n"
+    "\taccess_attributes JSON, \n"
+    "\towner_principal VARCHAR, \n"
+    "\tPRIMARY KEY (id)\n"
+    ")"
+)
 
 # An older seed's table, from before access control.
-OLD_SEED_DDL = """CREATE TABLE openai_files (
-\tid VARCHAR NOT NULL, 
-\tfilename VARCHAR, 
-\tpurpose VARCHAR, 
-\tbytes INTEGER, 
-\tcreated_at INTEGER, 
-\texpires_at INTEGER, 
-\tPRIMARY KEY (id)
-)"""
+OLD_SEED_DDL = (
+    "CREATE TABLE openai_files (\n"
+    "\tid VARCHAR NOT NULL, \n"
+    "\tfilename VARCHAR, \n"
+    "\tpurpose VARCHAR, \n"
+    "\tbytes INTEGER, \n"
+    "\tcreated_at INTEGER, \n"
+    "\texpires_at INTEGER, \n"
+    "\tPRIMARY KEY (id)\n"
+    ")"
+)
 
 
 def plain(db_path) -> sqlite3.Connection:
