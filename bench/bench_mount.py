@@ -108,7 +108,7 @@ class RssSampler:
         self.peak = 0
         self.samples = 0
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
     def __enter__(self):
         if self.pid is not None:
@@ -190,8 +190,8 @@ class Mount:
         self.mountpoint = work / f"mnt-{self.name}"
         self.log_path = work / f"{self.name}.log"
         self.process: subprocess.Popen | None = None
-        self.exit_status = None
-        self.ru_maxrss = None
+        self.exit_status: int | None = None
+        self.ru_maxrss: int | None = None
 
     # what each tool needs
     def command(self) -> list[str]:
@@ -517,7 +517,7 @@ class Bench:
         self.env = child_env(work)
         self.size = args.size_mib * MIB
         self.results: dict[str, dict] = {}  # tool -> {"measures": {...}, "note": str, ...}
-        self.log = []
+        self.log: list[str] = []
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -664,6 +664,7 @@ class Bench:
             empty_bucket(fast_client(self.server), bucket)
 
     def mount_measures(self, tool: str, mount: Mount) -> None:
+        assert mount.process is not None  # measured only while mounted
         args, pid, server = self.args, mount.process.pid, self.server
         if "d" in args.only:
             folder = mount.folder(LIST_FOLDER)
@@ -769,7 +770,8 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
         entries = ok(results.get(tool, {}).get("measures", {}).get(measure, []))
         return median([e[field] for e in entries]) if entries else None
 
-    rows, notes, summary = [], [], {}
+    rows, notes = [], []
+    summary: dict[str, dict] = {}
     mount_tools = [t for t in args.tools]
     for m in [x for x in MEASURES if x in args.only]:
         if m in baseline_names:

@@ -152,7 +152,11 @@ def run_measured(command: list[str], *, env: dict | None = None, interval: float
         sampler.start()
         killer = None
         if timeout is not None:
-            killer = threading.Timer(timeout, lambda: child.poll() is None and child.kill())
+            def kill_if_running() -> None:
+                if child.poll() is None:
+                    child.kill()
+
+            killer = threading.Timer(timeout, kill_if_running)
             killer.start()
         try:
             _, status, usage = os.wait4(child.pid, 0)

@@ -153,7 +153,7 @@ def _fail(where: str | None, message: str) -> ConfigError:
     return ConfigError(f"config error in {where}: {message}" if where else f"config error: {message}")
 
 
-def _unknown(where: str, key: str, known: set[str]) -> ConfigError:
+def _unknown(where: str | None, key: str, known: set[str]) -> ConfigError:
     close = difflib.get_close_matches(key, sorted(known), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return _fail(where, f"unknown key '{key}'{hint}")
@@ -262,7 +262,7 @@ def _env_overrides() -> dict:
 # --- checking --------------------------------------------------------------------------------
 
 
-def _as_bool(value, key: str, where: str) -> bool:
+def _as_bool(value, key: str, where: str | None) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -286,7 +286,7 @@ def _as_number(value, key: str, where, low, high, kind=int):
     return number
 
 
-def _as_int(value, key: str, where: str, low: int, high: int) -> int:
+def _as_int(value, key: str, where: str | None, low: int, high: int) -> int:
     return _as_number(value, key, where, low, high)
 
 

@@ -15,6 +15,7 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 import urllib.parse
@@ -291,7 +292,7 @@ class FileService:
         self.blobs.delete(file_id)
         return True
 
-    def gc(self) -> list[str]:
+    def gc(self) -> builtins.list[str]:  # builtins: FileService.list shadows the type here
         """Remove every expired file; returns their ids. One failure does not stop the rest."""
         removed, failures = [], []
         for file_id in self.metadata.expired(self.now()):

@@ -57,7 +57,7 @@ class Env:
                     "data_dir": str(tmp_path / "data"), "sync": sync, "api": api, **options}
         self.config_path = tmp_path / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(document))
-        self.daemon = None
+        self.daemon: Daemon | None = None
 
     def settings(self):
         return config.load(self.config_path)

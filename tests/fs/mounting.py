@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from s3filesfs import config
-from s3filesfs.files import object_metadata, open_service
+from s3filesfs.files import FileService, object_metadata, open_service
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
@@ -61,7 +61,8 @@ class Mount:
         self.bucket = server.new_bucket_name() if backend == "s3" else None
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
-        self._service = None
+        self.baseline: dict | None = None  # a snapshot() that fixtures take once the mount is up
+        self._service: FileService | None = None
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     # --- settings shared by the mount, the CLI and the test's own service ----------------------
@@ -70,6 +71,7 @@ class Mount:
     def global_args(self) -> list[str]:
         args = ["--data-dir", str(self.data_dir)]
         if self.backend == "s3":
+            assert self.bucket is not None
             args += ["--bucket", self.bucket, "--endpoint-url", self.server.endpoint_url]
         return args
 
@@ -91,7 +93,7 @@ class Mount:
         return env
 
     def flags(self) -> dict:
-        flags = {"data_dir": str(self.data_dir)}
+        flags: dict[str, object] = {"data_dir": str(self.data_dir)}
         if self.backend == "s3":
             flags.update(bucket_name=self.bucket, endpoint_url=self.server.endpoint_url,
                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,

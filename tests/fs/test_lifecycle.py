@@ -132,6 +132,7 @@ def test_sigterm_while_closing_finishes_upload(s3_server, fuse):
     m = Mount("s3", s3_server)
     try:
         m.start()
+        assert m.process is not None
         baseline = m.snapshot()
         name = unique("closing", ".bin")
         data = payload(32 * MiB + 5, "closing")
@@ -178,6 +179,7 @@ def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
     m = Mount("s3", s3_server)
     try:
         m.start()
+        assert m.process is not None
         baseline = m.snapshot()
         name = unique("inflight", ".bin")
         data = payload(24 * MiB + 3, "sigterm")
@@ -441,7 +443,7 @@ def test_missing_bucket_without_auto_create(s3_server, fuse):
                                     env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
             line = _assert_refused(m, result, logs_on_stderr=bool(extra))
             assert result.returncode in (1, 3), (result.returncode, line)
-            assert m.bucket in line and "does not exist" in line, line
+            assert m.bucket and m.bucket in line and "does not exist" in line, line
     finally:
         cleanup(m)
 

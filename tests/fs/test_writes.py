@@ -706,7 +706,7 @@ def test_editor_style_save(mount):
     dest.write_bytes(b"draft 1\n")
     old = file_id(dest)
     swap = mount / "assistants" / f".{name}.swp"
-    seen_swap = []
+    seen_swap: list[str] = []
     stop = threading.Event()
 
     def watch_rows():

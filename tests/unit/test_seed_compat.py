@@ -101,7 +101,9 @@ def test_rows_follow_the_seed_conventions(tmp_path):
         row = rows[file.id]
         assert (row["t_created"], row["t_bytes"]) == ("integer", "integer")
         assert row["created_at"] == EPOCH
-        assert row["bytes"] == file.bytes == service.blobs.head(file.id).size
+        stored = service.blobs.head(file.id)
+        assert stored is not None
+        assert row["bytes"] == file.bytes == stored.size
         assert row["owner_principal"] == ""
         assert (row["access_attributes"], row["t_access"]) == ("null", "text")
         assert (row["filename"], row["purpose"]) == (file.filename, file.purpose)
