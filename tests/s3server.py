@@ -13,14 +13,10 @@ import uuid
 
 import boto3
 
+from tests.helpers import free_port
+
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MotoServer:

@@ -2,7 +2,8 @@
 
 import signal
 
-from tests.daemon.conftest import wait_for, write
+from tests.daemon.conftest import write
+from tests.helpers import wait_for
 
 
 def make_files(folder, count, size):

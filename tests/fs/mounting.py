@@ -13,38 +13,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from s3filesfs import config
 from s3filesfs.files import FileService, object_metadata, open_service
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
+from tests.helpers import LEAKY_ENV
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 MOUNT_TIMEOUT = 20.0
-_LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
-
-
-def wait_for(predicate, timeout=5.0, what="condition", interval=0.02):
-    """Poll ``predicate`` until it returns something truthy; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-def unique(stem="f", ext=".txt") -> str:
-    """A name no other test of a shared mount uses."""
-    return f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
 
 
 class Mount:
@@ -77,7 +54,7 @@ class Mount:
 
     @property
     def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY_ENV)}
         env.update({
             "XDG_CONFIG_HOME": str(self.root / "config"),
             "XDG_DATA_HOME": str(self.root / "xdg-data"),

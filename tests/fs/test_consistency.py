@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
+from tests.helpers import unique, wait_for
 
 WINDOW = 1.5  # the documented window is "about 1 s": the listing is refreshed every second
 ENTRY_WINDOW = 2.0  # a name the kernel looked up just before may be kept one more second (entry timeout)

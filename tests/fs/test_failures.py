@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
 from tests.fs.test_writes import (
     MiB,
     assert_registered,
@@ -26,6 +26,7 @@ from tests.fs.test_writes import (
     run,
     settled_snapshot,
 )
+from tests.helpers import unique, wait_for
 
 
 class StagedMount(Mount):

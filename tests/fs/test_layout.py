@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from s3filesfs.model import EXPIRES_AFTER_MAX, PURPOSES, new_file_id
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
+from tests.helpers import unique, wait_for
 
 SHOWN = 3.0  # seconds a planted file may take to show (the listing cache is about 1 s)
 OLD = 1_700_000_000  # a created_at in the past, for files that never expire

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
 from tests.fs.test_failures import StagedMount, staged
 from tests.fs.test_writes import MiB, assert_registered, body, file_id, payload, rows_named, settled_snapshot
+from tests.helpers import unique, wait_for
 from tests.s3server import SECRET_KEY, MotoServer
 
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}

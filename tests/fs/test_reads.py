@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
+from tests.helpers import unique, wait_for
 
 SHOWN = 3.0
 MiB = 1024 * 1024

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
 from tests.fs.test_writes import (
     _settle_staging,  # noqa: F401  (autouse fixture)
     assert_gone,
@@ -20,6 +19,7 @@ from tests.fs.test_writes import (
     run,
     uploaded_name,
 )
+from tests.helpers import unique, wait_for
 
 
 def test_mv_within_purpose_keeps_id(mount):

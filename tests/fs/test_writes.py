@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
+from tests.helpers import unique, wait_for
 
 MiB = 1024 * 1024
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
