@@ -2,12 +2,16 @@
 
 ``Mount`` starts ``python -m s3filesfs ... mount MP --foreground`` on the embedded local store or on
 a bucket of the test S3 server, waits until the kernel shows the mountpoint, and stops it with
-SIGTERM (falling back to ``fusermount3 -u -z``). Tests look behind the mount's back through
+SIGTERM (falling back to ``fusermount3 -u -z``). A mount whose process was killed is not leaked:
+``stop`` lazily unmounts whatever the kernel still lists at the mountpoint, and ``start`` first
+clears a dead mount (one that answers ENOTCONN) left there. Tests look behind the mount's back through
 ``service()`` (a FileService on the same database and store) and ``plant()``, and end with
 ``assert_consistent()``: bucket and table agree, no half-written upload and no staging file is left.
 """
 
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +26,39 @@ from tests.helpers import LEAKY_ENV
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 MOUNT_TIMEOUT = 20.0
+UNMOUNT_ATTEMPTS = 5  # mounts can be stacked at one path; each lazy unmount removes the top one
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def mounted_at(path: Path) -> bool:
+    """Whether the kernel lists a mount at ``path``, from /proc/self/mountinfo.
+
+    Unlike ``os.path.ismount`` this never touches the path, so a dead FUSE mount (its process was
+    killed: every call on it fails with ENOTCONN, and ``ismount`` answers False) is seen too.
+    """
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            # The mount point is the fifth field, with space, tab, newline and backslash in octal.
+            if len(fields) > 4 and _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4]) == target:
+                return True
+    return False
+
+
+def dead_mount_at(path: Path) -> bool:
+    """A mount is listed at ``path`` but no process serves it any more.
+
+    ``statfs`` always goes to the filesystem (``stat`` may still be answered from the attribute
+    cache for a moment after the process died), so a dead connection answers ENOTCONN at once.
+    """
+    if not mounted_at(path):
+        return False
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 class Mount:
@@ -91,6 +128,8 @@ class Mount:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout=MOUNT_TIMEOUT) -> "Mount":
+        if dead_mount_at(self.mountpoint):  # a killed mount's leftover: the new one would be refused
+            self._unmount()
         self.staging.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         command = self.command("mount", str(self.mountpoint), "--foreground",
@@ -110,7 +149,9 @@ class Mount:
         return self
 
     def stop(self, timeout=20.0) -> int | None:
-        """SIGTERM, wait; a mount that will not go is lazily unmounted and killed. Returns the exit code."""
+        """SIGTERM, wait; a mount that will not go is lazily unmounted and killed. Whatever the
+        process's state (running, exited, killed, forgotten), a mount still listed at the mountpoint
+        afterwards, a dead one included, is lazily unmounted. Returns the exit code, if known."""
         code = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -122,13 +163,21 @@ class Mount:
                 self.process.wait()
         elif self.process is not None:
             code = self.process.returncode
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        self._unmount()
         self.process = None
         if self._service is not None:
             self._service.metadata.close()
             self._service = None
         return code
+
+    def _unmount(self) -> None:
+        """Lazily unmount everything the kernel lists at the mountpoint (``fusermount3 -u -z``)."""
+        for _ in range(UNMOUNT_ATTEMPTS):
+            if not mounted_at(self.mountpoint):
+                return
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        if mounted_at(self.mountpoint):
+            raise AssertionError(f"{self.mountpoint} is still mounted after {UNMOUNT_ATTEMPTS} lazy unmounts")
 
     def log(self) -> str:
         try:

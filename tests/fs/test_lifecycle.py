@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.mounting import Mount
+from tests.fs.mounting import Mount, dead_mount_at, mounted_at
 from tests.fs.test_failures import StagedMount, staged
 from tests.fs.test_writes import MiB, assert_registered, body, file_id, payload, rows_named, settled_snapshot
 from tests.helpers import unique, wait_for
@@ -402,6 +402,58 @@ def test_stale_dead_mount_is_mounted_again(local_mount_setup):
     assert PURPOSES <= set(os.listdir(m.mountpoint))
     m.cli("umount", str(m.mountpoint), timeout=60)
     assert not os.path.ismount(m.mountpoint)
+
+
+def stat_errno(path: Path) -> int | None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+@pytest.mark.parametrize("when", ["at once", "once stat fails"])
+@pytest.mark.parametrize("recover_with", ["stop", "start"])
+def test_harness_recovers_from_a_killed_mount(local_mount_setup, recover_with, when):
+    """The test harness's own lifecycle: after ``kill -9`` of the mount (and of the auto_unmount
+    helper that would otherwise clean up), ``Mount.stop`` leaves no mount behind, and
+    ``Mount.start``, with or without a ``stop`` first, mounts a working filesystem again.
+
+    Both while the dead root's attributes are still cached (``os.path.ismount`` says True) and
+    after (``os.stat`` fails with ENOTCONN, ``os.path.ismount`` says False).
+    """
+    m = local_mount_setup
+    m.start()
+    assert m.process is not None
+    before = m / "assistants" / unique("before-kill")
+    before.write_bytes(b"written before the kill\n")
+    helpers = fusermount_helpers(m.mountpoint)
+    assert helpers, "no auto_unmount helper found: the kill below would not leave a dead mount"
+    for pid in helpers:
+        os.kill(pid, signal.SIGKILL)
+    os.kill(m.process.pid, signal.SIGKILL)
+    assert m.process.wait(10) == -signal.SIGKILL
+    wait_for(lambda: dead_mount_at(m.mountpoint), 5, "the killed mount to answer ENOTCONN")
+    with pytest.raises(OSError) as refused:
+        os.listdir(m.mountpoint)
+    assert refused.value.errno == errno.ENOTCONN
+    if when == "once stat fails":
+        wait_for(lambda: stat_errno(m.mountpoint) == errno.ENOTCONN, 5, "the cached attributes to expire")
+        assert mounted_at(m.mountpoint) and not os.path.ismount(m.mountpoint)
+
+    if recover_with == "stop":
+        assert m.stop() == -signal.SIGKILL
+        assert not mounted_at(m.mountpoint), "stop() left the dead mount behind"
+        assert os.listdir(m.mountpoint) == []  # the plain, empty folder under it again
+    m.start()
+    assert mounted_at(m.mountpoint) and os.path.ismount(m.mountpoint)
+    assert before.read_bytes() == b"written before the kill\n"
+    after = m / "batch" / unique("after-restart")
+    after.write_bytes(b"written after the restart\n")
+    assert after.read_bytes() == b"written after the restart\n"
+    assert m.rows()[file_id(after)]["filename"] == after.name
+    assert m.stop() == 0
+    assert not mounted_at(m.mountpoint)
 
 
 def test_mount_on_live_mount_is_refused(local_mount_setup):
