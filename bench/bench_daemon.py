@@ -55,7 +55,11 @@ def start_moto(workdir: Path):
     log = open(workdir / "moto.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
-    wait(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True, 30, "moto", 0.1)
+    def accepting() -> bool:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+
+    wait(accepting, 30, "moto", 0.1)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -94,7 +98,7 @@ def main() -> None:
         daemon = subprocess.Popen([str(exe), "--config", str(workdir / "config.yaml"), "daemon"],
                                   stdout=open(workdir / "daemon.log", "wb"), stderr=subprocess.STDOUT)
         client = DaemonClient(workdir / "api.sock", timeout=10)
-        wait(client.running, 30, "the daemon", 0.05)
+        wait(lambda: client.status() is not None, 30, "the daemon", 0.05)
 
         # 1. latency, one file at a time.
         latencies = []

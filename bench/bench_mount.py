@@ -108,7 +108,7 @@ class RssSampler:
         self.peak = 0
         self.samples = 0
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
     def __enter__(self):
         if self.pid is not None:
@@ -190,8 +190,8 @@ class Mount:
         self.mountpoint = work / f"mnt-{self.name}"
         self.log_path = work / f"{self.name}.log"
         self.process: subprocess.Popen | None = None
-        self.exit_status = None
-        self.ru_maxrss = None
+        self.exit_status: int | None = None
+        self.ru_maxrss: int | None = None
 
     # what each tool needs
     def command(self) -> list[str]:
@@ -270,7 +270,8 @@ class Mount:
         from botocore.exceptions import ClientError
 
         try:
-            return self.server.client().head_object(Bucket=self.bucket, Key=self.key_for(folder, filename))["ContentLength"]
+            head = self.server.client().head_object(Bucket=self.bucket, Key=self.key_for(folder, filename))
+            return head["ContentLength"]
         except ClientError:
             return None
 
@@ -516,7 +517,7 @@ class Bench:
         self.env = child_env(work)
         self.size = args.size_mib * MIB
         self.results: dict[str, dict] = {}  # tool -> {"measures": {...}, "note": str, ...}
-        self.log = []
+        self.log: list[str] = []
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -663,6 +664,7 @@ class Bench:
             empty_bucket(fast_client(self.server), bucket)
 
     def mount_measures(self, tool: str, mount: Mount) -> None:
+        assert mount.process is not None  # measured only while mounted
         args, pid, server = self.args, mount.process.pid, self.server
         if "d" in args.only:
             folder = mount.folder(LIST_FOLDER)
@@ -768,7 +770,8 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
         entries = ok(results.get(tool, {}).get("measures", {}).get(measure, []))
         return median([e[field] for e in entries]) if entries else None
 
-    rows, notes, summary = [], [], {}
+    rows, notes = [], []
+    summary: dict[str, dict] = {}
     mount_tools = [t for t in args.tools]
     for m in [x for x in MEASURES if x in args.only]:
         if m in baseline_names:
@@ -794,13 +797,15 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                     rows.append([labels[m], tool, "-", "", "", "< 250 MB", "n/a", note or ""])
                     continue
                 peak = max(peaks)
-                a_peak = max([e.get("mount_peak_rss") or 0 for e in ok(results[tool]["measures"].get("a", []))], default=0)
-                b_peak = max([e.get("mount_peak_rss") or 0 for e in ok(results[tool]["measures"].get("b", []))], default=0)
+                measures = results[tool]["measures"]
+                a_peak = max([e.get("mount_peak_rss") or 0 for e in ok(measures.get("a", []))], default=0)
+                b_peak = max([e.get("mount_peak_rss") or 0 for e in ok(measures.get("b", []))], default=0)
                 verdict = "PASS" if peak < RSS_TARGET else "FAIL"
                 shown = " / ".join(f"{x} {p / 1e6:.0f}" for x, p in (("a", a_peak), ("b", b_peak)) if p) + " MB"
                 rows.append([labels[m], tool, "", shown, "",
                              "< 250 MB", verdict, f"{peak / 1e6:.1f} MB peak"])
-                summary.setdefault(m, {})[tool] = {"peak_bytes": peak, "a": a_peak, "b": b_peak, "pass": peak < RSS_TARGET}
+                summary.setdefault(m, {})[tool] = {"peak_bytes": peak, "a": a_peak, "b": b_peak,
+                                                   "pass": peak < RSS_TARGET}
                 continue
             field = "stored_seconds" if m in "ac" else "seconds"
             value = seconds(tool, m, field)
@@ -811,8 +816,10 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                 summary.setdefault(m, {})[tool] = {"seconds": None, "timed_out": True, "pass": False}
                 continue
             if value is None:
-                errors = [e.get("error") for e in results.get(tool, {}).get("measures", {}).get(m, []) if e.get("error")]
-                rows.append([labels[m], tool, "-", "", "", "", "n/a", (note or (errors[0][:80] if errors else "not run"))])
+                entries = results.get(tool, {}).get("measures", {}).get(m, [])
+                errors = [e.get("error") for e in entries if e.get("error")]
+                rows.append([labels[m], tool, "-", "", "", "", "n/a",
+                             (note or (errors[0][:80] if errors else "not run"))])
                 continue
             extra = ""
             if m == "d":
@@ -861,7 +868,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="large file for (a), (b) in MiB (default 1024)")
     parser.add_argument("--small-files", type=int, default=1000, help="files copied in (c) (default 1000)")
     parser.add_argument("--small-kib", type=int, default=16, help="size of each file in (c) in KiB (default 16)")
-    parser.add_argument("--list-files", type=int, default=10000, help="files in the folder listed by (d) (default 10000)")
+    parser.add_argument("--list-files", type=int, default=10000,
+                        help="files in the folder listed by (d) (default 10000)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each measure; the median is reported (default 1)")
     parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,b,e (default all)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="mounts to run (default s3filesfs,s3fs,rclone)")
@@ -947,7 +955,8 @@ def source_state() -> str:
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
-    return f"{head}" + (f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else "")
+    changes = f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else ""
+    return f"{head}{changes}"
 
 
 def rclone_path() -> str | None:

@@ -89,7 +89,8 @@ def run_boto3(server, work: Path, path: Path, size: int, run: int, args) -> Meas
     bucket = server.new_bucket_name()
     server.client().create_bucket(Bucket=bucket)
     key = f"baseline-{run}"
-    result = run_measured(upload_command(path, server.endpoint_url, bucket, key), env=child_env(server), interval=args.interval)
+    result = run_measured(upload_command(path, server.endpoint_url, bucket, key), env=child_env(server),
+                          interval=args.interval)
     if result.returncode != 0:
         raise SystemExit(f"boto3 upload_file failed ({result.returncode}):\n{result.stderr}")
     result.extra = {"bucket": bucket, "key": key}
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
                 print(f"  run {run + 1}/{args.repeat}  {name:<{width}} {result.seconds:7.2f} s  "
                       f"{args.size_mb / result.seconds:7.1f} MiB/s  peak RSS {result.peak_rss / MIB:6.1f} MiB "
                       f"(ru_maxrss {result.ru_maxrss / MIB:.1f} MiB, {result.samples} samples), "
-                      f"CPU {result.cpu_seconds:.1f} s, server CPU {result.extra['server_cpu_seconds']:.1f} s", flush=True)
+                      f"CPU {result.cpu_seconds:.1f} s, server CPU {result.extra['server_cpu_seconds']:.1f} s",
+                      flush=True)
 
     summary = {}
     for name, results in runs.items():

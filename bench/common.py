@@ -152,7 +152,11 @@ def run_measured(command: list[str], *, env: dict | None = None, interval: float
         sampler.start()
         killer = None
         if timeout is not None:
-            killer = threading.Timer(timeout, lambda: child.poll() is None and child.kill())
+            def kill_if_running() -> None:
+                if child.poll() is None:
+                    child.kill()
+
+            killer = threading.Timer(timeout, kill_if_running)
             killer.start()
         try:
             _, status, usage = os.wait4(child.pid, 0)
@@ -189,7 +193,7 @@ def print_table(header: list[str], rows: list[list], out=None) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(header))]
     for n, row in enumerate(cells):
-        parts = [c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        parts = [c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         print("  ".join(parts).rstrip(), file=out)
         if n == 0:
             print("  ".join("-" * w for w in widths), file=out)

@@ -16,11 +16,11 @@ from pathlib import Path
 import click
 
 from . import __version__, config
+from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .errors import NotStaged, S3FilesError, UserError, internal_error
 from .files import open_service
-from .model import LIST_LIMIT_MAX, PURPOSES
-from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
+from .model import LIST_LIMIT_MAX, PURPOSES
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -115,7 +115,7 @@ def _print_table(files) -> None:
     header = ("ID", "SIZE", "CREATED", "EXPIRES", "PURPOSE", "FILENAME")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 # --- commands --------------------------------------------------------------------------------

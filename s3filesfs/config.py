@@ -153,7 +153,7 @@ def _fail(where: str | None, message: str) -> ConfigError:
     return ConfigError(f"config error in {where}: {message}" if where else f"config error: {message}")
 
 
-def _unknown(where: str, key: str, known: set[str]) -> ConfigError:
+def _unknown(where: str | None, key: str, known: set[str]) -> ConfigError:
     close = difflib.get_close_matches(key, sorted(known), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return _fail(where, f"unknown key '{key}'{hint}")
@@ -194,7 +194,8 @@ def _from_run_yaml(document: dict, where: str) -> dict:
                 backends = (document.get("storage") or {}).get("backends") or {}
                 backend = backends.get(store["backend"])
                 if not isinstance(backend, dict):
-                    raise _fail(where, f"metadata_store.backend '{store['backend']}' is not defined under storage.backends")
+                    raise _fail(where, f"metadata_store.backend '{store['backend']}' is not defined "
+                                       "under storage.backends")
                 config["metadata_store"] = backend
             return config
     raise _fail(where, "this Llama Stack run.yaml has no files provider of type remote::s3")
@@ -261,7 +262,7 @@ def _env_overrides() -> dict:
 # --- checking --------------------------------------------------------------------------------
 
 
-def _as_bool(value, key: str, where: str) -> bool:
+def _as_bool(value, key: str, where: str | None) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -285,7 +286,7 @@ def _as_number(value, key: str, where, low, high, kind=int):
     return number
 
 
-def _as_int(value, key: str, where: str, low: int, high: int) -> int:
+def _as_int(value, key: str, where: str | None, low: int, high: int) -> int:
     return _as_number(value, key, where, low, high)
 
 
@@ -313,7 +314,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {v['endpoint_url']!r})")
         try:
-            parsed.port
+            _ = parsed.port  # urllib checks the port only when asked for it
         except ValueError:
             raise _fail(where, f"endpoint_url has a bad port (got {v['endpoint_url']!r})") from None
     s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))

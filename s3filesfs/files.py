@@ -20,6 +20,7 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 import time
@@ -31,7 +32,6 @@ from typing import BinaryIO
 from .blobs import BlobStore, BlobWriter
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError
 from .metadata import MetadataStore
-from .processes import is_running, this_process
 from .model import (
     DEFAULT_FILENAME,
     LIST_LIMIT_MAX,
@@ -44,6 +44,7 @@ from .model import (
     new_file_id,
     parse_expires_after,
 )
+from .processes import is_running, this_process
 
 ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may reap it
 
@@ -85,7 +86,7 @@ def object_metadata(file: FileObject) -> dict[str, str]:
 class PendingFile:
     """A file being created: write its body, then ``commit`` to register it (or ``abort``)."""
 
-    def __init__(self, service: "FileService", file: FileObject, writer: BlobWriter):
+    def __init__(self, service: FileService, file: FileObject, writer: BlobWriter):
         self._service = service
         self._file = file
         self._writer = writer
@@ -326,7 +327,7 @@ class FileService:
         self.metadata.intent_remove(file_id)
         return True
 
-    def reap_abandoned(self) -> list[str]:
+    def reap_abandoned(self) -> builtins.list[str]:
         """Clean up after every upload that its process (on this host) gave up or died in before
         finishing; returns the ids whose leftovers were removed. Uploads under way in any process,
         and those of processes on other hosts, are left alone. One failure does not stop the rest."""
@@ -347,7 +348,7 @@ class FileService:
             raise failures[0]
         return reaped
 
-    def gc(self) -> list[str]:
+    def gc(self) -> builtins.list[str]:  # builtins: FileService.list shadows the type here
         """Remove every expired file; returns their ids. One failure does not stop the rest."""
         removed, failures = [], []
         for file_id in self.metadata.expired(self.now()):

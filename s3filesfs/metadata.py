@@ -263,7 +263,7 @@ class MetadataStore:
                                     {**values, "path": path})
                 if cursor.rowcount > 0:
                     return
-            row = {name: None for name in JOURNAL_COLUMNS}
+            row: dict[str, object] = {name: None for name in JOURNAL_COLUMNS}
             row.update(values, path=path)
             names = ", ".join(row)
             db.execute(f"INSERT INTO {JOURNAL} ({names}) VALUES ({', '.join(':' + n for n in row)})", row)

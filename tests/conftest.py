@@ -7,17 +7,15 @@ import os
 
 import pytest
 
+from tests.helpers import LEAKY_ENV
 from tests.s3server import MotoServer
-
-# Variables that would make a test depend on the machine it runs on.
-_LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """No test reads the user's config, data or AWS credentials."""
     for name in list(os.environ):
-        if name.startswith(_LEAKY_ENV):
+        if name.startswith(LEAKY_ENV):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))

@@ -366,8 +366,9 @@ class _S3Writer(BlobWriter):
 
     def _raise_failed_part(self) -> None:
         for part in self._parts:
-            if part.done() and part.exception():
-                raise part.exception()
+            error = part.exception() if part.done() else None
+            if error is not None:
+                raise error
 
     def commit(self) -> int:
         store = self._store

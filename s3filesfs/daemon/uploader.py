@@ -67,7 +67,7 @@ class Uploader:
         self._writing: dict[str, float] = {}  # path -> when a write was seen without its close
         self._synced: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) just registered
         self._failures: collections.deque[dict] = collections.deque(maxlen=50)
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
         self.last_sync: float | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -293,7 +293,9 @@ class Uploader:
             # The commit may have reached the server: keep the pending id for the next attempt.
             pending.abort()
             raise
-        self.journal.promote(self.journal.get(path))
+        committed = self.journal.get(path)
+        assert committed is not None  # begin_upload wrote it; one worker at a time has a path
+        self.journal.promote(committed)
         with self._lock:
             self._synced[path] = (st.st_size, st.st_mtime_ns)
         replaced = entry.file_id if entry and entry.file_id else None

@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from ..model import is_temporary_name
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 try:  # close events exist only with inotify (Linux)
     from watchdog.observers.inotify import InotifyObserver
 except ImportError:  # pragma: no cover - other platforms
-    InotifyObserver = None
+    InotifyObserver = None  # type: ignore[assignment,misc]
 
 
 class Watcher(FileSystemEventHandler):
@@ -40,7 +42,7 @@ class Watcher(FileSystemEventHandler):
         self.root = Path(root)
         self.purposes = tuple(purposes)
         self.uploader = uploader
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._lock = threading.Lock()
         self.unsupported: dict[str, str] = {}  # relative path -> why it is not uploaded
         self._logged: set[str] = set()  # reported once in the log, not at every rescan
@@ -172,11 +174,11 @@ class Watcher(FileSystemEventHandler):
 
     # --- scanning ----------------------------------------------------------------------------
 
-    def scan(self, tracked: list[str] = ()) -> int:
+    def scan(self, tracked: Iterable[str] = ()) -> int:
         """Submit every file on disk and every ``tracked`` path; returns how many were submitted."""
         submitted = set(tracked)
-        for rel in submitted:
-            self.uploader.submit(rel)
+        for known in submitted:
+            self.uploader.submit(known)
         with self._lock:
             self.unsupported.clear()
         for path in self._walk(self.root):

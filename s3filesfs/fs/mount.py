@@ -81,7 +81,8 @@ def prepare(mountpoint: Path) -> Path:
         subprocess.run([_fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
         log.warning("cleaned a dead mount at %s", mountpoint)
         if mounted_here(mountpoint):
-            raise MountError(f"a dead mount at {mountpoint} could not be removed; try: fusermount3 -u -z {mountpoint}")
+            raise MountError(f"a dead mount at {mountpoint} could not be removed; "
+                             f"try: fusermount3 -u -z {mountpoint}") from None
     kind = mounted_here(mountpoint)
     if kind is not None:
         raise MountError(f"{mountpoint} is already mounted ({kind})")

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import NoSpace, S3FilesError, StagingFailed, StorageError, StagingInUse
+from ..errors import NoSpace, S3FilesError, StagingFailed, StagingInUse, StorageError
 from ..files import FileService, PendingFile
 from ..model import FileObject, is_temporary_name, new_file_id
 from .reader import Reader
@@ -508,7 +508,8 @@ class StagedFile:
 
     def _commit(self) -> FileObject:
         stream, self._stream = self._stream, None
-        named_as_begun = stream is not None and (stream.file.filename, stream.file.purpose) == (self.filename, self.purpose)
+        named_as_begun = stream is not None and (stream.file.filename, stream.file.purpose) == (
+            self.filename, self.purpose)
         if stream is not None and named_as_begun and self._streamed == self.size:
             self.uploading_id = stream.id
             self._save()

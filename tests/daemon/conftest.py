@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -18,22 +17,7 @@ import yaml
 
 from s3filesfs import config
 from s3filesfs.daemon.service import DaemonService
-
-
-def wait_for(predicate, timeout=30.0, what="condition", interval=0.05):
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.TransportError, OSError) as exc:  # a daemon still starting or restarting
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+from tests.helpers import wait_for
 
 
 def socket_client(path) -> httpx.Client:
@@ -52,11 +36,12 @@ class Env:
         sync = {"watch_dir": str(self.watch), "settle_seconds": 0.3, "workers": 4, "max_retries": 8}
         sync.update(options.pop("sync", {}))
         api = {"socket": str(self.socket), **options.pop("api", {})}
-        document = {**server.settings_values(self.bucket), "metadata_store": {"type": "sqlite", "db_path": str(self.db)},
+        document = {**server.settings_values(self.bucket),
+                    "metadata_store": {"type": "sqlite", "db_path": str(self.db)},
                     "data_dir": str(tmp_path / "data"), "sync": sync, "api": api, **options}
         self.config_path = tmp_path / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(document))
-        self.daemon = None
+        self.daemon: Daemon | None = None
 
     def settings(self):
         return config.load(self.config_path)
@@ -120,7 +105,7 @@ class Daemon:
 
         try:
             wait_for(quiet, timeout, "the uploader to go idle", interval=0.1)
-        except pytest.fail.Exception:
+        except AssertionError:
             pytest.fail(f"the uploader never went idle: {self.service.uploader.snapshot()}")
 
     def status(self) -> dict:

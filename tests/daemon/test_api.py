@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from s3filesfs import config
-from tests.s3server import free_port
+from tests.helpers import free_port
 
 
 def assert_openai_error(response, status, param=None):

@@ -2,7 +2,8 @@
 
 import signal
 
-from tests.daemon.conftest import wait_for, write
+from tests.daemon.conftest import write
+from tests.helpers import wait_for
 
 
 def make_files(folder, count, size):
@@ -124,6 +125,7 @@ def test_sigterm_during_a_large_upload_then_restart(env, daemon_process, tmp_pat
     from s3filesfs.metadata import MetadataStore
 
     entry = MetadataStore(world.db).journal_get("fine-tune/big.bin")
+    assert entry is not None
     # Either it finished (done, one object) or it was abandoned (no pending id, no object).
     assert (entry["state"], entry["pending_id"], len(world.object_keys())) in (
         ("done", None, 1), ("interrupted", None, 0)), entry

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from s3filesfs.files import open_service
-from tests.daemon.conftest import wait_for, write
+from tests.daemon.conftest import write
+from tests.helpers import wait_for
 
 
 def ids_by_name(daemon) -> dict[str, str]:

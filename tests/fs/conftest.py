@@ -69,6 +69,6 @@ def _store_agrees(request):
     mounts = [request.getfixturevalue(name) for name in ("mount", "fresh_mount") if name in request.fixturenames]
     baselines = [m.snapshot() for m in mounts]
     yield
-    for m, baseline in zip(mounts, baselines):
+    for m, baseline in zip(mounts, baselines, strict=True):
         if m.process is not None:
             m.assert_consistent(baseline)

@@ -2,50 +2,63 @@
 
 ``Mount`` starts ``python -m s3filesfs ... mount MP --foreground`` on the embedded local store or on
 a bucket of the test S3 server, waits until the kernel shows the mountpoint, and stops it with
-SIGTERM (falling back to ``fusermount3 -u -z``). Tests look behind the mount's back through
+SIGTERM (falling back to ``fusermount3 -u -z``). A mount whose process was killed is not leaked:
+``stop`` lazily unmounts whatever the kernel still lists at the mountpoint, and ``start`` first
+clears a dead mount (one that answers ENOTCONN) left there. Tests look behind the mount's back through
 ``service()`` (a FileService on the same database and store) and ``plant()``, and end with
 ``assert_consistent()``: bucket and table agree, no half-written upload and no staging file is left.
 """
 
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from s3filesfs import config
-from s3filesfs.files import object_metadata, open_service
+from s3filesfs.files import FileService, object_metadata, open_service
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
-
+from tests.helpers import LEAKY_ENV
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 MOUNT_TIMEOUT = 20.0
-_LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+UNMOUNT_ATTEMPTS = 5  # mounts can be stacked at one path; each lazy unmount removes the top one
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def wait_for(predicate, timeout=5.0, what="condition", interval=0.02):
-    """Poll ``predicate`` until it returns something truthy; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
+def mounted_at(path: Path) -> bool:
+    """Whether the kernel lists a mount at ``path``, from /proc/self/mountinfo.
+
+    Unlike ``os.path.ismount`` this never touches the path, so a dead FUSE mount (its process was
+    killed: every call on it fails with ENOTCONN, and ``ismount`` answers False) is seen too.
+    """
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            # The mount point is the fifth field, with space, tab, newline and backslash in octal.
+            if len(fields) > 4 and _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4]) == target:
+                return True
+    return False
 
 
-def unique(stem="f", ext=".txt") -> str:
-    """A name no other test of a shared mount uses."""
-    return f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+def dead_mount_at(path: Path) -> bool:
+    """A mount is listed at ``path`` but no process serves it any more.
+
+    ``statfs`` always goes to the filesystem (``stat`` may still be answered from the attribute
+    cache for a moment after the process died), so a dead connection answers ENOTCONN at once.
+    """
+    if not mounted_at(path):
+        return False
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 class Mount:
@@ -62,7 +75,8 @@ class Mount:
         self.bucket = server.new_bucket_name() if backend == "s3" else None
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
-        self._service = None
+        self.baseline: dict | None = None  # a snapshot() that fixtures take once the mount is up
+        self._service: FileService | None = None
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     # --- settings shared by the mount, the CLI and the test's own service ----------------------
@@ -71,12 +85,13 @@ class Mount:
     def global_args(self) -> list[str]:
         args = ["--data-dir", str(self.data_dir)]
         if self.backend == "s3":
+            assert self.bucket is not None
             args += ["--bucket", self.bucket, "--endpoint-url", self.server.endpoint_url]
         return args
 
     @property
     def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY_ENV)}
         env.update({
             "XDG_CONFIG_HOME": str(self.root / "config"),
             "XDG_DATA_HOME": str(self.root / "xdg-data"),
@@ -92,7 +107,7 @@ class Mount:
         return env
 
     def flags(self) -> dict:
-        flags = {"data_dir": str(self.data_dir)}
+        flags: dict[str, object] = {"data_dir": str(self.data_dir)}
         if self.backend == "s3":
             flags.update(bucket_name=self.bucket, endpoint_url=self.server.endpoint_url,
                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
@@ -113,6 +128,8 @@ class Mount:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout=MOUNT_TIMEOUT) -> "Mount":
+        if dead_mount_at(self.mountpoint):  # a killed mount's leftover: the new one would be refused
+            self._unmount()
         self.staging.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         command = self.command("mount", str(self.mountpoint), "--foreground",
@@ -132,7 +149,9 @@ class Mount:
         return self
 
     def stop(self, timeout=20.0) -> int | None:
-        """SIGTERM, wait; a mount that will not go is lazily unmounted and killed. Returns the exit code."""
+        """SIGTERM, wait; a mount that will not go is lazily unmounted and killed. Whatever the
+        process's state (running, exited, killed, forgotten), a mount still listed at the mountpoint
+        afterwards, a dead one included, is lazily unmounted. Returns the exit code, if known."""
         code = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -144,13 +163,21 @@ class Mount:
                 self.process.wait()
         elif self.process is not None:
             code = self.process.returncode
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        self._unmount()
         self.process = None
         if self._service is not None:
             self._service.metadata.close()
             self._service = None
         return code
+
+    def _unmount(self) -> None:
+        """Lazily unmount everything the kernel lists at the mountpoint (``fusermount3 -u -z``)."""
+        for _ in range(UNMOUNT_ATTEMPTS):
+            if not mounted_at(self.mountpoint):
+                return
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        if mounted_at(self.mountpoint):
+            raise AssertionError(f"{self.mountpoint} is still mounted after {UNMOUNT_ATTEMPTS} lazy unmounts")
 
     def log(self) -> str:
         try:

@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
+from tests.helpers import unique, wait_for
 
 WINDOW = 1.5  # the documented window is "about 1 s": the listing is refreshed every second
 ENTRY_WINDOW = 2.0  # a name the kernel looked up just before may be kept one more second (entry timeout)
@@ -171,7 +172,8 @@ def test_file_that_expires_while_mounted_disappears(mount, changed):
     # Wait for the expiry itself without touching the store (other tests' changes came before it).
     while time.monotonic() < changed.at["expired"]:
         time.sleep(0.05)
-    shows(changed, "expired", lambda: planted.filename not in names(mount, "batch"), "the expired file gone from batch/")
+    shows(changed, "expired", lambda: planted.filename not in names(mount, "batch"),
+          "the expired file gone from batch/")
     shows(changed, "expired", lambda: not os.path.exists(mount / "batch" / planted.filename),
           "the expired file gone for stat", ENTRY_WINDOW)
     assert planted.id not in index_ids(mount)

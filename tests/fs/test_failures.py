@@ -14,8 +14,19 @@ import time
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
-from tests.fs.test_writes import MiB, settled_snapshot, assert_registered, body, file_id, listed, payload, rows_named, run
+from tests.fs.mounting import Mount
+from tests.fs.test_writes import (
+    MiB,
+    assert_registered,
+    body,
+    file_id,
+    listed,
+    payload,
+    rows_named,
+    run,
+    settled_snapshot,
+)
+from tests.helpers import unique, wait_for
 
 
 class StagedMount(Mount):
@@ -46,7 +57,7 @@ def staged(m: Mount) -> list[dict]:
     try:
         return json.loads(result.stdout)["staged"]
     except (ValueError, KeyError) as exc:
-        raise AssertionError(f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}")
+        raise AssertionError(f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}") from exc
 
 
 def _retry_after_restart(m: Mount, server, *files: tuple[str, str, bytes], remount=False) -> None:

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from s3filesfs.model import EXPIRES_AFTER_MAX, PURPOSES, new_file_id
-
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
+from tests.helpers import unique, wait_for
 
 SHOWN = 3.0  # seconds a planted file may take to show (the listing cache is about 1 s)
 OLD = 1_700_000_000  # a created_at in the past, for files that never expire
@@ -263,7 +263,7 @@ def test_duplicate_names_oldest_plain_others_decorated(mount, world):
 
 
 def test_duplicate_names_same_second_ordered_by_id(mount, world):
-    for shown, file_id in zip(world.same_shown, world.same_ids):
+    for shown, file_id in zip(world.same_shown, world.same_ids, strict=True):
         assert (mount / "evals" / shown).read_bytes() == file_id.encode()
 
 
@@ -425,7 +425,7 @@ def test_staging_folder_from_the_environment_and_the_default(fuse, tmp_path):
                 assert [p for p in staging.iterdir() if p.name != ".mount.lock"], list(staging.iterdir())
             assert os.getxattr(path, "user.openai.file_id")
     finally:
-        for m, process in zip((chosen, default), processes):
+        for m, process in zip((chosen, default), processes, strict=False):
             process.terminate()
             process.wait(20)
             if os.path.ismount(m.mountpoint):

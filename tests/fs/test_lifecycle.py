@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount, dead_mount_at, mounted_at
 from tests.fs.test_failures import StagedMount, staged
-from tests.fs.test_writes import MiB, settled_snapshot, assert_registered, body, file_id, payload, rows_named
+from tests.fs.test_writes import MiB, assert_registered, body, file_id, payload, rows_named, settled_snapshot
+from tests.helpers import unique, wait_for
 from tests.s3server import SECRET_KEY, MotoServer
 
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
@@ -132,6 +133,7 @@ def test_sigterm_while_closing_finishes_upload(s3_server, fuse):
     m = Mount("s3", s3_server)
     try:
         m.start()
+        assert m.process is not None
         baseline = m.snapshot()
         name = unique("closing", ".bin")
         data = payload(32 * MiB + 5, "closing")
@@ -178,6 +180,7 @@ def test_sigterm_while_writing_finishes_upload(s3_server, fuse):
     m = Mount("s3", s3_server)
     try:
         m.start()
+        assert m.process is not None
         baseline = m.snapshot()
         name = unique("inflight", ".bin")
         data = payload(24 * MiB + 3, "sigterm")
@@ -408,6 +411,58 @@ def test_stale_dead_mount_is_mounted_again(local_mount_setup):
     assert not os.path.ismount(m.mountpoint)
 
 
+def stat_errno(path: Path) -> int | None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+@pytest.mark.parametrize("when", ["at once", "once stat fails"])
+@pytest.mark.parametrize("recover_with", ["stop", "start"])
+def test_harness_recovers_from_a_killed_mount(local_mount_setup, recover_with, when):
+    """The test harness's own lifecycle: after ``kill -9`` of the mount (and of the auto_unmount
+    helper that would otherwise clean up), ``Mount.stop`` leaves no mount behind, and
+    ``Mount.start``, with or without a ``stop`` first, mounts a working filesystem again.
+
+    Both while the dead root's attributes are still cached (``os.path.ismount`` says True) and
+    after (``os.stat`` fails with ENOTCONN, ``os.path.ismount`` says False).
+    """
+    m = local_mount_setup
+    m.start()
+    assert m.process is not None
+    before = m / "assistants" / unique("before-kill")
+    before.write_bytes(b"written before the kill\n")
+    helpers = fusermount_helpers(m.mountpoint)
+    assert helpers, "no auto_unmount helper found: the kill below would not leave a dead mount"
+    for pid in helpers:
+        os.kill(pid, signal.SIGKILL)
+    os.kill(m.process.pid, signal.SIGKILL)
+    assert m.process.wait(10) == -signal.SIGKILL
+    wait_for(lambda: dead_mount_at(m.mountpoint), 5, "the killed mount to answer ENOTCONN")
+    with pytest.raises(OSError) as refused:
+        os.listdir(m.mountpoint)
+    assert refused.value.errno == errno.ENOTCONN
+    if when == "once stat fails":
+        wait_for(lambda: stat_errno(m.mountpoint) == errno.ENOTCONN, 5, "the cached attributes to expire")
+        assert mounted_at(m.mountpoint) and not os.path.ismount(m.mountpoint)
+
+    if recover_with == "stop":
+        assert m.stop() == -signal.SIGKILL
+        assert not mounted_at(m.mountpoint), "stop() left the dead mount behind"
+        assert os.listdir(m.mountpoint) == []  # the plain, empty folder under it again
+    m.start()
+    assert mounted_at(m.mountpoint) and os.path.ismount(m.mountpoint)
+    assert before.read_bytes() == b"written before the kill\n"
+    after = m / "batch" / unique("after-restart")
+    after.write_bytes(b"written after the restart\n")
+    assert after.read_bytes() == b"written after the restart\n"
+    assert m.rows()[file_id(after)]["filename"] == after.name
+    assert m.stop() == 0
+    assert not mounted_at(m.mountpoint)
+
+
 def test_mount_on_live_mount_is_refused(local_mount_setup):
     m = local_mount_setup
     m.start()
@@ -448,7 +503,7 @@ def test_missing_bucket_without_auto_create(s3_server, fuse):
                                     env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
             line = _assert_refused(m, result, logs_on_stderr=bool(extra))
             assert result.returncode in (1, 3), (result.returncode, line)
-            assert m.bucket in line and "does not exist" in line, line
+            assert m.bucket and m.bucket in line and "does not exist" in line, line
     finally:
         cleanup(m)
 

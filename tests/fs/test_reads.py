@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
+from tests.helpers import unique, wait_for
 
 SHOWN = 3.0
 MiB = 1024 * 1024
@@ -30,7 +30,8 @@ def files(mount):
               "moving-assistants": rng.randbytes(3 * MiB + 17), "moving-vision": rng.randbytes(3 * MiB + 17),
               "behind": rng.randbytes(2 * MiB), "replaced": b"A" * 100_000}
     folders = {"small": "assistants", "empty": "evals", "behind": "evals", "replaced": "evals"}
-    planted = {key: (mount.plant(unique(key, ".bin"), folders.get(key, "assistants"), body, created_at=1_700_000_000), body)
+    planted = {key: (mount.plant(unique(key, ".bin"), folders.get(key, "assistants"), body,
+                                 created_at=1_700_000_000), body)
                for key, body in bodies.items()}
 
     def all_listed():

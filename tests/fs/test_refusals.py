@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
+from tests.helpers import unique, wait_for
 
 SHOWN = 3.0
 OLD = 1_700_000_000

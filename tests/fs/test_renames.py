@@ -8,9 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.fs.mounting import unique, wait_for
-from tests.fs.test_writes import _settle_staging  # noqa: F401  (autouse fixture)
-from tests.fs.test_writes import assert_gone, assert_registered, body, file_id, listed, rows_named, run, uploaded_name
+from tests.fs.test_writes import (
+    _settle_staging,  # noqa: F401  (autouse fixture)
+    assert_gone,
+    assert_registered,
+    body,
+    file_id,
+    listed,
+    rows_named,
+    run,
+    uploaded_name,
+)
+from tests.helpers import unique, wait_for
 
 
 def test_mv_within_purpose_keeps_id(mount):

@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.fs.mounting import Mount, unique, wait_for
+from tests.fs.mounting import Mount
+from tests.helpers import unique, wait_for
 
 MiB = 1024 * 1024
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
@@ -688,7 +689,8 @@ def test_rsync_inplace_updates_existing_files(mount, tmp_path):
     old_ids = {name: file_id(mount / "user_data" / name) for name in files}
     changed = {}
     for i, name in enumerate(files):
-        data = payload(len(files[name]) // 2 + 1, ("inplace-2", i))  # shorter (so rsync sees a change): it truncates at the end
+        # Shorter, so rsync sees a change: it truncates at the end.
+        data = payload(len(files[name]) // 2 + 1, ("inplace-2", i))
         (tmp_path / "src" / name).write_bytes(data)
         changed[name] = data
     run("rsync", "-a", "--inplace", "--no-whole-file", f"{tmp_path / 'src'}/", f"{mount / 'user_data'}/")
@@ -705,7 +707,7 @@ def test_editor_style_save(mount):
     dest.write_bytes(b"draft 1\n")
     old = file_id(dest)
     swap = mount / "assistants" / f".{name}.swp"
-    seen_swap = []
+    seen_swap: list[str] = []
     stop = threading.Event()
 
     def watch_rows():

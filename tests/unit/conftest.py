@@ -30,7 +30,8 @@ def shared_botocore_loader():
     own data files, so sharing its cache changes nothing but the time.
     """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(botocore.session, "create_loader", functools.lru_cache(maxsize=None)(botocore.loaders.create_loader))
+        shared = functools.lru_cache(maxsize=None)(botocore.loaders.create_loader)
+        patch.setattr(botocore.session, "create_loader", shared)
         yield
 
 
@@ -46,7 +47,7 @@ def local_backend(tmp_path, clock):
     assert settings.backend == "local"
     service = open_service(settings)
     service.clock = clock
-    service.blobs  # creates the store's folders, as the first upload would
+    _ = service.blobs  # creates the store's folders, as the first upload would
     return LocalBackend(service, clock, settings.local_store_dir)
 
 
@@ -56,7 +57,7 @@ def mock_aws_backend(tmp_path, clock):
         bucket = "unit-mock-bucket"
         store = S3BlobStore(bucket_name=bucket, auto_create_bucket=True)
         service = FileService(MetadataStore(tmp_path / "files.db"), store, clock=clock)
-        service.blobs  # creates the bucket
+        _ = service.blobs  # creates the bucket
         yield S3Backend("mock_aws", service, clock, boto3.client("s3", region_name="us-east-1"), bucket)
 
 
@@ -67,7 +68,7 @@ def server_backend(s3_server, tmp_path, clock):
     assert settings.backend == "s3"
     service = open_service(settings)
     service.clock = clock
-    service.blobs  # creates the bucket
+    _ = service.blobs  # creates the bucket
     return S3Backend("moto_server", service, clock, s3_server.client(), bucket)
 
 

@@ -13,6 +13,8 @@ from unittest import mock
 
 from botocore.exceptions import ClientError
 
+from s3filesfs.blobs import BlobStore
+from s3filesfs.blobs.s3 import S3BlobStore
 from s3filesfs.files import FileService
 
 # A fixed start, far from "now", so no test depends on the machine's clock.
@@ -30,6 +32,12 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def as_s3(store: BlobStore) -> S3BlobStore:
+    """``store`` as the S3 store it is in this test (whose boto3 client the test patches)."""
+    assert isinstance(store, S3BlobStore), store
+    return store
 
 
 def assert_clean(service: FileService) -> None:
@@ -134,14 +142,14 @@ class S3Backend(Backend):
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def object_keys(self):
-        keys = set()
+        keys: set[str] = set()
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             keys.update(item["Key"] for item in page.get("Contents", []))
         return keys
 
     @contextlib.contextmanager
     def failing_put(self):
-        store_client = self.service.blobs.client
+        store_client = as_s3(self.service.blobs).client
         with mock.patch.object(store_client, "put_object", side_effect=storage_failure("PutObject")), \
              mock.patch.object(store_client, "complete_multipart_upload",
                                side_effect=storage_failure("CompleteMultipartUpload")):

@@ -109,7 +109,8 @@ def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
     out = ok("upload", samples / "a.txt", samples / "b.jsonl", samples / "c.bin", "--purpose", "batch")
     lines = out.splitlines()
     assert len(lines) == 3
-    ids = [FILE_ID.match(line).group() for line in lines]
+    ids = [line.split()[0] for line in lines]
+    assert all(FILE_ID.fullmatch(i) for i in ids), lines
     assert [line.split()[-1] for line in lines] == ["a.txt", "b.jsonl", "c.bin"]
     assert "3.0 MiB" in lines[2]
 
@@ -154,6 +155,7 @@ def test_cat_into_a_reader_that_goes_away_is_not_an_error(samples):
     # `s3filesfs cat ID | head -c 10`: the reader closes the pipe long before the 3 MiB are written.
     process = subprocess.Popen([str(SCRIPT), "cat", file_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=dict(os.environ))
+    assert process.stdout is not None and process.stderr is not None
     assert process.stdout.read(10) == (samples / "c.bin").read_bytes()[:10]
     process.stdout.close()
     assert process.wait(timeout=60) == 0
@@ -166,7 +168,7 @@ def test_upload_json_gives_openai_file_objects(samples):
              "--expires-after", "7200", "--json")
     documents = json_documents(out)
     assert len(documents) == 2
-    for document, name in zip(documents, ["a.txt", "b.jsonl"]):
+    for document, name in zip(documents, ["a.txt", "b.jsonl"], strict=True):
         assert_file_object(document)
         assert (document["filename"], document["purpose"]) == (name, "assistants")
         assert document["expires_at"] == document["created_at"] + 7200

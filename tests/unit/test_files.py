@@ -534,7 +534,7 @@ def test_gc_removes_an_expired_row_whose_object_is_already_gone(backend):
 
 def test_purpose_filter(backend):
     service = backend.service
-    by_purpose = {}
+    by_purpose: dict[str, list[str]] = {}
     for purpose in ("assistants", "batch", "assistants", "vision"):
         by_purpose.setdefault(purpose, []).append(upload(service, purpose=purpose).id)
         backend.clock.advance(1)
@@ -593,7 +593,7 @@ def test_bad_list_arguments_are_rejected(backend, kwargs, param):
 def test_after_pagination_gives_disjoint_pages(backend, order):
     service = backend.service
     ids = []
-    for n in range(7):
+    for _ in range(7):
         ids.append(upload(service, purpose="user_data").id)
         backend.clock.advance(1)
     expected = ids if order == "asc" else ids[::-1]
@@ -611,7 +611,8 @@ def test_after_pagination_gives_disjoint_pages(backend, order):
 def test_many_files_created_in_one_second_page_without_gaps_or_repeats(backend, order):
     service = backend.service  # the clock stands still: every file has the same created_at
     created = [upload(service, f"{n}".encode(), f"same-{n}.txt").id for n in range(25)]
-    seen, pages, after = [], 0, None
+    seen: list[str] = []
+    pages, after = 0, None
     while pages < 10:  # 7 are enough; a cursor that goes round in circles must fail, not hang
         page = service.list(limit=4, order=order, after=after)
         pages += 1
@@ -636,7 +637,8 @@ def test_listing_with_a_purpose_filter_pages_too(backend):
         file = upload(service, purpose="evals" if n % 3 else "vision")
         if file.purpose == "evals":
             wanted.append(file.id)
-    seen, after = [], None
+    seen: list[str] = []
+    after = None
     for _ in range(10):
         page = service.list(limit=2, order="asc", purpose="evals", after=after)
         seen.extend(f.id for f in page.data)

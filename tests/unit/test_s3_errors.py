@@ -4,6 +4,7 @@ left behind, and no file given up for lost because the server was merely unreach
 import errno
 import io
 import os
+from typing import cast
 from unittest import mock
 
 import pytest
@@ -23,7 +24,7 @@ from s3filesfs.errors import (
 from s3filesfs.files import ORPHAN_GRACE, FileService, open_service
 from s3filesfs.metadata import MetadataStore
 from tests.s3server import ACCESS_KEY, SECRET_KEY
-from tests.unit.stores import Clock, assert_clean
+from tests.unit.stores import Clock, as_s3, assert_clean
 
 MIB = 1024 * 1024
 
@@ -89,9 +90,9 @@ def test_access_denied_on_the_bucket_says_why(s3_server, tmp_path):
     service = service_on(s3_server, tmp_path, bucket)
     store = service._blobs
     # A HEAD is refused with a bare 403; the listing that follows tells the reason.
-    with mock.patch.object(store.client, "head_bucket",
+    with mock.patch.object(as_s3(store).client, "head_bucket",
                            side_effect=client_error("403", "Forbidden", "HeadBucket", 403)), \
-         mock.patch.object(store.client, "list_objects_v2",
+         mock.patch.object(as_s3(store).client, "list_objects_v2",
                            side_effect=client_error("AccessDenied", "Access Denied", "ListObjectsV2", 403)):
         with pytest.raises(AccessDenied) as raised:
             service.create(io.BytesIO(b"data"), "a.txt", "assistants")
@@ -106,7 +107,7 @@ def test_access_denied_when_only_the_head_is_refused(s3_server, tmp_path):
     bucket = s3_server.new_bucket_name()
     s3_server.client().create_bucket(Bucket=bucket)
     service = service_on(s3_server, tmp_path, bucket)
-    with mock.patch.object(service._blobs.client, "head_bucket",
+    with mock.patch.object(as_s3(service._blobs).client, "head_bucket",
                            side_effect=client_error("403", "Forbidden", "HeadBucket", 403)):
         with pytest.raises(AccessDenied, match=rf"^Access denied to S3 bucket '{bucket}': "
                                                "the credentials were refused or lack permission$"):
@@ -122,8 +123,8 @@ def test_access_denied_when_only_the_head_is_refused(s3_server, tmp_path):
 def test_access_denied_on_upload_leaves_no_row(s3_server, tmp_path, code, reason):
     bucket = s3_server.new_bucket_name()
     service = service_on(s3_server, tmp_path, bucket)
-    service.blobs  # the bucket is there and reachable
-    with mock.patch.object(service.blobs.client, "put_object",
+    _ = service.blobs  # the bucket is there and reachable
+    with mock.patch.object(as_s3(service.blobs).client, "put_object",
                            side_effect=client_error(code, "refused", "PutObject", 403)):
         with pytest.raises(AccessDenied) as raised:
             service.create(io.BytesIO(b"data"), "a.txt", "assistants")
@@ -161,8 +162,8 @@ def test_default_credential_chain_is_used_when_no_keys_are_configured(s3_server,
 def test_server_error_on_read_is_a_storage_error_and_keeps_the_file(s3_server, tmp_path):
     service = service_on(s3_server, tmp_path, s3_server.new_bucket_name())
     created = service.create(io.BytesIO(b"data"), "a.txt", "assistants")
-    service.clock.advance(ORPHAN_GRACE * 10)
-    with mock.patch.object(service.blobs.client, "get_object",
+    cast(Clock, service.clock).advance(ORPHAN_GRACE * 10)
+    with mock.patch.object(as_s3(service.blobs).client, "get_object",
                            side_effect=client_error("InternalError", "We encountered an internal error.",
                                                     "GetObject", 500)):
         with pytest.raises(StorageError) as raised:
@@ -177,7 +178,7 @@ def test_server_error_on_read_is_a_storage_error_and_keeps_the_file(s3_server, t
 def test_timeouts_are_storage_unavailable(s3_server, tmp_path):
     service = service_on(s3_server, tmp_path, s3_server.new_bucket_name())
     created = service.create(io.BytesIO(b"data"), "a.txt", "assistants")
-    with mock.patch.object(service.blobs.client, "get_object",
+    with mock.patch.object(as_s3(service.blobs).client, "get_object",
                            side_effect=ReadTimeoutError(endpoint_url=s3_server.endpoint_url)):
         with pytest.raises(StorageUnavailable, match=f"S3 endpoint {s3_server.endpoint_url} is unreachable"):
             service.read(created.id, 0, 4)
@@ -191,7 +192,7 @@ def test_server_stopped_mid_upload(own_s3_server, tmp_path):
     server = own_s3_server
     service = service_on(server, tmp_path, server.new_bucket_name())
     before = service.create(io.BytesIO(b"uploaded while the server was up"), "before.txt", "assistants")
-    service.clock.advance(ORPHAN_GRACE * 10)
+    cast(Clock, service.clock).advance(ORPHAN_GRACE * 10)
 
     pending = service.begin("during.bin", "batch")
     pending.write(os.urandom(9 * MIB))  # one part is on its way
@@ -219,7 +220,7 @@ def test_server_stopped_mid_upload(own_s3_server, tmp_path):
 
     # Back up (empty: moto keeps its data in memory). The loss shows in check(), not as a crash.
     server.start()
-    server.client().create_bucket(Bucket=service.blobs.bucket)
+    server.client().create_bucket(Bucket=as_s3(service.blobs).bucket)
     assert service.check().rows_without_objects == [before.id]
     with pytest.raises(NotFound):
         service.content(before.id)

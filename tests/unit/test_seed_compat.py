@@ -28,28 +28,32 @@ COLUMNS = [
 ]
 
 # The table as the seed's SQLAlchemy store creates it on SQLite.
-SEED_DDL = """CREATE TABLE openai_files (
-\tid VARCHAR NOT NULL, 
-\tfilename VARCHAR, 
-\tpurpose VARCHAR, 
-\tbytes INTEGER, 
-\tcreated_at INTEGER, 
-\texpires_at INTEGER, 
-\taccess_attributes JSON, 
-\towner_principal VARCHAR, 
-\tPRIMARY KEY (id)
-)"""
+SEED_DDL = (
+    "CREATE TABLE openai_files (\n"
+    "\tid VARCHAR NOT NULL, \n"
+    "\tfilename VARCHAR, \n"
+    "\tpurpose VARCHAR, \n"
+    "\tbytes INTEGER, \n"
+    "\tcreated_at INTEGER, \n"
+    "\texpires_at INTEGER, \n"
+    "\taccess_attributes JSON, \n"
+    "\towner_principal VARCHAR, \n"
+    "\tPRIMARY KEY (id)\n"
+    ")"
+)
 
 # An older seed's table, from before access control.
-OLD_SEED_DDL = """CREATE TABLE openai_files (
-\tid VARCHAR NOT NULL, 
-\tfilename VARCHAR, 
-\tpurpose VARCHAR, 
-\tbytes INTEGER, 
-\tcreated_at INTEGER, 
-\texpires_at INTEGER, 
-\tPRIMARY KEY (id)
-)"""
+OLD_SEED_DDL = (
+    "CREATE TABLE openai_files (\n"
+    "\tid VARCHAR NOT NULL, \n"
+    "\tfilename VARCHAR, \n"
+    "\tpurpose VARCHAR, \n"
+    "\tbytes INTEGER, \n"
+    "\tcreated_at INTEGER, \n"
+    "\texpires_at INTEGER, \n"
+    "\tPRIMARY KEY (id)\n"
+    ")"
+)
 
 
 def plain(db_path) -> sqlite3.Connection:
@@ -97,7 +101,9 @@ def test_rows_follow_the_seed_conventions(tmp_path):
         row = rows[file.id]
         assert (row["t_created"], row["t_bytes"]) == ("integer", "integer")
         assert row["created_at"] == EPOCH
-        assert row["bytes"] == file.bytes == service.blobs.head(file.id).size
+        stored = service.blobs.head(file.id)
+        assert stored is not None
+        assert row["bytes"] == file.bytes == stored.size
         assert row["owner_principal"] == ""
         assert (row["access_attributes"], row["t_access"]) == ("null", "text")
         assert (row["filename"], row["purpose"]) == (file.filename, file.purpose)

@@ -37,7 +37,7 @@ def opened(stage, service, purpose, name, replaces=None):
     return staged
 
 
-def waiting_in_other_process(folder) -> list[tuple[str, str]]:
+def waiting_in_other_process(folder) -> list[tuple[str, ...]]:
     """`records.waiting` as another process (the CLI) sees it: flock is per open file description."""
     code = textwrap.dedent(f"""
         from s3filesfs.fs import records
@@ -149,7 +149,7 @@ def test_what_a_dead_mount_was_writing_is_interrupted(folder, tmp_path, local_ba
     area.claim(local_backend.service)  # the next mount: the temporary one is dropped
     record, = records.waiting(folder)
     assert (record.filename, record.state, record.bytes) == ("run.jsonl", "interrupted", 3)
-    assert "before this file was closed" in record.error
+    assert record.error and "before this file was closed" in record.error
     assert area.used == 3
     assert records.retry(local_backend.service, folder) == ([], [])
     assert records.retry(local_backend.service, folder, include_interrupted=True)[0][0].filename == "run.jsonl"
@@ -181,7 +181,7 @@ def test_a_killed_retry_is_finished_by_the_next_one_exactly_once(folder, tmp_pat
     staged.write(b"complete\n", 0)
     staged.synced()
     staged.stop()
-    area = None
+    del area  # the mount is gone
     # A `retry` killed right after the row went in, before it dropped the staged copy.
     code = textwrap.dedent(f"""
         import os

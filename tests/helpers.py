@@ -1,0 +1,50 @@
+"""Small helpers every kind of test uses: polling for a condition, unique names, free ports, and
+the environment variables that would tie a test to the machine it runs on.
+
+Waits poll a condition against a deadline; no test relies on a fixed sleep being long enough.
+"""
+
+import socket
+import time
+import uuid
+
+import httpx
+
+# Variables that would make a test (or a process it starts) depend on the machine it runs on.
+LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+
+# Errors that mean "not yet" while polling: a path or socket not there yet, a daemon still starting.
+NOT_YET = (OSError, httpx.TransportError)
+
+
+def wait_for(predicate, timeout=5.0, what="condition", interval=0.02):
+    """Poll ``predicate`` until it returns something truthy and return that; AssertionError naming
+    ``what`` (and the last value or error seen) once ``timeout`` seconds have passed.
+
+    The predicate is called at least once, and once more at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = predicate()
+        except NOT_YET as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def unique(stem="f", ext=".txt") -> str:
+    """A name no other test of a shared mount or store uses."""
+    return f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
