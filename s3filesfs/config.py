@@ -69,6 +69,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     upload_part_size_mb: int = 8
     upload_concurrency: int = 4
+    # No request to the store waits longer than this on a connection that says nothing.
+    stall_timeout_seconds: float = 30.0
     # The sync daemon (section "sync:") and its API (section "api:").
     sync_watch_dir: Path = field(default_factory=lambda: Path.home() / "S3Files")
     sync_settle_seconds: float = 2.0
@@ -351,6 +353,8 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         v["upload_part_size_mb"] = _as_int(v["upload_part_size_mb"], "upload.part_size_mb", where, 5, 512)
     if "upload_concurrency" in v:
         v["upload_concurrency"] = _as_int(v["upload_concurrency"], "upload.concurrency", where, 1, 64)
+    if "stall_timeout_seconds" in v:
+        v["stall_timeout_seconds"] = _as_seconds(v["stall_timeout_seconds"], "stall_timeout_seconds", where, 1.0, 3600)
     _check_daemon(v, where)
     if "mount_staging_max_mb" in v:
         v["mount_staging_max_mb"] = _as_int(v["mount_staging_max_mb"], "mount.staging_max_mb", where, 1, 1 << 30)

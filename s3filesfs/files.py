@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .blobs import BlobStore, BlobWriter
-from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError
+from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
 from .metadata import MetadataStore
 from .model import (
     DEFAULT_FILENAME,
@@ -110,12 +110,15 @@ class PendingFile:
         service = self._service
         try:
             size = self._writer.commit()
-        except BaseException:
+        except BaseException as exc:
             service._live.discard(self.id)
-            # The last request may have reached the store although we saw it fail (a timeout):
-            # remove whatever it left now if the store answers, else the record stays for later.
-            with contextlib.suppress(S3FilesError):
-                service.abandon(self.id)
+            # The last request may have reached the store although we saw it fail: remove what it
+            # left now, unless the store is not answering at all (then asking again would only
+            # wait again); the record stays for `reap_abandoned` in any case until it is done.
+            service._stranded.add(self.id)
+            if not isinstance(exc, StorageUnavailable):
+                with contextlib.suppress(S3FilesError):
+                    service.abandon(self.id)
             raise
         file = FileObject(**{**self._file.to_row(), "bytes": size})
         try:
@@ -127,6 +130,8 @@ class PendingFile:
         finally:
             service._live.discard(self.id)
         service.metadata.intent_remove(file.id)
+        if service._stranded:
+            service.clean_stranded()  # the store answers again: clean up what it would not take before
         return file
 
     def abort(self) -> None:
@@ -136,6 +141,8 @@ class PendingFile:
         self._service._live.discard(self.id)
         if cleaned:
             self._service.metadata.intent_remove(self.id)
+        else:
+            self._service._stranded.add(self.id)
 
 
 class FileService:
@@ -153,6 +160,7 @@ class FileService:
         self._ready = False
         self._ready_lock = threading.Lock()
         self._live: set[str] = set()  # ids this process is uploading right now
+        self._stranded: set[str] = set()  # ids this process gave up on, whose leftovers may remain
 
     @property
     def blobs(self) -> BlobStore:
@@ -321,11 +329,35 @@ class FileService:
         """
         if self.metadata.get(file_id) is not None:
             self.metadata.intent_remove(file_id)
+            self._stranded.discard(file_id)
             return False
         self.blobs.abort_unfinished(file_id)
         self.blobs.delete(file_id)
         self.metadata.intent_remove(file_id)
+        self._stranded.discard(file_id)
         return True
+
+    def clean_stranded(self) -> None:
+        """Remove what this process's own given-up uploads left, if the store answers now; what
+        it still will not take stays for the next call (or the next start's ``reap_abandoned``)."""
+        for file_id in list(self._stranded):
+            try:
+                self.abandon(file_id)
+            except S3FilesError:
+                return
+
+    def keep_clean(self, interval: float) -> threading.Thread:
+        """For long-running processes: call ``clean_stranded`` every ``interval`` seconds."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                if self._stranded:
+                    self.clean_stranded()
+
+        thread = threading.Thread(target=loop, name="clean-stranded", daemon=True)
+        thread.start()
+        return thread
 
     def reap_abandoned(self) -> builtins.list[str]:
         """Clean up after every upload that its process (on this host) gave up or died in before
@@ -393,6 +425,7 @@ def open_service(settings) -> FileService:
             sse_kms_key_id=settings.sse_kms_key_id,
             part_size=settings.upload_part_size_mb * 1024 * 1024,
             concurrency=settings.upload_concurrency,
+            stall_timeout=settings.stall_timeout_seconds,
         )
     else:
         from .blobs.local import LocalBlobStore

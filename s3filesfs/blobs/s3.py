@@ -62,6 +62,8 @@ class _PastEnd(StorageError):
 
 
 _UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+_SILENT = (ConnectTimeoutError, ReadTimeoutError)
+STALL_ATTEMPTS = 3  # tries of one request that got no answer
 
 
 class S3BlobStore(BlobStore):
@@ -80,6 +82,7 @@ class S3BlobStore(BlobStore):
         sse_kms_key_id: str | None = None,
         part_size: int = 8 * MIB,
         concurrency: int = 4,
+        stall_timeout: float = 30.0,
     ):
         self.bucket = bucket_name
         self.region = region
@@ -103,11 +106,15 @@ class S3BlobStore(BlobStore):
                 "aws_secret_access_key": aws_secret_access_key,
                 "aws_session_token": aws_session_token or None,
             }
+        # A connection that says nothing is given up after a third of the stall timeout and the
+        # request tried again, at most STALL_ATTEMPTS times in all: no request waits on silence
+        # much longer than the stall timeout (plus the retries' short back-off).
+        self.attempt_timeout = stall_timeout / STALL_ATTEMPTS
         client_config = Config(
             max_pool_connections=self.concurrency * 4 + 8,
-            retries={"max_attempts": 4, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"total_max_attempts": STALL_ATTEMPTS, "mode": "standard"},
+            connect_timeout=min(5.0, self.attempt_timeout),
+            read_timeout=self.attempt_timeout,
             # S3-compatible servers (MinIO, moto, Ceph) want path-style addressing.
             s3={"addressing_style": "path"} if endpoint_url else {},
         )
@@ -126,8 +133,20 @@ class S3BlobStore(BlobStore):
         # so by copying it twice, which tripled the time of a 1 GiB upload). A client set to
         # `request_checksum_calculation = when_required` (servers without checksum support) sends
         # none, as upload_file does.
+        self.client.meta.events.register_first("needs-retry.s3", self._log_stall)
         checksums = getattr(self.client.meta.config, "request_checksum_calculation", "when_supported")
         self._checksum_args = {"ChecksumAlgorithm": "CRC32"} if checksums == "when_supported" else {}
+
+    def _log_stall(self, caught_exception=None, attempts=0, operation=None, request_dict=None, **_):
+        """Say so whenever a request got no answer in time (botocore then retries it, or gives up).
+        The URL names the bucket and key only: no credentials travel in it."""
+        if isinstance(caught_exception, _SILENT):
+            what = getattr(operation, "name", "request")
+            url = (request_dict or {}).get("url", "").split("?", 1)[0]
+            last = attempts >= STALL_ATTEMPTS
+            log.warning("S3 %s %s: no answer for %.0f s (attempt %d of %d)%s", what, url, self.attempt_timeout,
+                        attempts, STALL_ATTEMPTS, ", giving up" if last else ", trying again")
+        return None  # the retry handler decides
 
     # --- error translation: the only place boto3 failures become ours ---------------------------
 
@@ -137,6 +156,11 @@ class S3BlobStore(BlobStore):
             yield
         except ClientError as exc:
             raise self.translate(exc, key) from exc
+        except _SILENT as exc:
+            what = f" for {self.prefix}{key}" if key else ""
+            raise StorageUnavailable(
+                f"S3 endpoint {self._endpoint} did not answer{what}: no answer within {self.attempt_timeout:.0f} s, "
+                f"{STALL_ATTEMPTS} times (stall_timeout_seconds)") from exc
         except _UNREACHABLE as exc:
             raise StorageUnavailable(f"S3 endpoint {self._endpoint} is unreachable: {exc}") from exc
         except NoCredentialsError as exc:

@@ -82,7 +82,14 @@ class DaemonService:
         log.info("watching %s; API on %s", self.root, self.socket_path)
 
     def reconcile(self) -> int:
-        """Submit every journal entry and every file on disk: new, changed and removed files."""
+        """Submit every journal entry and every file on disk: new, changed and removed files.
+
+        First, remove what uploads cut off by a crash (of this daemon, a mount, the CLI) or given
+        up during an outage left in the store."""
+        try:
+            self.service.reap_abandoned()
+        except S3FilesError as exc:
+            log.warning("leftovers of interrupted uploads not removed yet: %s", exc.message)
         tracked = [entry.path for entry in self.journal.all()]
         return self.watcher.scan(tracked)
 

@@ -109,6 +109,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
     staging.claim(service)
+    service.keep_clean(settings.stall_timeout_seconds)
     core = MountCore(service, staging, settings.mount_refresh_seconds, read_only)
     operations = S3FilesOperations(core)
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
