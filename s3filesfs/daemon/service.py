@@ -82,7 +82,8 @@ class DaemonService:
         log.info("watching %s; API on %s", self.root, self.socket_path)
 
     def reconcile(self) -> int:
-        """Submit every journal entry and every file on disk: new, changed and removed files."""
+        """Submit every journal entry and every file on disk: new, changed and removed files, and
+        unchanged ones whose xattr does not show their registered id."""
         tracked = [entry.path for entry in self.journal.all()]
         return self.watcher.scan(tracked)
 
