@@ -309,12 +309,14 @@ class Uploader:
         self.last_sync = time.time()
         log.info("uploaded %s as %s", path, pending.id)
 
-    def _label(self, path: str, local: Path, st: os.stat_result, file_id: str) -> None:
+    def _label(self, path: str, local: Path, st: os.stat_result, file_id: str | None) -> None:
         """Make ``local``'s xattr say ``file_id`` (its content as registered, ``st``).
 
         Read first and written only when it differs: every rescan passes here for every file, and
         each write (even of the same value) comes back as an attribute event and may move the ctime.
         """
+        if file_id is None:  # nothing registered yet (an entry only ever gets one with its content)
+            return
         with self._lock:
             # Our own xattr write changes no content: its events must not count as a write.
             self._synced[path] = (st.st_size, st.st_mtime_ns)

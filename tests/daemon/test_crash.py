@@ -235,6 +235,7 @@ def test_sigkill_before_the_xattr_is_written_is_repaired_at_restart(env, tmp_pat
     assert run_until_killed(world, point, tmp_path) == -signal.SIGKILL
     metadata = MetadataStore(world.db)
     entry = metadata.journal_get("batch/data.jsonl")
+    assert entry is not None
     if point == "registered":
         new_id = entry["file_id"]
         assert entry["pending_id"] is None

@@ -73,6 +73,7 @@ class Upload:
             return None
 
     def send(self, data: bytes) -> None:
+        assert self.writer is not None
         view = memoryview(data)
         while view:
             view = view[os.write(self.writer, view):]
