@@ -2,12 +2,14 @@
 
 The only module that imports click. Each command parses arguments, calls the service and prints:
 human tables by default, OpenAI JSON with ``--json``. Errors are turned into exit codes in exactly
-one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage failure, 4 a bug.
+one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage failure, 4 a bug,
+128+N an upload stopped by signal N (SIGTERM, SIGHUP) after aborting what it had sent.
 """
 
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -17,10 +19,11 @@ import click
 
 from . import __version__, config
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
-from .errors import NotStaged, S3FilesError, UserError, internal_error
+from .errors import NotStaged, S3FilesError, Stopped, UserError, internal_error
 from .files import open_service
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
 from .model import LIST_LIMIT_MAX, PURPOSES
+from .stopping import stopped_by
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -35,7 +38,7 @@ class Cli(click.Group):
             # The reader went away (`s3filesfs cat ID | head`); not an error of ours.
             sys.stderr.close()
             ctx.exit(0)
-        except S3FilesError as exc:
+        except (S3FilesError, Stopped) as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:  # a bug: say so plainly, with the traceback when asked
@@ -137,17 +140,22 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         raise click.UsageError("uploading standard input needs --filename")
     service = state.service
     failures = []
-    for path in paths:
-        try:
-            created = _upload_one(service, path, purpose, expires_after, filename)
-        except S3FilesError as exc:
-            click.echo(f"error: {path}: {exc.message}", err=True)
-            failures.append(exc)
-            continue
-        if as_json:
-            _print_json(created.to_openai())
-        else:
-            click.echo(f"{created.id}  {_human_size(created.bytes)}  {created.purpose}  {created.filename}")
+    # A stopped upload aborts its multipart upload (whose parts S3 keeps, and bills, until then).
+    with stopped_by(signal.SIGTERM, signal.SIGHUP):
+        for path in paths:
+            try:
+                created = _upload_one(service, path, purpose, expires_after, filename)
+            except S3FilesError as exc:
+                click.echo(f"error: {path}: {exc.message}", err=True)
+                failures.append(exc)
+                continue
+            except Stopped as stop:
+                stop.message += f" while uploading {path}"
+                raise
+            if as_json:
+                _print_json(created.to_openai())
+            else:
+                click.echo(f"{created.id}  {_human_size(created.bytes)}  {created.purpose}  {created.filename}")
     if failures:
         sys.exit(failures[0].exit_code)
 

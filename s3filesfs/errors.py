@@ -6,10 +6,13 @@ answers with, and the exit code of the CLI. They are chosen here and nowhere els
 socket API and the CLI can never disagree about what a failure means.
 
 Exit codes: 0 ok, 1 the user can fix it (bad input, unknown id, bad config), 2 usage (click's own),
-3 the storage backend failed or could not be reached, 4 an internal error (a bug).
+3 the storage backend failed or could not be reached, 4 an internal error (a bug), 128+N stopped
+by signal N (SIGTERM, SIGHUP) once what was under way was cleaned up, as a shell reports a command
+the signal killed.
 """
 
 import errno as _errno
+import signal as _signal
 
 
 class S3FilesError(Exception):
@@ -212,3 +215,21 @@ def internal_error(exc: BaseException) -> S3FilesError:
     err = S3FilesError(f"internal error: {type(exc).__name__}: {exc}")
     err.exit_code = 4
     return err
+
+
+# --- not an error: a command told to stop -----------------------------------------------------
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived while a command was working (raised by its signal handler).
+
+    A ``BaseException``, like Ctrl-C's ``KeyboardInterrupt``: no ``except Exception`` on the way
+    may swallow it, while every ``except BaseException`` clean-up (an upload aborting its open
+    multipart upload) runs before the command exits with ``exit_code``.
+    """
+
+    def __init__(self, signum: int):
+        self.signal_name = _signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}")
+        self.message = f"stopped by {self.signal_name}"
+        self.exit_code = 128 + signum

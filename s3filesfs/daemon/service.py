@@ -82,7 +82,8 @@ class DaemonService:
         log.info("watching %s; API on %s", self.root, self.socket_path)
 
     def reconcile(self) -> int:
-        """Submit every journal entry and every file on disk: new, changed and removed files.
+        """Submit every journal entry and every file on disk: new, changed and removed files, and
+        unchanged ones whose xattr does not show their registered id.
 
         First, remove what uploads cut off by a crash (of this daemon, a mount, the CLI) or given
         up during an outage left in the store."""

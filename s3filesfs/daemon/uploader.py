@@ -9,7 +9,10 @@ so a crash, a restart or a duplicate event can only repeat checks, never uploads
   leftover object removed if not), then a replaced id still waiting is deleted;
 * a file whose size and mtime match the journal is unchanged; one with the same size and sha256 was
   only touched; anything else is uploaded under a new id which then replaces the old one;
-* a missing file forgets its entry, and deletes its id only in ``delete`` mode.
+* a missing file forgets its entry, and deletes its id only in ``delete`` mode;
+* an unchanged file's ``user.openai.file_id`` is made to say the registered id: a crash between
+  registering an upload and writing the xattr, or a restart that found the upload registered,
+  left the previous id there (or none).
 
 Storage errors are retried with exponential backoff, on timers so that a long outage does not hold
 the workers (files that land meanwhile still get their first attempt); after ``max_retries`` the failure is kept in
@@ -240,12 +243,14 @@ class Uploader:
         if entry and entry.matches(st.st_size, st.st_mtime_ns):
             if entry.state != DONE:
                 self.journal.settled(path)
+            self._label(path, local, st, entry.file_id)
             return
         if not confirmed and not self._settled(path, st):
             return
         if entry and entry.sha256 and entry.size == st.st_size and _sha256(local) == entry.sha256:
             self.journal.touched(path, st.st_mtime_ns)
             self.stats["touched"] += 1
+            self._label(path, local, st, entry.file_id)
             return
         self._upload(path, local, st, entry)
 
@@ -296,8 +301,7 @@ class Uploader:
         committed = self.journal.get(path)
         assert committed is not None  # begin_upload wrote it; one worker at a time has a path
         self.journal.promote(committed)
-        with self._lock:
-            self._synced[path] = (st.st_size, st.st_mtime_ns)
+        self._label(path, local, st, pending.id)  # first: a crash from here on leaves it right
         replaced = entry.file_id if entry and entry.file_id else None
         if replaced and replaced != pending.id:
             self._delete_id(replaced)
@@ -306,7 +310,26 @@ class Uploader:
         self.stats["uploaded"] += 1
         self.last_sync = time.time()
         log.info("uploaded %s as %s", path, pending.id)
-        _set_xattr(local, pending.id)
+
+    def _label(self, path: str, local: Path, st: os.stat_result, file_id: str | None) -> None:
+        """Make ``local``'s xattr say ``file_id`` (its content as registered, ``st``).
+
+        Read first and written only when it differs: every rescan passes here for every file, and
+        each write (even of the same value) comes back as an attribute event and may move the ctime.
+        """
+        if file_id is None:  # nothing registered yet (an entry only ever gets one with its content)
+            return
+        with self._lock:
+            # Our own xattr write changes no content: its events must not count as a write.
+            self._synced[path] = (st.st_size, st.st_mtime_ns)
+        try:
+            if os.getxattr(local, XATTR) == file_id.encode():
+                return
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:  # no user xattrs here, or the file just went
+                _log_xattr_failure(local, exc)
+                return
+        _set_xattr(local, file_id)
 
     def _resolve_pending(self, entry) -> None:
         try:
@@ -354,6 +377,10 @@ def _set_xattr(path: Path, file_id: str) -> None:
     try:
         os.setxattr(path, XATTR, file_id.encode())
     except OSError as exc:
-        # tmpfs on old kernels, some network filesystems and FAT have no user xattrs.
-        level = logging.DEBUG if exc.errno in (errno.EOPNOTSUPP, errno.EPERM, errno.ENOENT) else logging.INFO
-        log.log(level, "cannot set %s on %s: %s", XATTR, path, exc)
+        _log_xattr_failure(path, exc)
+
+
+def _log_xattr_failure(path: Path, exc: OSError) -> None:
+    # tmpfs on old kernels, some network filesystems and FAT have no user xattrs.
+    level = logging.DEBUG if exc.errno in (errno.EOPNOTSUPP, errno.EPERM, errno.ENOENT) else logging.INFO
+    log.log(level, "cannot set %s on %s: %s", XATTR, path, exc)

@@ -1,9 +1,31 @@
 """Crashes and outages: SIGKILL mid-upload, the interrupted-commit windows, an S3 server that goes away."""
 
+import errno
+import os
 import signal
+import subprocess
+import sys
+import time
 
+import pytest
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+from s3filesfs.metadata import MetadataStore
 from tests.daemon.conftest import write
 from tests.helpers import wait_for
+
+XATTR = "user.openai.file_id"
+
+
+def xattr_id(path) -> str | None:
+    """The id the file's xattr shows, None if it has none (a filesystem without xattrs fails)."""
+    try:
+        return os.getxattr(path, XATTR).decode()
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise
 
 
 def make_files(folder, count, size):
@@ -43,6 +65,8 @@ def test_sigkill_during_uploads_then_restart(env, daemon_process, tmp_path):
     restarted.settle()
     assert_store_matches(world, restarted, expected)
     assert restarted.service.journal.counts() == {"done": 200}
+    for entry in restarted.service.journal.all():  # the kill left no file showing a stale id
+        assert xattr_id(world.watch / entry.path) == entry.file_id, entry.path
 
 
 def test_commit_that_landed_before_a_crash_is_not_uploaded_again(env):
@@ -138,3 +162,111 @@ def test_sigterm_during_a_large_upload_then_restart(env, daemon_process, tmp_pat
     assert world.objects() == {file["id"]: body}
     assert daemon.entry("fine-tune/big.bin").pending_id is None
     assert daemon.files.check().clean
+
+
+# A daemon that SIGKILLs itself at one chosen point of an upload: the state it leaves is made by
+# the real code, up to the exact step a kill can interrupt.
+KILLED_AT = """
+import os, signal, sys
+
+from s3filesfs.cli import main
+from s3filesfs.daemon import uploader
+from s3filesfs.daemon.journal import Journal
+
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+point = sys.argv.pop(1)
+if point == "registered":  # the row is in and the journal promoted; the xattr is next
+    uploader._set_xattr = die
+elif point == "committed":  # the row is in; the journal still holds the id as pending
+    Journal.promote = die
+else:
+    raise SystemExit(f"unknown kill point {point}")
+main(args=sys.argv[1:], prog_name="s3filesfs")
+"""
+
+
+def run_until_killed(world, point, tmp_path) -> int:
+    launcher = tmp_path / "killed_at.py"
+    launcher.write_text(KILLED_AT)
+    with open(tmp_path / f"daemon-killed-{point}.log", "ab") as log:
+        process = subprocess.run([sys.executable, str(launcher), point, "--config", str(world.config_path), "daemon"],
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
+    return process.returncode
+
+
+class AttribEvents(FileSystemEventHandler):
+    """Attribute changes (an xattr write among them) seen on one file by a watcher of our own."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.seen = []
+        self._observer = Observer()
+        self._observer.schedule(self, str(os.path.dirname(path)))
+
+    def on_attrib(self, event):
+        if os.fsdecode(event.src_path) == self.path:
+            self.seen.append(time.monotonic())
+
+    def __enter__(self):
+        self._observer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._observer.stop()
+        self._observer.join(10)
+
+
+@pytest.mark.parametrize("replacing", [False, True], ids=["new-file", "replacing"])
+@pytest.mark.parametrize("point", ["registered", "committed"])
+def test_sigkill_before_the_xattr_is_written_is_repaired_at_restart(env, tmp_path, point, replacing):
+    world = env()
+    path = world.watch / "batch" / "data.jsonl"
+    old_id = None
+    if replacing:
+        daemon = world.start()
+        write(path, b'{"v": 1}\n')
+        old_id = wait_for(lambda: xattr_id(path), 20, "the first version's id in the xattr")
+        daemon.settle()
+        daemon.stop()
+    write(path, b'{"v": 2}\n')  # changed while no daemon ran: the next one uploads it at start
+
+    assert run_until_killed(world, point, tmp_path) == -signal.SIGKILL
+    metadata = MetadataStore(world.db)
+    entry = metadata.journal_get("batch/data.jsonl")
+    assert entry is not None
+    if point == "registered":
+        new_id = entry["file_id"]
+        assert entry["pending_id"] is None
+    else:
+        new_id = entry["pending_id"]
+        assert entry["file_id"] == old_id
+    assert new_id and new_id != old_id and metadata.get(new_id) is not None  # the upload is registered
+    assert xattr_id(path) == old_id  # what the kill left: the previous id, or none
+
+    daemon = world.start()
+    wait_for(lambda: xattr_id(path) == new_id, 20, "the xattr to show the registered id")
+    daemon.settle()
+    assert daemon.entry("batch/data.jsonl").file_id == new_id
+    assert daemon.entry("batch/data.jsonl").pending_id is None
+    assert daemon.service.uploader.stats["uploaded"] == 0  # repaired, not sent again
+    assert world.objects() == {new_id: b'{"v": 2}\n'}  # and the replaced id is gone
+    assert daemon.files.check().clean
+
+    # Our own xattr write is no write of content: nothing waits for a close that never comes ...
+    assert "batch/data.jsonl" not in daemon.service.uploader._writing
+    # ... and a rescan finds the xattr right and leaves the file alone (no event, no ctime change).
+    ctime = path.stat().st_ctime_ns
+    with AttribEvents(path) as events:
+        assert daemon.service.reconcile() == 1
+        daemon.settle()
+        time.sleep(0.3)  # let any event the rescan caused arrive
+        quiet_until = time.monotonic()
+        os.setxattr(path, XATTR, new_id.encode())  # a write of the same value is seen, though
+        wait_for(lambda: events.seen, 5, "the watcher to see an xattr write")
+    assert all(seen > quiet_until for seen in events.seen), "the rescan wrote the xattr again"
+    assert path.stat().st_ctime_ns == ctime
+    assert xattr_id(path) == new_id

@@ -32,7 +32,7 @@ def service(proxy, s3_server, tmp_path):
                                        stall_timeout_seconds=STALL)
     values["endpoint_url"] = proxy.endpoint_url
     service = open_service(config.load(flags=values))
-    service.blobs  # the bucket, while the proxy still answers
+    assert service.blobs  # the bucket, while the proxy still answers
     return service
 
 
