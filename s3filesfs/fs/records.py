@@ -82,6 +82,8 @@ def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> 
         os.replace(tmp, folder / f"{token}.json")
     except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk: leave no half-written record behind
         raise
     if hold:
         return fd

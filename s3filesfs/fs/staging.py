@@ -340,9 +340,13 @@ class StagedFile:
             self.state = State.INTERRUPTED
             self.failure = failure
         self._drop_stream("the content is incomplete")
-        self._save()
-        log.warning("%s/%s is incomplete (%s): kept in staging, never registered unless named to "
-                    "`s3filesfs retry`", self.purpose, self.filename, failure.message)
+        try:
+            self._save()
+        except OSError as exc:  # the staging disk itself failing: the state in memory still holds
+            log.warning("%s/%s: its staging record could not be updated: %s", self.purpose, self.filename, exc)
+        fate = ("dropped once closed: staging is full, and the writer was told" if isinstance(failure, NoSpace)
+                else "kept in staging, never registered unless named to `s3filesfs retry`")
+        log.warning("%s/%s is incomplete (%s): %s", self.purpose, self.filename, failure.message, fate)
 
     @property
     def shown_file(self) -> FileObject | None:

@@ -162,3 +162,14 @@ def test_rename_into_the_root_or_by_id_is_refused(mount, refused, planted):
     assert source.read_bytes() == b"existing\n"
     assert mount.rows()[planted.id]["filename"] == planted.filename
 
+
+
+def test_a_name_that_is_not_utf8_is_refused_at_create(mount, refused):
+    """The table and the API hold text: such a name cannot be stored, so it is refused at once
+    (EILSEQ) instead of failing at close, and nothing is left behind."""
+    folder = os.fsencode(mount / "assistants")
+    bad = folder + b"/report-\xff\xfe.txt"
+    assert refused(os.open, bad, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) == errno.EILSEQ
+    assert refused(os.rename, os.fsencode(mount / "assistants" / "nothing"), bad) in (errno.ENOENT, errno.EILSEQ)
+    assert "Traceback" not in mount.log()
+    assert "not valid UTF-8" in mount.log()
