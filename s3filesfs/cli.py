@@ -15,12 +15,14 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config
+from . import __version__, config, logs
 from .errors import NotStaged, S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
+
+log = logging.getLogger(__name__)
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
 
@@ -36,28 +38,39 @@ class Cli(click.Group):
             sys.stderr.close()
             ctx.exit(0)
         except S3FilesError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {logs.redact(exc.message)}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:  # a bug: say so plainly, with the traceback when asked
             if ctx.find_root().params.get("debug"):
-                traceback.print_exc()
-            click.echo(f"error: {internal_error(exc).message} (run with --debug for details)", err=True)
+                click.echo(logs.redact(traceback.format_exc()), err=True, nl=False)
+            click.echo(f"error: {logs.redact(internal_error(exc).message)} (run with --debug for details)",
+                       err=True)
             ctx.exit(4)
 
 
 class State:
     """What the group options decide; commands build the service only when they need it."""
 
-    def __init__(self, config_path, flags):
+    def __init__(self, config_path, flags, verbosity=logs.NORMAL):
         self.config_path = config_path
         self.flags = flags
+        self.verbosity = verbosity
         self._settings = None
         self._service = None
 
     @property
     def settings(self) -> config.Settings:
         if self._settings is None:
-            self._settings = config.load(self.config_path, self.flags)
+            settings = config.load(self.config_path, self.flags)
+            # Wherever the secrets came from (file, environment, boto3's own variables), no log
+            # line or message may show them.
+            key_env = settings.api_api_key_env
+            logs.protect(settings.aws_secret_access_key, settings.aws_session_token,
+                         os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"),
+                         os.environ.get(key_env) if key_env else None)
+            log.debug("settings from %s: %s backend, database %s", settings.source, settings.backend,
+                      settings.metadata_path)
+            self._settings = settings
         return self._settings
 
     @property
@@ -80,13 +93,19 @@ pass_state = click.make_pass_decorator(State)
 @click.option("--prefix", help="Key prefix inside the bucket.")
 @click.option("--db-path", type=click.Path(dir_okay=False), help="SQLite metadata database.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Local data folder (embedded store).")
-@click.option("--debug", is_flag=True, help="Log debug output and show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only errors (the daemon and the mount too).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO).")
+@click.option("--debug", is_flag=True, help="Log debug output and show tracebacks (HTTP libraries stay at INFO).")
+@click.option("--debug-http", is_flag=True, envvar="S3FILESFS_DEBUG_HTTP",
+              help="Also log the HTTP libraries' debug output (botocore, urllib3, ...); credentials redacted.")
 @click.pass_context
-def main(ctx, config_path, debug, **flags):
+def main(ctx, config_path, quiet, verbose, debug, debug_http, **flags):
     """Put files into an OpenAI-style Files store on S3 (or the embedded local store)."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = State(config_path, flags)
+    if quiet and (verbose or debug):
+        raise click.UsageError("-q/--quiet cannot be combined with -v/--verbose or --debug")
+    verbosity = logs.DEBUG if debug else logs.VERBOSE if verbose else logs.QUIET if quiet else logs.NORMAL
+    logs.setup(verbosity, http_debug=debug_http)
+    ctx.obj = State(config_path, flags, verbosity)
 
 
 # --- output helpers ------------------------------------------------------------------------
@@ -139,11 +158,13 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
     failures = []
     for path in paths:
         try:
-            created = _upload_one(service, path, purpose, expires_after, filename)
+            created = _upload_one(service, path, purpose, expires_after, filename,
+                                  progress=state.verbosity > logs.QUIET)
         except S3FilesError as exc:
-            click.echo(f"error: {path}: {exc.message}", err=True)
+            click.echo(f"error: {path}: {logs.redact(exc.message)}", err=True)
             failures.append(exc)
             continue
+        log.info("uploaded %s as %s (%d bytes)", path, created.id, created.bytes)
         if as_json:
             _print_json(created.to_openai())
         else:
@@ -152,7 +173,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         sys.exit(failures[0].exit_code)
 
 
-def _upload_one(service, path, purpose, expires_after, filename):
+def _upload_one(service, path, purpose, expires_after, filename, progress=True):
     if path == "-":
         return service.create(sys.stdin.buffer, filename, purpose, expires_after)
     try:
@@ -162,7 +183,7 @@ def _upload_one(service, path, purpose, expires_after, filename):
     with body:
         size = os.fstat(body.fileno()).st_size
         name = filename or Path(path).name
-        if size < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        if size < PROGRESS_THRESHOLD or not progress or not sys.stderr.isatty():
             return service.create(body, name, purpose, expires_after)
         with click.progressbar(length=size, label=name, file=sys.stderr, show_pos=False,
                                show_percent=True, show_eta=True) as bar:
@@ -189,7 +210,7 @@ def ls(state, purpose, limit, order, after, as_json):
         _print_json(page.to_openai())
         return
     _print_table(page.data)
-    if page.has_more:
+    if page.has_more and state.verbosity > logs.QUIET:
         click.echo(f"(more: s3filesfs ls --after {page.data[-1].id})", err=True)
 
 
@@ -246,7 +267,7 @@ def rm(state, file_ids, as_json):
         try:
             result = state.service.delete(file_id)
         except S3FilesError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {logs.redact(exc.message)}", err=True)
             failures.append(exc)
             continue
         _print_json(result) if as_json else click.echo(f"deleted {file_id}")
@@ -321,8 +342,7 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
     """Watch the drop folders and upload what lands there; runs in the foreground."""
     state.flags.update(sync_watch_dir=watch_dir, sync_delete=delete, api_listen=listen,
                        api_api_key_env=api_key_env, api_socket=socket_path)
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger().setLevel(logging.INFO)  # a service's log is its journal
+    logs.at_least_info(state.verbosity)  # a service's log is its journal
     from .daemon.service import DaemonService
 
     sys.exit(DaemonService(state.settings).run())
@@ -402,8 +422,7 @@ def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, st
         click.echo(f"mounted at {os.path.abspath(mountpoint)} (log: {settings.mount_log_path}); "
                    f"unmount with: s3filesfs umount {mountpoint}")
         return
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("s3filesfs").setLevel(logging.INFO)  # a mount's log says what it refused
+    logs.at_least_info(state.verbosity, "s3filesfs")  # a mount's log says what it refused
     mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
 
 

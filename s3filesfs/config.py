@@ -128,6 +128,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in SECRET_KEYS and value:
                 value = "****" + value[-4:] if f.name == "aws_access_key_id" else "********"
+            elif f.name == "endpoint_url" and value:
+                value = masked_url(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -137,6 +139,22 @@ class Settings:
         shown["backend"] = self.backend
         shown["source"] = self.source
         return shown
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a message: a password, a query string and a fragment masked."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "****"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "****@" + netloc.rpartition("@")[2]
+    elif not netloc and "@" in parts.path:  # "user:secret@host", with no "//" to find it by
+        return "****@" + url.rpartition("@")[2]
+    query = "&".join(f"{name}=****" if sep else "****"
+                     for name, sep, _ in (item.partition("=") for item in parts.query.split("&"))) if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, "****" if parts.fragment else ""))
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -305,17 +323,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         if key in v:
             v[key] = _optional(v[key])
     if v.get("endpoint_url"):
-        parsed = urllib.parse.urlparse(v["endpoint_url"])
-        if parsed.username or parsed.password:
-            # Refused (and not echoed): a secret in a URL would leak into every message and log.
-            raise _fail(where, "endpoint_url must not hold credentials; use aws_access_key_id and "
-                               "aws_secret_access_key")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {v['endpoint_url']!r})")
-        try:
-            parsed.port
-        except ValueError:
-            raise _fail(where, f"endpoint_url has a bad port (got {v['endpoint_url']!r})") from None
+        _check_endpoint(v["endpoint_url"], where)
     s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))
     if s3_selected and not v.get("bucket_name"):
         raise _fail(where, "bucket_name is required to use S3 (remove the S3 settings to use the local store)")
@@ -356,6 +364,28 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     if "mount_refresh_seconds" in v:
         v["mount_refresh_seconds"] = _as_seconds(v["mount_refresh_seconds"], "mount.refresh_seconds", where, 0.0, 3600)
     return Settings(**v)
+
+
+def _check_endpoint(url: str, where) -> None:
+    """An http(s) URL of a host, with no secret in it; messages show it masked (``masked_url``)."""
+    shown = masked_url(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise _fail(where, f"endpoint_url is not a valid URL (got {shown!r})") from None
+    try:
+        parsed.port
+    except ValueError:
+        raise _fail(where, f"endpoint_url has a bad port (got {shown!r})") from None
+    if parsed.username or parsed.password or (not parsed.netloc and "@" in url):
+        # Refused: a secret in the URL would go into every request, message and log.
+        raise _fail(where, "endpoint_url must not hold credentials (got {!r}); use aws_access_key_id and "
+                           "aws_secret_access_key".format(shown))
+    if parsed.query or parsed.fragment:
+        raise _fail(where, f"endpoint_url must not have a query string or fragment (got {shown!r}); "
+                           "credentials go in aws_access_key_id, aws_secret_access_key and aws_session_token")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {shown!r})")
 
 
 def _check_daemon(v: dict, where) -> None:

@@ -157,8 +157,9 @@ class ApiServer:
     def __init__(self, app: FastAPI, sock: socket.socket, name: str):
         self.sock = sock
         self.name = name
+        # log_config=None: uvicorn's messages go through the process's own (redacting) handler.
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, log_config=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name=f"api-{name}", daemon=True)

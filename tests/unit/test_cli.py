@@ -371,3 +371,84 @@ def test_config_show_on_a_fresh_machine(tmp_path):
     assert shown["backend"] == "local"
     assert shown["bucket_name"] is None
     assert shown["metadata_store"]["db_path"] == str(tmp_path / "data" / "s3filesfs" / "local" / "metadata.db")
+
+
+# --- logs: levels, and no secret at any level ---------------------------------------------------
+
+API_KEY = "api-key-value-5432-never-logged"
+
+
+@pytest.fixture
+def secret_config(s3_server, tmp_path):
+    """A bucket on the S3 server with a secret key, a session token and a TCP API key configured."""
+    bucket = s3_server.new_bucket_name()
+    values = s3_server.settings_values(bucket, aws_session_token="session-token-value-9876",
+                                       metadata_store={"type": "sqlite", "db_path": str(tmp_path / "s3.db")},
+                                       api={"listen": "127.0.0.1:1", "api_key_env": "S3FILESFS_TEST_API_KEY"})
+    path = tmp_path / "secret.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path, {"S3FILESFS_TEST_API_KEY": API_KEY}
+
+
+SECRETS = (SECRET_KEY, "session-token-value-9876", API_KEY)
+
+
+@pytest.mark.parametrize("http_debug", [False, True], ids=["debug", "debug-http"])
+def test_debug_output_never_shows_a_secret(secret_config, samples, tmp_path, http_debug):
+    path, env = secret_config
+    flags = ["--config", path, "--debug", *(["--debug-http"] if http_debug else [])]
+    outputs = []
+    upload = run(*flags, "upload", samples / "a.txt", samples / "c.bin", "-p", "batch", env=env)
+    outputs.append(upload)
+    ids = FILE_ID.findall(upload.stdout.decode())
+    assert upload.returncode == 0 and len(ids) == 2, upload.stderr.decode()[-2000:]
+    for args in (["ls"], ["ls", "--json"], ["info", ids[0]], ["cat", ids[0]], ["check"], ["rm", ids[0]],
+                 ["config", "show"]):
+        outputs.append(run(*flags, *args, env=env))
+        assert outputs[-1].returncode == 0, (args, outputs[-1].stderr.decode()[-2000:])
+    stderr = b"".join(o.stderr for o in outputs).decode()
+    everything = stderr + b"".join(o.stdout for o in outputs).decode()
+    for secret in SECRETS:
+        assert secret not in everything
+    assert "DEBUG s3filesfs.cli: settings from" in stderr  # --debug is on
+    if http_debug:
+        # The requests were logged, headers and all, with their credentials blotted out.
+        assert "DEBUG botocore.endpoint: Sending http request" in stderr
+        assert "'X-Amz-Security-Token': b'****'" in stderr and "'Authorization': b'****'" in stderr
+        assert "x-amz-security-token:****" in stderr
+    else:
+        assert not re.search(r"DEBUG (botocore|boto3|urllib3|s3transfer)", stderr)
+
+
+def test_redaction_of_credential_shaped_text():
+    from s3filesfs import logs
+
+    logs.protect("a-registered-secret-value", "short")
+    text = logs.redact("token a-registered-secret-value; Authorization: Bearer abc.def\n"
+                       "headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=ff'}\n"
+                       "<SecretAccessKey>wJalr</SecretAccessKey> aws_session_token=FQoG http://u:pw@h/ short")
+    for value in ("a-registered-secret-value", "abc.def", "AKIA", "wJalr", "FQoG", "pw@"):
+        assert value not in text
+    assert "short" in text  # too short to be replaced wherever it occurs
+
+
+@pytest.mark.parametrize("url", ["http://admin:hunter2-secret@127.0.0.1:1", "admin:hunter2-secret@127.0.0.1:1",
+                                 "http://127.0.0.1:1/?X-Amz-Security-Token=hunter2-secret"])
+def test_a_secret_in_endpoint_url_never_reaches_the_terminal(url, tmp_path):
+    for args in (["ls"], ["config", "show"], ["--debug", "ls"]):
+        result = run("--bucket", "files", "--endpoint-url", url, *args)
+        assert result.returncode == 1
+        assert "endpoint_url" in result.stderr.decode()
+        assert b"hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_quiet_and_verbose(samples):
+    assert run("upload", samples / "a.txt", "-p", "batch").stderr == b""
+    verbose = run("-v", "upload", samples / "b.jsonl", "-p", "batch")
+    assert verbose.returncode == 0
+    assert re.search(r"INFO s3filesfs.cli: uploaded .*b.jsonl as file-[0-9a-f]{32} \(34 bytes\)", verbose.stderr.decode())
+    assert "(more: s3filesfs ls --after" in run("ls", "--limit", "1").stderr.decode()
+    quiet = run("-q", "ls", "--limit", "1")
+    assert quiet.returncode == 0 and quiet.stderr == b"" and len(quiet.stdout.splitlines()) == 2
+    clash = run("-q", "--debug", "ls")
+    assert clash.returncode == 2 and "cannot be combined" in clash.stderr.decode()

@@ -409,6 +409,27 @@ def test_masked_leaves_unset_secrets_empty():
     assert os.fspath(config.load().local_store_dir) in config.dump_yaml(shown)
 
 
+@pytest.mark.parametrize("url, secret", [
+    ("http://admin:hunter2@127.0.0.1:9000", "hunter2"),
+    ("admin:hunter2@127.0.0.1:9000", "hunter2"),
+    ("https:/admin:hunter2@host", "hunter2"),
+    ("http://127.0.0.1:9000/?X-Amz-Security-Token=hunter2", "hunter2"),
+    ("http://127.0.0.1:99999/?token=hunter2", "hunter2"),
+    ("http://127.0.0.1:9000/#hunter2", "hunter2"),
+])
+def test_a_secret_in_endpoint_url_is_refused_and_never_echoed(url, secret):
+    with pytest.raises(ConfigError) as raised:
+        config.load(flags={"bucket_name": "b", "endpoint_url": url})
+    assert "endpoint_url" in str(raised.value)
+    assert secret not in str(raised.value)
+
+
+def test_masked_url_hides_passwords_queries_and_fragments():
+    assert config.masked_url("http://u:p@h:9/x?a=1&b#f") == "http://****@h:9/x?a=****&****#****"
+    assert config.masked_url("http://h:9000") == "http://h:9000"
+    assert config.masked_url("u:p@h") == "****@h"
+
+
 def test_endpoint_url_with_embedded_credentials_is_refused_without_echoing_them():
     from s3filesfs import config as config_module
     from s3filesfs.errors import ConfigError
