@@ -19,6 +19,7 @@ from . import __version__, config, logs
 from .errors import NotStaged, S3FilesError, UserError, internal_error
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
+from .runtime_dir import ensure_private, is_private
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
 
@@ -324,7 +325,10 @@ def show(state):
 
 
 def _running_daemon(state):
-    """``(client, status)`` for the daemon on our socket, or ``(None, None)`` when none answers."""
+    """``(client, status)`` for the daemon on our socket, or ``(None, None)`` when none answers
+    (or the socket's folder is not private, so that the socket may not be our daemon's)."""
+    if not is_private(state.settings.api_socket_path.parent):
+        return None, None
     client = DaemonClient(state.settings.api_socket_path)
     info = client.status()
     return (client, info) if info is not None else (None, None)
@@ -423,6 +427,7 @@ def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, st
                    f"unmount with: s3filesfs umount {mountpoint}")
         return
     logs.at_least_info(state.verbosity, "s3filesfs")  # a mount's log says what it refused
+    ensure_private(settings.api_socket_path.parent)  # its pid files live beside the daemon's socket
     mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
 
 

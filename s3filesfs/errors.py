@@ -129,6 +129,14 @@ class ConfigError(UserError):
     http_status = 500
 
 
+class UnsafeFolder(UserError):
+    """The folder for the daemon's socket could be controlled by another user."""
+
+    errno = _errno.EACCES
+    http_status = 500
+    error_type = "permission_error"
+
+
 class NoSpace(UserError):
     """Local staging is full."""
 

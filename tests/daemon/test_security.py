@@ -1,7 +1,9 @@
-"""The daemon's secrets: no credential in its log, at any level."""
+"""The daemon's secrets and its socket: no credential in its log at any level, no socket in a folder
+someone else controls."""
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from s3filesfs.daemon.service import DaemonService
 from tests.daemon.conftest import socket_client, wait_for, write
 from tests.s3server import SECRET_KEY, free_port
 
@@ -71,3 +74,56 @@ def test_daemon_log_never_shows_a_secret(env, tmp_path, processes, http_debug):
         assert "'X-Amz-Security-Token': b'****'" in log and "'Authorization': b'****'" in log
     else:
         assert "DEBUG botocore" not in log and "DEBUG urllib3" not in log
+
+
+def unsafe_folders(short_dir: Path):
+    """A folder others can write to, and one that belongs to someone else."""
+    open_to_all = short_dir / "open"
+    open_to_all.mkdir()
+    os.chmod(open_to_all, 0o777)
+    if os.getuid() == 0:
+        someone_elses = short_dir / "nobodys"
+        someone_elses.mkdir(mode=0o700)
+        os.chown(someone_elses, 65534, 65534)
+    else:
+        someone_elses = Path("/usr")  # root's; nothing is written there: the check refuses first
+    return [(open_to_all, "can be written by other users (mode 0777)"),
+            (someone_elses, f"belongs to {'nobody (uid 65534)' if os.getuid() == 0 else 'root (uid 0)'}, not to you")]
+
+
+def test_a_socket_folder_others_control_is_refused(env, tmp_path, short_dir, processes):
+    for number, (folder, complaint) in enumerate(unsafe_folders(short_dir)):
+        before = sorted(os.listdir(folder))
+        world = env(api={"socket": str(folder / "api.sock")})
+        log_path = tmp_path / f"refused-{number}.log"
+        process = start_daemon(world, log_path)
+        processes.append(process)
+        assert process.wait(30) == 1, log_path.read_text()
+        log = log_path.read_text()
+        assert f"error: {folder} {complaint}" in log, log
+        assert f"rm -r {folder}" in log and "XDG_RUNTIME_DIR" in log
+        assert sorted(os.listdir(folder)) == before  # no socket was made there
+    # Made private again, the same folder is accepted.
+    folder = short_dir / "open"
+    os.chmod(folder, 0o700)
+    world = env(api={"socket": str(folder / "api.sock")})
+    process = start_daemon(world, tmp_path / "accepted.log")
+    processes.append(process)
+    client = socket_client(folder / "api.sock")
+    wait_for(lambda: process.poll() is not None or client.get("/v1/status").status_code == 200, 20,
+             "the daemon on the private folder")
+    assert process.poll() is None
+    client.close()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+
+
+def test_the_socket_folder_is_created_private(env, short_dir):
+    world = env(api={"socket": str(short_dir / "new" / "api.sock")})
+    daemon = DaemonService(world.settings())
+    daemon.start()
+    try:
+        assert stat.S_IMODE(os.stat(short_dir / "new").st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(short_dir / "new" / "api.sock").st_mode) == 0o600
+    finally:
+        assert daemon.stop()

@@ -1,5 +1,7 @@
-"""The mount's log keeps secrets out, at every level."""
+"""The mount's log keeps secrets out at every level, and the mount refuses a runtime folder (where
+its pid files go, beside the daemon's socket) that someone else could control."""
 
+import os
 import shutil
 
 import pytest
@@ -44,6 +46,22 @@ def test_mount_log_never_shows_a_secret(fuse, s3_server, http_debug):
             assert "'X-Amz-Security-Token': b'****'" in log and "'Authorization': b'****'" in log
         else:
             assert "DEBUG botocore" not in log and "DEBUG urllib3" not in log
+    finally:
+        mount.stop()
+        shutil.rmtree(mount.root, ignore_errors=True)
+
+
+def test_mount_refuses_a_runtime_folder_others_can_write(fuse):
+    mount = Mount("local")
+    try:
+        runtime = mount.root / "run" / "s3filesfs"
+        runtime.mkdir(parents=True)
+        os.chmod(runtime, 0o777)
+        with pytest.raises(AssertionError, match="exited with 1 before mounting"):
+            mount.start()
+        assert f"error: {runtime} can be written by other users (mode 0777)" in mount.log()
+        assert not os.path.ismount(mount.mountpoint)
+        assert list(runtime.iterdir()) == []
     finally:
         mount.stop()
         shutil.rmtree(mount.root, ignore_errors=True)
