@@ -76,9 +76,19 @@ class State:
 
     @property
     def service(self):
+        """The FileService, its bucket not yet checked (for what needs only the database)."""
         if self._service is None:
             self._service = open_service(self.settings)
         return self._service
+
+    @property
+    def store(self):
+        """The FileService with its bucket checked (once per process): a missing bucket or
+        refused credentials fail every command that works on files, even one the database
+        alone could answer."""
+        service = self.service
+        _ = service.blobs
+        return service
 
 
 pass_state = click.make_pass_decorator(State)
@@ -155,7 +165,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         raise click.UsageError("--filename works with a single file")
     if "-" in paths and not filename:
         raise click.UsageError("uploading standard input needs --filename")
-    service = state.service
+    service = state.store
     failures = []
     for path in paths:
         try:
@@ -206,7 +216,7 @@ def ls(state, purpose, limit, order, after, as_json):
     if client is not None:
         page = client.list(after=after, limit=limit, order=order, purpose=purpose)
     else:
-        page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
+        page = state.store.list(after=after, limit=limit, order=order, purpose=purpose)
     if as_json:
         _print_json(page.to_openai())
         return
@@ -221,7 +231,7 @@ def ls(state, purpose, limit, order, after, as_json):
 @pass_state
 def info(state, file_id, as_json):
     """Show one file."""
-    file = state.service.retrieve(file_id)
+    file = state.store.retrieve(file_id)
     if as_json:
         _print_json(file.to_openai())
         return
@@ -238,7 +248,7 @@ def info(state, file_id, as_json):
 @pass_state
 def cat(state, file_id, output):
     """Write a file's content to standard output (or -o PATH)."""
-    _, chunks = state.service.content(file_id)
+    _, chunks = state.store.content(file_id)
     if output is None:
         out = sys.stdout.buffer
         for chunk in chunks:
@@ -263,10 +273,11 @@ def cat(state, file_id, output):
 @pass_state
 def rm(state, file_ids, as_json):
     """Delete files by id."""
+    service = state.store
     failures = []
     for file_id in file_ids:
         try:
-            result = state.service.delete(file_id)
+            result = service.delete(file_id)
         except S3FilesError as exc:
             click.echo(f"error: {logs.redact(exc.message)}", err=True)
             failures.append(exc)
@@ -281,7 +292,7 @@ def rm(state, file_ids, as_json):
 @pass_state
 def gc(state, as_json):
     """Remove expired files from the bucket and the table."""
-    removed = state.service.gc()
+    removed = state.store.gc()
     if as_json:
         _print_json({"removed": removed})
     else:
@@ -295,7 +306,7 @@ def gc(state, as_json):
 @pass_state
 def check(state, as_json):
     """Compare the table with the bucket; exit 1 if they disagree."""
-    report = state.service.check()
+    report = state.store.check()
     if as_json:
         _print_json(report.to_dict())
     else:

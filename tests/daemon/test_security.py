@@ -1,5 +1,5 @@
 """The daemon's secrets and its socket: no credential in its log at any level, no socket in a folder
-someone else controls."""
+someone else controls, and no start without its bucket."""
 
 import os
 import signal
@@ -127,3 +127,15 @@ def test_the_socket_folder_is_created_private(env, short_dir):
         assert stat.S_IMODE(os.stat(short_dir / "new" / "api.sock").st_mode) == 0o600
     finally:
         assert daemon.stop()
+
+
+def test_a_missing_bucket_stops_the_daemon_at_start(env, tmp_path, processes):
+    world = env(auto_create_bucket=False)
+    log_path = tmp_path / "daemon.log"
+    process = start_daemon(world, log_path)
+    processes.append(process)
+    assert process.wait(30) == 1
+    assert (f"error: S3 bucket '{world.bucket}' does not exist. Either create the bucket manually or set "
+            "'auto_create_bucket: true' in your configuration.") in log_path.read_text()
+    assert not world.socket.exists()
+    assert not world.watch.exists()  # nothing was watched, nothing half-started

@@ -309,8 +309,10 @@ def test_unreachable_storage_exits_3(samples, tmp_path):
     assert f"S3 endpoint {endpoint} is unreachable" in stderr
     assert "secret-that-stays-hidden" not in stderr
     assert "Traceback" not in stderr
-    # Listing needs only the table, so it still answers (and nothing was registered).
-    assert json.loads(ok(*common, "ls", "--json", env=env))["data"] == []
+    # Listing checks the bucket too, rather than answer from a table it cannot vouch for.
+    listing = run(*common, "ls", "--json", env=env)
+    assert listing.returncode == 3 and listing.stdout == b""
+    assert f"S3 endpoint {endpoint} is unreachable" in listing.stderr.decode()
 
 
 # --- against a real S3 server -----------------------------------------------------------------
@@ -452,3 +454,25 @@ def test_quiet_and_verbose(samples):
     assert quiet.returncode == 0 and quiet.stderr == b"" and len(quiet.stdout.splitlines()) == 2
     clash = run("-q", "--debug", "ls")
     assert clash.returncode == 2 and "cannot be combined" in clash.stderr.decode()
+
+
+# --- a missing bucket ---------------------------------------------------------------------------
+
+
+def test_a_missing_bucket_fails_every_command_that_works_on_files(s3_server, samples, tmp_path):
+    bucket = s3_server.new_bucket_name()
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(s3_server.settings_values(
+        bucket, auto_create_bucket=False, metadata_store={"type": "sqlite", "db_path": str(tmp_path / "s3.db")})))
+    file_id = FILE_ID.search(ok("--config", path, "upload", samples / "a.txt", "-p", "batch")).group()
+    # The bucket goes away behind the table's back: every command says so, none answers from the table.
+    client.delete_object(Bucket=bucket, Key=file_id)
+    client.delete_bucket(Bucket=bucket)
+    message = (f"error: S3 bucket '{bucket}' does not exist. Either create the bucket manually or set "
+               "'auto_create_bucket: true' in your configuration.\n")
+    for args in (["ls"], ["ls", "--json"], ["info", file_id], ["info", file_id, "--json"], ["gc"], ["cat", file_id],
+                 ["rm", file_id], ["check"], ["upload", samples / "a.txt", "-p", "batch"]):
+        result = run("--config", path, *args)
+        assert (result.returncode, result.stdout, result.stderr.decode()) == (1, b"", message), args
