@@ -326,10 +326,25 @@ def config_group():
 
 
 @config_group.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"backend", "source", "config"} as JSON, "config" as the YAML shows it.')
 @pass_state
-def show(state):
-    """Print the effective configuration, secrets masked."""
-    click.echo(config.dump_yaml(state.settings.masked()), nl=False)
+def show(state, as_json):
+    """Print the configuration in effect, secrets masked.
+
+    Every key in the config file's own names and sections, defaults and paths in use spelled out:
+    the output loads as a config file, once the masked secrets are put back (or written as
+    ${env.NAME}).
+    """
+    settings = state.settings
+    shown = settings.masked()
+    if as_json:
+        _print_json({"backend": settings.backend, "source": settings.source, "config": shown})
+        return
+    click.echo(f"# s3filesfs configuration in effect ({settings.backend} backend), from {settings.source}")
+    if any(getattr(settings, key) for key in config.SECRET_KEYS):
+        click.echo("# Secrets are masked: put them back, or use ${env.NAME}, before loading this as a config.")
+    click.echo(config.dump_yaml(shown), nl=False)
 
 
 # --- the daemon ------------------------------------------------------------------------------

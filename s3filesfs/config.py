@@ -12,7 +12,8 @@ Precedence, lowest first:
 5. CLI flags.
 
 Values may use ``${env.NAME}``, ``${env.NAME:=default}`` and ``${env.NAME:+value}``. Any mistake is
-a ``ConfigError`` whose one-line message names the key. Secrets are masked in ``masked()``.
+a ``ConfigError`` whose one-line message names the key. Secrets are masked in ``masked()`` (the
+settings in effect, in the file's own layout: what ``config show`` prints) and in messages.
 """
 
 import difflib
@@ -120,12 +121,19 @@ class Settings:
         return self.data_dir / f"s3-{self.bucket_name}.db"
 
     def masked(self) -> dict:
-        """The effective settings as plain data, with secrets hidden."""
+        """The settings in effect, in the config file's own keys and sections, secrets masked.
+
+        What ``config show`` prints, and loadable as a config file: defaults are spelled out and
+        the paths in use are given rather than left empty. Masked secrets load as the masks, so
+        they must be put back (or replaced by ``${env.NAME}``) before the result is used.
+        """
+        effective = {"db_path": self.metadata_path, "api_socket": self.api_socket_path,
+                     "mount_staging_dir": self.staging_dir, "mount_log_file": self.mount_log_path}
         shown: dict = {}
         for f in fields(self):
-            if f.name in ("db_path", "source"):
+            if f.name == "source":
                 continue
-            value = getattr(self, f.name)
+            value = effective.get(f.name, getattr(self, f.name))
             if f.name in SECRET_KEYS and value:
                 value = "****" + value[-4:] if f.name == "aws_access_key_id" else "********"
             elif f.name == "endpoint_url" and value:
@@ -134,10 +142,14 @@ class Settings:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
-            shown[f.name] = value
-        shown["metadata_store"] = {"type": "sqlite", "db_path": str(self.metadata_path)}
-        shown["backend"] = self.backend
-        shown["source"] = self.source
+            if f.name == "db_path":
+                shown["metadata_store"] = {"type": "sqlite", "db_path": value}
+                continue
+            section, key = _file_key(f.name)
+            if section:
+                shown.setdefault(section, {})[key] = value
+            else:
+                shown[key] = value
         return shown
 
 
@@ -165,6 +177,14 @@ _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_re
 _SECTIONS["api"] = {"socket", "listen", "api_key_env"}
 _SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds"}
 _SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount") for key in _SECTIONS[section]}
+
+
+def _file_key(name: str) -> tuple[str | None, str]:
+    """A Settings field's place in the file: ``("upload", "part_size_mb")`` or ``(None, "region")``."""
+    for section in ("upload", "sync", "api", "mount"):
+        if name.startswith(f"{section}_") and name[len(section) + 1:] in _SECTIONS[section]:
+            return section, name[len(section) + 1:]
+    return None, name
 
 
 def _fail(where: str | None, message: str) -> ConfigError:

@@ -351,11 +351,10 @@ def test_session_against_the_s3_server(server_config, samples, s3_server, tmp_pa
 def test_config_show_masks_the_secrets(server_config, s3_server, tmp_path):
     path, bucket = server_config
     out = ok("--config", path, "config", "show")
+    assert out.startswith(f"# s3filesfs configuration in effect (s3 backend), from {path}\n# Secrets are masked")
     shown = yaml.safe_load(out)
     assert shown["bucket_name"] == bucket
     assert shown["endpoint_url"] == s3_server.endpoint_url
-    assert shown["backend"] == "s3"
-    assert shown["source"] == str(path)
     assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "s3.db")}
     assert shown["aws_secret_access_key"] == "********"
     assert shown["aws_session_token"] == "********"
@@ -366,13 +365,39 @@ def test_config_show_masks_the_secrets(server_config, s3_server, tmp_path):
              env={"S3FILESFS_AWS_SECRET_ACCESS_KEY": "another-secret-from-env"})
     assert yaml.safe_load(out)["prefix"] == "team/"
     assert "another-secret-from-env" not in out and SECRET_KEY not in out
+    shown = json.loads(ok("--config", path, "config", "show", "--json"))
+    assert (shown["backend"], shown["source"]) == ("s3", str(path))
+    assert shown["config"]["aws_session_token"] == "********"
 
 
 def test_config_show_on_a_fresh_machine(tmp_path):
-    shown = yaml.safe_load(ok("config", "show"))
-    assert shown["backend"] == "local"
+    out = ok("config", "show")
+    assert out.startswith("# s3filesfs configuration in effect (local backend), from defaults")
+    assert "Secrets are masked" not in out
+    shown = yaml.safe_load(out)
     assert shown["bucket_name"] is None
     assert shown["metadata_store"]["db_path"] == str(tmp_path / "data" / "s3filesfs" / "local" / "metadata.db")
+    assert json.loads(ok("config", "show", "--json"))["backend"] == "local"
+
+
+def test_config_show_output_loads_back_as_the_same_config(server_config, tmp_path):
+    """What `config show` prints is a config file: keys it lists are keys the file accepts."""
+    path, bucket = server_config
+    flags = ["--prefix", "team"]
+    env = {"S3FILESFS_UPLOAD_PART_SIZE_MB": "16", "S3FILESFS_SYNC_WORKERS": "2",
+           "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    shown = ok("--config", path, *flags, "config", "show", env=env)
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(shown)
+    again = ok("--config", pasted, "config", "show")
+    # The same settings, in the same words; only the header's "from" line differs.
+    assert again.splitlines()[2:] == shown.splitlines()[2:]
+    loaded = yaml.safe_load(again)
+    assert loaded["upload"]["part_size_mb"] == 16 and loaded["sync"]["workers"] == 2
+    assert loaded["prefix"] == "team/"
+    assert loaded["api"]["socket"] == str(tmp_path / "run" / "s3filesfs" / "api.sock")
+    assert loaded["mount"]["staging_dir"] == str(tmp_path / "data" / "s3filesfs" / "staging")
+    assert json.loads(ok("--config", pasted, "config", "show", "--json"))["config"] == loaded
 
 
 # --- logs: levels, and no secret at any level ---------------------------------------------------
