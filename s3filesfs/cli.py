@@ -2,7 +2,8 @@
 
 The only module that imports click. Each command parses arguments, calls the service and prints:
 human tables by default, OpenAI JSON with ``--json``. Errors are turned into exit codes in exactly
-one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage failure, 4 a bug.
+one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage failure, 4 a bug,
+130 interrupted, 141 a command that changes the store finished but its output was cut short.
 """
 
 import json
@@ -15,8 +16,15 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config, logs
-from .errors import NotStaged, S3FilesError, UserError, internal_error
+from . import __version__, config, logs, stdio
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT_LOST,
+    NotStaged,
+    S3FilesError,
+    UserError,
+    internal_error,
+)
 from .files import open_service
 from .model import LIST_LIMIT_MAX, PURPOSES
 from .runtime_dir import ensure_private, is_private
@@ -26,18 +34,20 @@ from .fs import records as staged_records  # no mfusepy: the mount's staged uplo
 log = logging.getLogger(__name__)
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
+# Commands that change the store: when their reader goes away they still finish, and exit 141.
+CHANGES_STORE = {"upload", "rm", "gc", "retry"}
 
 
 class Cli(click.Group):
     def invoke(self, ctx: click.Context):
+        stdio.install()  # a reader that goes away (`| head`) costs output, never work
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except BrokenPipeError:
-            # The reader went away (`s3filesfs cat ID | head`); not an error of ours.
-            sys.stderr.close()
-            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("Aborted!", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except S3FilesError as exc:
             click.echo(f"error: {logs.redact(exc.message)}", err=True)
             ctx.exit(exc.exit_code)
@@ -47,6 +57,10 @@ class Cli(click.Group):
             click.echo(f"error: {logs.redact(internal_error(exc).message)} (run with --debug for details)",
                        err=True)
             ctx.exit(4)
+        if ctx.invoked_subcommand in CHANGES_STORE and stdio.stdout_lost():
+            # The work is done, but not every line reporting it reached the reader.
+            ctx.exit(EXIT_OUTPUT_LOST)
+        return result
 
 
 class State:
@@ -160,7 +174,11 @@ def _print_table(files) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI file objects as JSON.")
 @pass_state
 def upload(state, paths, purpose, expires_after, filename, as_json):
-    """Upload files; prints each new file id. Use '-' to read standard input."""
+    """Upload files; prints each new file id. Use '-' to read standard input.
+
+    If the reader goes away early (| head -1), every file is still uploaded, and the exit status
+    is 141 to say that ids were not printed.
+    """
     if filename and len(paths) > 1:
         raise click.UsageError("--filename works with a single file")
     if "-" in paths and not filename:
@@ -247,12 +265,17 @@ def info(state, file_id, as_json):
               help="Write to this path instead of standard output.")
 @pass_state
 def cat(state, file_id, output):
-    """Write a file's content to standard output (or -o PATH)."""
+    """Write a file's content to standard output (or -o PATH).
+
+    If the reader goes away (| head), the rest is not read.
+    """
     _, chunks = state.store.content(file_id)
     if output is None:
         out = sys.stdout.buffer
         for chunk in chunks:
             out.write(chunk)
+            if stdio.stdout_lost():
+                break  # the reader has what it wanted
         out.flush()
         return
     partial = Path(f"{output}.part")
@@ -272,7 +295,11 @@ def cat(state, file_id, output):
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI delete responses.")
 @pass_state
 def rm(state, file_ids, as_json):
-    """Delete files by id."""
+    """Delete files by id.
+
+    Every id is tried; the exit status is that of the first failure. If the reader goes away
+    early (| head), every file is still deleted, and the exit status is 141.
+    """
     service = state.store
     failures = []
     for file_id in file_ids:

@@ -6,10 +6,15 @@ answers with, and the exit code of the CLI. They are chosen here and nowhere els
 socket API and the CLI can never disagree about what a failure means.
 
 Exit codes: 0 ok, 1 the user can fix it (bad input, unknown id, bad config), 2 usage (click's own),
-3 the storage backend failed or could not be reached, 4 an internal error (a bug).
+3 the storage backend failed or could not be reached, 4 an internal error (a bug), 130 interrupted
+(Ctrl-C), 141 a command that changes the store did all its work but its reader went away before
+reading all of its output (``upload *.txt | head -1``).
 """
 
 import errno as _errno
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_OUTPUT_LOST = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 class S3FilesError(Exception):

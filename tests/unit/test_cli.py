@@ -3,10 +3,12 @@
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -501,3 +503,68 @@ def test_a_missing_bucket_fails_every_command_that_works_on_files(s3_server, sam
                  ["rm", file_id], ["check"], ["upload", samples / "a.txt", "-p", "batch"]):
         result = run("--config", path, *args)
         assert (result.returncode, result.stdout, result.stderr.decode()) == (1, b"", message), args
+
+
+# --- pipes and Ctrl-C --------------------------------------------------------------------------
+
+
+def test_upload_into_a_reader_that_goes_away_uploads_every_file_and_exits_141(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    files = [folder / f"{n:02}.txt" for n in range(40)]
+    for n, file in enumerate(files):
+        file.write_text(f"body {n}\n")
+    # `s3filesfs upload many/*.txt | head -1`: one line read, then the pipe is closed.
+    process = subprocess.Popen([str(SCRIPT), "upload", *map(str, files), "-p", "batch"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=dict(os.environ))
+    first = FILE_ID.search(process.stdout.readline().decode()).group()
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
+    process.stderr.close()
+    listed = json.loads(ok("ls", "--json"))["data"]
+    assert len(listed) == 40 and first in {item["id"] for item in listed}
+    assert sorted(item["filename"] for item in listed) == [f.name for f in files]
+
+
+def test_rm_into_a_closed_pipe_deletes_every_file_and_exits_141(samples):
+    ids = [FILE_ID.search(ok("upload", samples / "a.txt", "-p", "batch")).group() for _ in range(3)]
+    # `s3filesfs rm ID1 ID2 ID3 | head -0`: the reader is gone before the first line.
+    process = subprocess.Popen([str(SCRIPT), "rm", *ids], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ))
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
+    process.stderr.close()
+    assert json.loads(ok("ls", "--json"))["data"] == []
+
+
+def test_ls_into_a_closed_pipe_is_not_an_error(samples):
+    ok("upload", samples / "a.txt", "-p", "batch")
+    process = subprocess.Popen([str(SCRIPT), "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""
+    process.stderr.close()
+
+
+def test_ctrl_c_exits_130_and_registers_nothing(tmp_path):
+    process = subprocess.Popen([str(SCRIPT), "upload", "-", "--filename", "big.bin", "-p", "batch"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ))
+    process.stdin.write(os.urandom(3 * 1024 * 1024))
+    process.stdin.flush()
+    # Wait until the body is being written into the store, then press Ctrl-C.
+    tmp = tmp_path / "data" / "s3filesfs" / "local" / "tmp"
+    deadline = time.monotonic() + 30
+    while not (tmp.is_dir() and any(p.stat().st_size for p in tmp.iterdir())):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    assert process.stderr.read().decode() == "Aborted!\n"
+    assert process.stdout.read() == b""
+    for stream in (process.stdin, process.stdout, process.stderr):
+        stream.close()
+    assert list(tmp.iterdir()) == []
+    assert json.loads(ok("ls", "--json"))["data"] == []
