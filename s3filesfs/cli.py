@@ -6,6 +6,8 @@ one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage fail
 130 interrupted, 141 a command that changes the store finished but its output was cut short.
 """
 
+import codecs
+import itertools
 import json
 import logging
 import os
@@ -20,13 +22,14 @@ from . import __version__, config, logs, stdio
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OUTPUT_LOST,
+    InvalidRequest,
     NotStaged,
     S3FilesError,
     UserError,
     internal_error,
 )
 from .files import open_service
-from .model import LIST_LIMIT_MAX, PURPOSES
+from .model import LIST_LIMIT_MAX, PURPOSES, is_file_id
 from .runtime_dir import ensure_private, is_private
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
@@ -109,7 +112,7 @@ pass_state = click.make_pass_decorator(State)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="s3filesfs")
+@click.version_option(__version__, "-V", "--version", prog_name="s3filesfs")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="S3FILESFS_CONFIG",
               help="Config file (default ~/.config/s3filesfs/config.yaml); a Llama Stack run.yaml works too.")
 @click.option("--bucket", "bucket_name", help="S3 bucket (overrides the config file).")
@@ -153,6 +156,26 @@ def _when(timestamp) -> str:
     return "never" if timestamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
+def _checked_id(value: str) -> str:
+    """``value`` if it is shaped like a file id; else a clear error rather than "not found"."""
+    if not is_file_id(value):
+        raise InvalidRequest(f"'{value}' is not a file id (ids are 'file-' and 32 hex digits; "
+                             "`s3filesfs ls` lists them)", "file_id")
+    return value
+
+
+def _looks_binary(data: bytes) -> bool:
+    """NUL bytes or bytes that are not UTF-8 (a multibyte character cut at the end is fine)."""
+    sample = data[:8192]
+    if b"\0" in sample:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _print_table(files) -> None:
     rows = [(f.id, _human_size(f.bytes), _when(f.created_at), _when(f.visible_expires_at), f.purpose, f.filename)
             for f in files]
@@ -174,16 +197,18 @@ def _print_table(files) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI file objects as JSON.")
 @pass_state
 def upload(state, paths, purpose, expires_after, filename, as_json):
-    """Upload files; prints each new file id. Use '-' to read standard input.
+    """Upload files. Use '-' to read standard input.
 
-    If the reader goes away early (| head -1), every file is still uploaded, and the exit status
-    is 141 to say that ids were not printed.
+    Prints one line per file: on a terminal its id, size, purpose and name; into a pipe or a file
+    just its id (FILE_ID=$(s3filesfs upload ...)). If the reader goes away early (| head -1),
+    every file is still uploaded, and the exit status is 141 to say that ids were not printed.
     """
     if filename and len(paths) > 1:
         raise click.UsageError("--filename works with a single file")
     if "-" in paths and not filename:
         raise click.UsageError("uploading standard input needs --filename")
     service = state.store
+    on_terminal = sys.stdout.isatty()
     failures = []
     for path in paths:
         try:
@@ -196,8 +221,10 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         log.info("uploaded %s as %s (%d bytes)", path, created.id, created.bytes)
         if as_json:
             _print_json(created.to_openai())
-        else:
+        elif on_terminal:
             click.echo(f"{created.id}  {_human_size(created.bytes)}  {created.purpose}  {created.filename}")
+        else:
+            click.echo(created.id)
     if failures:
         sys.exit(failures[0].exit_code)
 
@@ -249,7 +276,7 @@ def ls(state, purpose, limit, order, after, as_json):
 @pass_state
 def info(state, file_id, as_json):
     """Show one file."""
-    file = state.store.retrieve(file_id)
+    file = state.store.retrieve(_checked_id(file_id))
     if as_json:
         _print_json(file.to_openai())
         return
@@ -263,14 +290,23 @@ def info(state, file_id, as_json):
 @click.argument("file_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write to this path instead of standard output.")
+@click.option("--force", is_flag=True, help="Write binary content to a terminal anyway.")
 @pass_state
-def cat(state, file_id, output):
+def cat(state, file_id, output, force):
     """Write a file's content to standard output (or -o PATH).
 
-    If the reader goes away (| head), the rest is not read.
+    Binary content is not written to a terminal unless --force is given (as curl does). If the
+    reader goes away (| head), the rest is not read.
     """
-    _, chunks = state.store.content(file_id)
+    _, chunks = state.store.content(_checked_id(file_id))
     if output is None:
+        if sys.stdout.isatty() and not force:
+            chunks = iter(chunks)
+            first = next(chunks, b"")
+            if _looks_binary(first):
+                raise UserError(f"{file_id} holds binary data, which can upset a terminal: "
+                                "use -o PATH, redirect the output, or add --force")
+            chunks = itertools.chain([first], chunks)
         out = sys.stdout.buffer
         for chunk in chunks:
             out.write(chunk)
@@ -304,7 +340,7 @@ def rm(state, file_ids, as_json):
     failures = []
     for file_id in file_ids:
         try:
-            result = service.delete(file_id)
+            result = service.delete(_checked_id(file_id))
         except S3FilesError as exc:
             click.echo(f"error: {logs.redact(exc.message)}", err=True)
             failures.append(exc)

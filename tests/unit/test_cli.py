@@ -2,6 +2,7 @@
 
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -84,6 +85,7 @@ def samples(tmp_path):
 
 def test_version():
     assert ok("--version").strip() == f"s3filesfs, version {s3filesfs.__version__}"
+    assert ok("-V") == ok("--version")
 
 
 def _all_commands(group: click.Group, prefix=()):
@@ -108,12 +110,11 @@ def test_help_on_every_command(command):
 
 
 def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
+    # Into a pipe, upload prints just the ids, one per line, in the order of the files.
     out = ok("upload", samples / "a.txt", samples / "b.jsonl", samples / "c.bin", "--purpose", "batch")
-    lines = out.splitlines()
-    assert len(lines) == 3
-    ids = [FILE_ID.match(line).group() for line in lines]
-    assert [line.split()[-1] for line in lines] == ["a.txt", "b.jsonl", "c.bin"]
-    assert "3.0 MiB" in lines[2]
+    ids = out.splitlines()
+    assert len(ids) == 3 and all(FILE_ID.fullmatch(line) for line in ids)
+    assert [json.loads(ok("info", i, "--json"))["filename"] for i in ids] == ["a.txt", "b.jsonl", "c.bin"]
 
     listing = json.loads(ok("ls", "--json"))
     assert_list_object(listing)
@@ -505,7 +506,7 @@ def test_a_missing_bucket_fails_every_command_that_works_on_files(s3_server, sam
         assert (result.returncode, result.stdout, result.stderr.decode()) == (1, b"", message), args
 
 
-# --- pipes and Ctrl-C --------------------------------------------------------------------------
+# --- pipes, Ctrl-C, terminals -------------------------------------------------------------------
 
 
 def test_upload_into_a_reader_that_goes_away_uploads_every_file_and_exits_141(tmp_path):
@@ -568,3 +569,59 @@ def test_ctrl_c_exits_130_and_registers_nothing(tmp_path):
         stream.close()
     assert list(tmp.iterdir()) == []
     assert json.loads(ok("ls", "--json"))["data"] == []
+
+
+def run_on_terminal(*args) -> tuple[int, bytes, str]:
+    """Run the command with standard output on a pseudo-terminal: (exit code, output, stderr)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([str(SCRIPT), *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, env=dict(os.environ))
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process has closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    os.close(master)
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    return code, output.replace(b"\r\n", b"\n"), stderr
+
+
+def test_cat_refuses_binary_content_on_a_terminal(samples, tmp_path):
+    binary = ok("upload", samples / "c.bin", "-p", "batch").strip()
+    text = ok("upload", samples / "b.jsonl", "-p", "batch").strip()
+    code, output, stderr = run_on_terminal("cat", binary)
+    assert (code, output) == (1, b"")
+    assert stderr == (f"error: {binary} holds binary data, which can upset a terminal: use -o PATH, "
+                      "redirect the output, or add --force\n")
+    assert run_on_terminal("cat", text) == (0, (samples / "b.jsonl").read_bytes(), "")
+    no_newlines = bytes(b for b in range(256) if b != 10) * 4
+    forced = ok("upload", "-", "--filename", "x.bin", "-p", "batch", stdin=no_newlines).strip()
+    assert run_on_terminal("cat", forced, "--force") == (0, no_newlines, "")
+    code, output, _ = run_on_terminal("cat", binary, "-o", tmp_path / "copy.bin")
+    assert (code, output) == (0, b"")
+    assert (tmp_path / "copy.bin").read_bytes() == (samples / "c.bin").read_bytes()
+    assert run("cat", binary).stdout == (samples / "c.bin").read_bytes()  # into a pipe: as asked
+
+
+def test_upload_prints_a_row_on_a_terminal_and_the_id_into_a_pipe(samples):
+    code, output, stderr = run_on_terminal("upload", samples / "a.txt", "-p", "batch")
+    assert (code, stderr) == (0, "")
+    file_id, size, unit, purpose, name = output.decode().split()
+    assert FILE_ID.fullmatch(file_id) and (size, unit, purpose, name) == ("6", "B", "batch", "a.txt")
+    piped = ok("upload", samples / "a.txt", "-p", "batch")
+    assert FILE_ID.fullmatch(piped.strip()) and piped.endswith("\n") and len(piped.split()) == 1
+
+
+def test_info_of_something_that_is_not_an_id_says_so():
+    for command in (["info", "nonsense"], ["cat", "nonsense"], ["rm", "nonsense"]):
+        result = run(*command)
+        assert result.returncode == 1, command
+        assert result.stderr.decode() == ("error: 'nonsense' is not a file id (ids are 'file-' and 32 hex digits; "
+                                          "`s3filesfs ls` lists them)\n")
