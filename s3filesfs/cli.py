@@ -3,9 +3,12 @@
 The only module that imports click. Each command parses arguments, calls the service and prints:
 human tables by default, OpenAI JSON with ``--json``. Errors are turned into exit codes in exactly
 one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage failure, 4 a bug,
+130 interrupted, 141 a command that changes the store finished but its output was cut short,
 128+N an upload stopped by signal N (SIGTERM, SIGHUP) after aborting what it had sent.
 """
 
+import codecs
+import itertools
 import json
 import logging
 import os
@@ -17,64 +20,103 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config
+from . import __version__, config, logs, stdio
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
-from .errors import NotStaged, S3FilesError, Stopped, UserError, internal_error
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT_LOST,
+    InvalidRequest,
+    NotStaged,
+    S3FilesError,
+    Stopped,
+    UserError,
+    internal_error,
+)
 from .files import open_service
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
-from .model import LIST_LIMIT_MAX, PURPOSES
+from .model import LIST_LIMIT_MAX, PURPOSES, is_file_id
+from .runtime_dir import ensure_private, is_private
 from .stopping import stopped_by
 
+log = logging.getLogger(__name__)
+
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
+# Commands that change the store: when their reader goes away they still finish, and exit 141.
+CHANGES_STORE = {"upload", "rm", "gc", "retry"}
 
 
 class Cli(click.Group):
     def invoke(self, ctx: click.Context):
+        stdio.install()  # a reader that goes away (`| head`) costs output, never work
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except BrokenPipeError:
-            # The reader went away (`s3filesfs cat ID | head`); not an error of ours.
-            sys.stderr.close()
-            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("Aborted!", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except (S3FilesError, Stopped) as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {logs.redact(exc.message)}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:  # a bug: say so plainly, with the traceback when asked
             if ctx.find_root().params.get("debug"):
-                traceback.print_exc()
-            click.echo(f"error: {internal_error(exc).message} (run with --debug for details)", err=True)
+                click.echo(logs.redact(traceback.format_exc()), err=True, nl=False)
+            click.echo(f"error: {logs.redact(internal_error(exc).message)} (run with --debug for details)",
+                       err=True)
             ctx.exit(4)
+        if ctx.invoked_subcommand in CHANGES_STORE and stdio.stdout_lost():
+            # The work is done, but not every line reporting it reached the reader.
+            ctx.exit(EXIT_OUTPUT_LOST)
+        return result
 
 
 class State:
     """What the group options decide; commands build the service only when they need it."""
 
-    def __init__(self, config_path, flags):
+    def __init__(self, config_path, flags, verbosity=logs.NORMAL):
         self.config_path = config_path
         self.flags = flags
+        self.verbosity = verbosity
         self._settings = None
         self._service = None
 
     @property
     def settings(self) -> config.Settings:
         if self._settings is None:
-            self._settings = config.load(self.config_path, self.flags)
+            settings = config.load(self.config_path, self.flags)
+            # Wherever the secrets came from (file, environment, boto3's own variables), no log
+            # line or message may show them.
+            key_env = settings.api_api_key_env
+            logs.protect(settings.aws_secret_access_key, settings.aws_session_token,
+                         os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"),
+                         os.environ.get(key_env) if key_env else None)
+            log.debug("settings from %s: %s backend, database %s", settings.source, settings.backend,
+                      settings.metadata_path)
+            self._settings = settings
         return self._settings
 
     @property
     def service(self):
+        """The FileService, its bucket not yet checked (for what needs only the database)."""
         if self._service is None:
             self._service = open_service(self.settings)
         return self._service
+
+    @property
+    def store(self):
+        """The FileService with its bucket checked (once per process): a missing bucket or
+        refused credentials fail every command that works on files, even one the database
+        alone could answer."""
+        service = self.service
+        _ = service.blobs
+        return service
 
 
 pass_state = click.make_pass_decorator(State)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="s3filesfs")
+@click.version_option(__version__, "-V", "--version", prog_name="s3filesfs")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="S3FILESFS_CONFIG",
               help="Config file (default ~/.config/s3filesfs/config.yaml); a Llama Stack run.yaml works too.")
 @click.option("--bucket", "bucket_name", help="S3 bucket (overrides the config file).")
@@ -83,13 +125,19 @@ pass_state = click.make_pass_decorator(State)
 @click.option("--prefix", help="Key prefix inside the bucket.")
 @click.option("--db-path", type=click.Path(dir_okay=False), help="SQLite metadata database.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Local data folder (embedded store).")
-@click.option("--debug", is_flag=True, help="Log debug output and show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only errors (the daemon and the mount too).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO).")
+@click.option("--debug", is_flag=True, help="Log debug output and show tracebacks (HTTP libraries stay at INFO).")
+@click.option("--debug-http", is_flag=True, envvar="S3FILESFS_DEBUG_HTTP",
+              help="Also log the HTTP libraries' debug output (botocore, urllib3, ...); credentials redacted.")
 @click.pass_context
-def main(ctx, config_path, debug, **flags):
+def main(ctx, config_path, quiet, verbose, debug, debug_http, **flags):
     """Put files into an OpenAI-style Files store on S3 (or the embedded local store)."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = State(config_path, flags)
+    if quiet and (verbose or debug):
+        raise click.UsageError("-q/--quiet cannot be combined with -v/--verbose or --debug")
+    verbosity = logs.DEBUG if debug else logs.VERBOSE if verbose else logs.QUIET if quiet else logs.NORMAL
+    logs.setup(verbosity, http_debug=debug_http)
+    ctx.obj = State(config_path, flags, verbosity)
 
 
 # --- output helpers ------------------------------------------------------------------------
@@ -110,6 +158,26 @@ def _human_size(size: int) -> str:
 
 def _when(timestamp) -> str:
     return "never" if timestamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _checked_id(value: str) -> str:
+    """``value`` if it is shaped like a file id; else a clear error rather than "not found"."""
+    if not is_file_id(value):
+        raise InvalidRequest(f"'{value}' is not a file id (ids are 'file-' and 32 hex digits; "
+                             "`s3filesfs ls` lists them)", "file_id")
+    return value
+
+
+def _looks_binary(data: bytes) -> bool:
+    """NUL bytes or bytes that are not UTF-8 (a multibyte character cut at the end is fine)."""
+    sample = data[:8192]
+    if b"\0" in sample:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _print_table(files) -> None:
@@ -133,34 +201,44 @@ def _print_table(files) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print OpenAI file objects as JSON.")
 @pass_state
 def upload(state, paths, purpose, expires_after, filename, as_json):
-    """Upload files; prints each new file id. Use '-' to read standard input."""
+    """Upload files. Use '-' to read standard input.
+
+    Prints one line per file: on a terminal its id, size, purpose and name; into a pipe or a file
+    just its id (FILE_ID=$(s3filesfs upload ...)). If the reader goes away early (| head -1),
+    every file is still uploaded, and the exit status is 141 to say that ids were not printed.
+    """
     if filename and len(paths) > 1:
         raise click.UsageError("--filename works with a single file")
     if "-" in paths and not filename:
         raise click.UsageError("uploading standard input needs --filename")
-    service = state.service
+    service = state.store
+    on_terminal = sys.stdout.isatty()
     failures = []
     # A stopped upload aborts its multipart upload (whose parts S3 keeps, and bills, until then).
     with stopped_by(signal.SIGTERM, signal.SIGHUP):
         for path in paths:
             try:
-                created = _upload_one(service, path, purpose, expires_after, filename)
+                created = _upload_one(service, path, purpose, expires_after, filename,
+                                      progress=state.verbosity > logs.QUIET)
             except S3FilesError as exc:
-                click.echo(f"error: {path}: {exc.message}", err=True)
+                click.echo(f"error: {path}: {logs.redact(exc.message)}", err=True)
                 failures.append(exc)
                 continue
             except Stopped as stop:
                 stop.message += f" while uploading {path}"
                 raise
+            log.info("uploaded %s as %s (%d bytes)", path, created.id, created.bytes)
             if as_json:
                 _print_json(created.to_openai())
-            else:
+            elif on_terminal:
                 click.echo(f"{created.id}  {_human_size(created.bytes)}  {created.purpose}  {created.filename}")
+            else:
+                click.echo(created.id)
     if failures:
         sys.exit(failures[0].exit_code)
 
 
-def _upload_one(service, path, purpose, expires_after, filename):
+def _upload_one(service, path, purpose, expires_after, filename, progress=True):
     if path == "-":
         return service.create(sys.stdin.buffer, filename, purpose, expires_after)
     try:
@@ -170,7 +248,7 @@ def _upload_one(service, path, purpose, expires_after, filename):
     with body:
         size = os.fstat(body.fileno()).st_size
         name = filename or Path(path).name
-        if size < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        if size < PROGRESS_THRESHOLD or not progress or not sys.stderr.isatty():
             return service.create(body, name, purpose, expires_after)
         with click.progressbar(length=size, label=name, file=sys.stderr, show_pos=False,
                                show_percent=True, show_eta=True) as bar:
@@ -192,12 +270,12 @@ def ls(state, purpose, limit, order, after, as_json):
     if client is not None:
         page = client.list(after=after, limit=limit, order=order, purpose=purpose)
     else:
-        page = state.service.list(after=after, limit=limit, order=order, purpose=purpose)
+        page = state.store.list(after=after, limit=limit, order=order, purpose=purpose)
     if as_json:
         _print_json(page.to_openai())
         return
     _print_table(page.data)
-    if page.has_more:
+    if page.has_more and state.verbosity > logs.QUIET:
         click.echo(f"(more: s3filesfs ls --after {page.data[-1].id})", err=True)
 
 
@@ -207,7 +285,7 @@ def ls(state, purpose, limit, order, after, as_json):
 @pass_state
 def info(state, file_id, as_json):
     """Show one file."""
-    file = state.service.retrieve(file_id)
+    file = state.store.retrieve(_checked_id(file_id))
     if as_json:
         _print_json(file.to_openai())
         return
@@ -221,14 +299,28 @@ def info(state, file_id, as_json):
 @click.argument("file_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write to this path instead of standard output.")
+@click.option("--force", is_flag=True, help="Write binary content to a terminal anyway.")
 @pass_state
-def cat(state, file_id, output):
-    """Write a file's content to standard output (or -o PATH)."""
-    _, chunks = state.service.content(file_id)
+def cat(state, file_id, output, force):
+    """Write a file's content to standard output (or -o PATH).
+
+    Binary content is not written to a terminal unless --force is given (as curl does). If the
+    reader goes away (| head), the rest is not read.
+    """
+    _, chunks = state.store.content(_checked_id(file_id))
     if output is None:
+        if sys.stdout.isatty() and not force:
+            chunks = iter(chunks)
+            first = next(chunks, b"")
+            if _looks_binary(first):
+                raise UserError(f"{file_id} holds binary data, which can upset a terminal: "
+                                "use -o PATH, redirect the output, or add --force")
+            chunks = itertools.chain([first], chunks)
         out = sys.stdout.buffer
         for chunk in chunks:
             out.write(chunk)
+            if stdio.stdout_lost():
+                break  # the reader has what it wanted
         out.flush()
         return
     partial = Path(f"{output}.part")
@@ -248,13 +340,18 @@ def cat(state, file_id, output):
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI delete responses.")
 @pass_state
 def rm(state, file_ids, as_json):
-    """Delete files by id."""
+    """Delete files by id.
+
+    Every id is tried; the exit status is that of the first failure. If the reader goes away
+    early (| head), every file is still deleted, and the exit status is 141.
+    """
+    service = state.store
     failures = []
     for file_id in file_ids:
         try:
-            result = state.service.delete(file_id)
+            result = service.delete(_checked_id(file_id))
         except S3FilesError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {logs.redact(exc.message)}", err=True)
             failures.append(exc)
             continue
         _print_json(result) if as_json else click.echo(f"deleted {file_id}")
@@ -267,7 +364,7 @@ def rm(state, file_ids, as_json):
 @pass_state
 def gc(state, as_json):
     """Remove expired files from the bucket and the table."""
-    removed = state.service.gc()
+    removed = state.store.gc()
     if as_json:
         _print_json({"removed": removed})
     else:
@@ -281,7 +378,7 @@ def gc(state, as_json):
 @pass_state
 def check(state, as_json):
     """Compare the table with the bucket; exit 1 if they disagree."""
-    report = state.service.check()
+    report = state.store.check()
     if as_json:
         _print_json(report.to_dict())
     else:
@@ -301,17 +398,35 @@ def config_group():
 
 
 @config_group.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"backend", "source", "config"} as JSON, "config" as the YAML shows it.')
 @pass_state
-def show(state):
-    """Print the effective configuration, secrets masked."""
-    click.echo(config.dump_yaml(state.settings.masked()), nl=False)
+def show(state, as_json):
+    """Print the configuration in effect, secrets masked.
+
+    Every key in the config file's own names and sections, defaults and paths in use spelled out:
+    the output loads as a config file, once the masked secrets are put back (or written as
+    ${env.NAME}).
+    """
+    settings = state.settings
+    shown = settings.masked()
+    if as_json:
+        _print_json({"backend": settings.backend, "source": settings.source, "config": shown})
+        return
+    click.echo(f"# s3filesfs configuration in effect ({settings.backend} backend), from {settings.source}")
+    if any(getattr(settings, key) for key in config.SECRET_KEYS):
+        click.echo("# Secrets are masked: put them back, or use ${env.NAME}, before loading this as a config.")
+    click.echo(config.dump_yaml(shown), nl=False)
 
 
 # --- the daemon ------------------------------------------------------------------------------
 
 
 def _running_daemon(state):
-    """``(client, status)`` for the daemon on our socket, or ``(None, None)`` when none answers."""
+    """``(client, status)`` for the daemon on our socket, or ``(None, None)`` when none answers
+    (or the socket's folder is not private, so that the socket may not be our daemon's)."""
+    if not is_private(state.settings.api_socket_path.parent):
+        return None, None
     client = DaemonClient(state.settings.api_socket_path)
     info = client.status()
     return (client, info) if info is not None else (None, None)
@@ -329,8 +444,7 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
     """Watch the drop folders and upload what lands there; runs in the foreground."""
     state.flags.update(sync_watch_dir=watch_dir, sync_delete=delete, api_listen=listen,
                        api_api_key_env=api_key_env, api_socket=socket_path)
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger().setLevel(logging.INFO)  # a service's log is its journal
+    logs.at_least_info(state.verbosity)  # a service's log is its journal
     from .daemon.service import DaemonService
 
     sys.exit(DaemonService(state.settings).run())
@@ -414,8 +528,8 @@ def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, st
         click.echo(f"mounted at {os.path.abspath(mountpoint)} (log: {settings.mount_log_path}); "
                    f"unmount with: s3filesfs umount {mountpoint}")
         return
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("s3filesfs").setLevel(logging.INFO)  # a mount's log says what it refused
+    logs.at_least_info(state.verbosity, "s3filesfs")  # a mount's log says what it refused
+    ensure_private(settings.api_socket_path.parent)  # its pid files live beside the daemon's socket
     mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
 
 

@@ -12,7 +12,8 @@ Precedence, lowest first:
 5. CLI flags.
 
 Values may use ``${env.NAME}``, ``${env.NAME:=default}`` and ``${env.NAME:+value}``. Any mistake is
-a ``ConfigError`` whose one-line message names the key. Secrets are masked in ``masked()``.
+a ``ConfigError`` whose one-line message names the key. Secrets are masked in ``masked()`` (the
+settings in effect, in the file's own layout: what ``config show`` prints) and in messages.
 """
 
 import difflib
@@ -122,23 +123,52 @@ class Settings:
         return self.data_dir / f"s3-{self.bucket_name}.db"
 
     def masked(self) -> dict:
-        """The effective settings as plain data, with secrets hidden."""
+        """The settings in effect, in the config file's own keys and sections, secrets masked.
+
+        What ``config show`` prints, and loadable as a config file: defaults are spelled out and
+        the paths in use are given rather than left empty. Masked secrets load as the masks, so
+        they must be put back (or replaced by ``${env.NAME}``) before the result is used.
+        """
+        effective = {"db_path": self.metadata_path, "api_socket": self.api_socket_path,
+                     "mount_staging_dir": self.staging_dir, "mount_log_file": self.mount_log_path}
         shown: dict = {}
         for f in fields(self):
-            if f.name in ("db_path", "source"):
+            if f.name == "source":
                 continue
-            value = getattr(self, f.name)
+            value = effective.get(f.name, getattr(self, f.name))
             if f.name in SECRET_KEYS and value:
                 value = "****" + value[-4:] if f.name == "aws_access_key_id" else "********"
+            elif f.name == "endpoint_url" and value:
+                value = masked_url(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
-            shown[f.name] = value
-        shown["metadata_store"] = {"type": "sqlite", "db_path": str(self.metadata_path)}
-        shown["backend"] = self.backend
-        shown["source"] = self.source
+            if f.name == "db_path":
+                shown["metadata_store"] = {"type": "sqlite", "db_path": value}
+                continue
+            section, key = _file_key(f.name)
+            if section:
+                shown.setdefault(section, {})[key] = value
+            else:
+                shown[key] = value
         return shown
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a message: a password, a query string and a fragment masked."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "****"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "****@" + netloc.rpartition("@")[2]
+    elif not netloc and "@" in parts.path:  # "user:secret@host", with no "//" to find it by
+        return "****@" + url.rpartition("@")[2]
+    pairs = (item.partition("=") for item in parts.query.split("&")) if parts.query else ()
+    query = "&".join(f"{name}=****" if sep else "****" for name, sep, _ in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, "****" if parts.fragment else ""))
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -149,6 +179,14 @@ _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_re
 _SECTIONS["api"] = {"socket", "listen", "api_key_env"}
 _SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds"}
 _SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount") for key in _SECTIONS[section]}
+
+
+def _file_key(name: str) -> tuple[str | None, str]:
+    """A Settings field's place in the file: ``("upload", "part_size_mb")`` or ``(None, "region")``."""
+    for section in ("upload", "sync", "api", "mount"):
+        if name.startswith(f"{section}_") and name[len(section) + 1:] in _SECTIONS[section]:
+            return section, name[len(section) + 1:]
+    return None, name
 
 
 def _fail(where: str | None, message: str) -> ConfigError:
@@ -308,17 +346,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         if key in v:
             v[key] = _optional(v[key])
     if v.get("endpoint_url"):
-        parsed = urllib.parse.urlparse(v["endpoint_url"])
-        if parsed.username or parsed.password:
-            # Refused (and not echoed): a secret in a URL would leak into every message and log.
-            raise _fail(where, "endpoint_url must not hold credentials; use aws_access_key_id and "
-                               "aws_secret_access_key")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {v['endpoint_url']!r})")
-        try:
-            _ = parsed.port  # urllib checks the port only when asked for it
-        except ValueError:
-            raise _fail(where, f"endpoint_url has a bad port (got {v['endpoint_url']!r})") from None
+        _check_endpoint(v["endpoint_url"], where)
     s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))
     if s3_selected and not v.get("bucket_name"):
         raise _fail(where, "bucket_name is required to use S3 (remove the S3 settings to use the local store)")
@@ -361,6 +389,28 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     if "mount_refresh_seconds" in v:
         v["mount_refresh_seconds"] = _as_seconds(v["mount_refresh_seconds"], "mount.refresh_seconds", where, 0.0, 3600)
     return Settings(**v)
+
+
+def _check_endpoint(url: str, where) -> None:
+    """An http(s) URL of a host, with no secret in it; messages show it masked (``masked_url``)."""
+    shown = masked_url(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise _fail(where, f"endpoint_url is not a valid URL (got {shown!r})") from None
+    try:
+        _ = parsed.port  # urllib checks the port only when asked for it
+    except ValueError:
+        raise _fail(where, f"endpoint_url has a bad port (got {shown!r})") from None
+    if parsed.username or parsed.password or (not parsed.netloc and "@" in url):
+        # Refused: a secret in the URL would go into every request, message and log.
+        raise _fail(where, f"endpoint_url must not hold credentials (got {shown!r}); use aws_access_key_id and "
+                           "aws_secret_access_key")
+    if parsed.query or parsed.fragment:
+        raise _fail(where, f"endpoint_url must not have a query string or fragment (got {shown!r}); "
+                           "credentials go in aws_access_key_id, aws_secret_access_key and aws_session_token")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise _fail(where, f"endpoint_url must be an http:// or https:// URL (got {shown!r})")
 
 
 def _check_daemon(v: dict, where) -> None:

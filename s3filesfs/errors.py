@@ -6,13 +6,17 @@ answers with, and the exit code of the CLI. They are chosen here and nowhere els
 socket API and the CLI can never disagree about what a failure means.
 
 Exit codes: 0 ok, 1 the user can fix it (bad input, unknown id, bad config), 2 usage (click's own),
-3 the storage backend failed or could not be reached, 4 an internal error (a bug), 128+N stopped
-by signal N (SIGTERM, SIGHUP) once what was under way was cleaned up, as a shell reports a command
-the signal killed.
+3 the storage backend failed or could not be reached, 4 an internal error (a bug), 130 interrupted
+(Ctrl-C), 141 a command that changes the store did all its work but its reader went away before
+reading all of its output (``upload *.txt | head -1``), 128+N stopped by signal N (SIGTERM, SIGHUP)
+once what was under way was cleaned up, as a shell reports a command the signal killed.
 """
 
 import errno as _errno
 import signal as _signal
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_OUTPUT_LOST = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 class S3FilesError(Exception):
@@ -136,6 +140,14 @@ class ConfigError(UserError):
     """The configuration is wrong; the message names the key."""
 
     http_status = 500
+
+
+class UnsafeFolder(UserError):
+    """The folder for the daemon's socket could be controlled by another user."""
+
+    errno = _errno.EACCES
+    http_status = 500
+    error_type = "permission_error"
 
 
 class NoSpace(UserError):

@@ -13,7 +13,6 @@ import hmac
 import logging
 import os
 import socket
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, InvalidRequest, S3FilesError, internal_error
+from ..runtime_dir import ensure_private
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,11 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
 
 
 def bind_unix(path: Path) -> socket.socket:
-    """A listening socket at ``path``: folder 0700, socket 0600; a stale socket file is replaced."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stat.S_IMODE(folder.stat().st_mode) != 0o700 and folder.stat().st_uid == os.getuid():
-        os.chmod(folder, 0o700)
+    """A listening socket at ``path``: folder 0700, socket 0600; a stale socket file is replaced.
+
+    A folder that another user owns or can write to is refused (``runtime_dir.ensure_private``).
+    """
+    ensure_private(path.parent)
     if path.exists() or path.is_symlink():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -157,8 +157,9 @@ class ApiServer:
     def __init__(self, app: FastAPI, sock: socket.socket, name: str):
         self.sock = sock
         self.name = name
+        # log_config=None: uvicorn's messages go through the process's own (redacting) handler.
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, log_config=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name=f"api-{name}", daemon=True)

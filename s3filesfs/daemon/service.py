@@ -60,6 +60,9 @@ class DaemonService:
             raise
 
     def _start(self) -> None:
+        # The bucket first: a missing bucket (without auto_create_bucket), refused credentials or
+        # an unreachable endpoint stop the daemon at start with the error, before it serves.
+        _ = self.service.blobs
         api_key = None
         if self.settings.api_listen:
             api_key = os.environ.get(self.settings.api_api_key_env or "")

@@ -109,7 +109,6 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
     staging.claim(service)
-    service.keep_clean(settings.stall_timeout_seconds)
     core = MountCore(service, staging, settings.mount_refresh_seconds, read_only)
     operations = S3FilesOperations(core)
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
@@ -124,6 +123,9 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
         options["allow_other"] = True
     log.info("mounting %s at %s (staging %s)", service.blobs.location, mountpoint, settings.staging_dir)
     _stop_gracefully_on_signals(core, mountpoint)
+    # Started after the signals are blocked: a thread that could take SIGTERM would let libfuse
+    # end the mount at once, without waiting for the files being written.
+    service.keep_clean(settings.stall_timeout_seconds)
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:

@@ -246,7 +246,8 @@ class Writer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"writer of {self.plan.name} ({self.plan.size} bytes) stuck for {timeout}s")
+            raise AssertionError(
+                f"writer of {self.plan.name} ({self.plan.size} bytes) stuck for {timeout}s") from None
         self._reader.join(timeout)
         return self.process.returncode
 
@@ -380,7 +381,8 @@ def staged_names(m: Mount) -> Counter:
         status = json.loads(result.stdout)
         assert isinstance(status["staged"], list)
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise AssertionError(f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}")
+        raise AssertionError(
+            f"status --json gave no 'staged' list ({exc!r}): {result.stdout}{result.stderr}") from exc
     return Counter(entry["filename"] for value in status.values() if isinstance(value, list)
                    for entry in value if isinstance(entry, dict) and "filename" in entry)
 

@@ -2,11 +2,14 @@
 
 import json
 import os
+import pty
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -82,6 +85,7 @@ def samples(tmp_path):
 
 def test_version():
     assert ok("--version").strip() == f"s3filesfs, version {s3filesfs.__version__}"
+    assert ok("-V") == ok("--version")
 
 
 def _all_commands(group: click.Group, prefix=()):
@@ -106,13 +110,11 @@ def test_help_on_every_command(command):
 
 
 def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
+    # Into a pipe, upload prints just the ids, one per line, in the order of the files.
     out = ok("upload", samples / "a.txt", samples / "b.jsonl", samples / "c.bin", "--purpose", "batch")
-    lines = out.splitlines()
-    assert len(lines) == 3
-    ids = [line.split()[0] for line in lines]
-    assert all(FILE_ID.fullmatch(i) for i in ids), lines
-    assert [line.split()[-1] for line in lines] == ["a.txt", "b.jsonl", "c.bin"]
-    assert "3.0 MiB" in lines[2]
+    ids = out.splitlines()
+    assert len(ids) == 3 and all(FILE_ID.fullmatch(line) for line in ids)
+    assert [json.loads(ok("info", i, "--json"))["filename"] for i in ids] == ["a.txt", "b.jsonl", "c.bin"]
 
     listing = json.loads(ok("ls", "--json"))
     assert_list_object(listing)
@@ -311,8 +313,10 @@ def test_unreachable_storage_exits_3(samples, tmp_path):
     assert f"S3 endpoint {endpoint} is unreachable" in stderr
     assert "secret-that-stays-hidden" not in stderr
     assert "Traceback" not in stderr
-    # Listing needs only the table, so it still answers (and nothing was registered).
-    assert json.loads(ok(*common, "ls", "--json", env=env))["data"] == []
+    # Listing checks the bucket too, rather than answer from a table it cannot vouch for.
+    listing = run(*common, "ls", "--json", env=env)
+    assert listing.returncode == 3 and listing.stdout == b""
+    assert f"S3 endpoint {endpoint} is unreachable" in listing.stderr.decode()
 
 
 # --- against a real S3 server -----------------------------------------------------------------
@@ -351,11 +355,10 @@ def test_session_against_the_s3_server(server_config, samples, s3_server, tmp_pa
 def test_config_show_masks_the_secrets(server_config, s3_server, tmp_path):
     path, bucket = server_config
     out = ok("--config", path, "config", "show")
+    assert out.startswith(f"# s3filesfs configuration in effect (s3 backend), from {path}\n# Secrets are masked")
     shown = yaml.safe_load(out)
     assert shown["bucket_name"] == bucket
     assert shown["endpoint_url"] == s3_server.endpoint_url
-    assert shown["backend"] == "s3"
-    assert shown["source"] == str(path)
     assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "s3.db")}
     assert shown["aws_secret_access_key"] == "********"
     assert shown["aws_session_token"] == "********"
@@ -366,10 +369,262 @@ def test_config_show_masks_the_secrets(server_config, s3_server, tmp_path):
              env={"S3FILESFS_AWS_SECRET_ACCESS_KEY": "another-secret-from-env"})
     assert yaml.safe_load(out)["prefix"] == "team/"
     assert "another-secret-from-env" not in out and SECRET_KEY not in out
+    shown = json.loads(ok("--config", path, "config", "show", "--json"))
+    assert (shown["backend"], shown["source"]) == ("s3", str(path))
+    assert shown["config"]["aws_session_token"] == "********"
 
 
 def test_config_show_on_a_fresh_machine(tmp_path):
-    shown = yaml.safe_load(ok("config", "show"))
-    assert shown["backend"] == "local"
+    out = ok("config", "show")
+    assert out.startswith("# s3filesfs configuration in effect (local backend), from defaults")
+    assert "Secrets are masked" not in out
+    shown = yaml.safe_load(out)
     assert shown["bucket_name"] is None
     assert shown["metadata_store"]["db_path"] == str(tmp_path / "data" / "s3filesfs" / "local" / "metadata.db")
+    assert json.loads(ok("config", "show", "--json"))["backend"] == "local"
+
+
+def test_config_show_output_loads_back_as_the_same_config(server_config, tmp_path):
+    """What `config show` prints is a config file: keys it lists are keys the file accepts."""
+    path, bucket = server_config
+    flags = ["--prefix", "team"]
+    env = {"S3FILESFS_UPLOAD_PART_SIZE_MB": "16", "S3FILESFS_SYNC_WORKERS": "2",
+           "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    shown = ok("--config", path, *flags, "config", "show", env=env)
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(shown)
+    again = ok("--config", pasted, "config", "show")
+    # The same settings, in the same words; only the header's "from" line differs.
+    assert again.splitlines()[2:] == shown.splitlines()[2:]
+    loaded = yaml.safe_load(again)
+    assert loaded["upload"]["part_size_mb"] == 16 and loaded["sync"]["workers"] == 2
+    assert loaded["prefix"] == "team/"
+    assert loaded["api"]["socket"] == str(tmp_path / "run" / "s3filesfs" / "api.sock")
+    assert loaded["mount"]["staging_dir"] == str(tmp_path / "data" / "s3filesfs" / "staging")
+    assert json.loads(ok("--config", pasted, "config", "show", "--json"))["config"] == loaded
+
+
+# --- logs: levels, and no secret at any level ---------------------------------------------------
+
+API_KEY = "api-key-value-5432-never-logged"
+
+
+@pytest.fixture
+def secret_config(s3_server, tmp_path):
+    """A bucket on the S3 server with a secret key, a session token and a TCP API key configured."""
+    bucket = s3_server.new_bucket_name()
+    values = s3_server.settings_values(bucket, aws_session_token="session-token-value-9876",
+                                       metadata_store={"type": "sqlite", "db_path": str(tmp_path / "s3.db")},
+                                       api={"listen": "127.0.0.1:1", "api_key_env": "S3FILESFS_TEST_API_KEY"})
+    path = tmp_path / "secret.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path, {"S3FILESFS_TEST_API_KEY": API_KEY}
+
+
+SECRETS = (SECRET_KEY, "session-token-value-9876", API_KEY)
+
+
+@pytest.mark.parametrize("http_debug", [False, True], ids=["debug", "debug-http"])
+def test_debug_output_never_shows_a_secret(secret_config, samples, tmp_path, http_debug):
+    path, env = secret_config
+    flags = ["--config", path, "--debug", *(["--debug-http"] if http_debug else [])]
+    outputs = []
+    upload = run(*flags, "upload", samples / "a.txt", samples / "c.bin", "-p", "batch", env=env)
+    outputs.append(upload)
+    ids = FILE_ID.findall(upload.stdout.decode())
+    assert upload.returncode == 0 and len(ids) == 2, upload.stderr.decode()[-2000:]
+    for args in (["ls"], ["ls", "--json"], ["info", ids[0]], ["cat", ids[0]], ["check"], ["rm", ids[0]],
+                 ["config", "show"]):
+        outputs.append(run(*flags, *args, env=env))
+        assert outputs[-1].returncode == 0, (args, outputs[-1].stderr.decode()[-2000:])
+    stderr = b"".join(o.stderr for o in outputs).decode()
+    everything = stderr + b"".join(o.stdout for o in outputs).decode()
+    for secret in SECRETS:
+        assert secret not in everything
+    assert "DEBUG s3filesfs.cli: settings from" in stderr  # --debug is on
+    if http_debug:
+        # The requests were logged, headers and all, with their credentials blotted out.
+        assert "DEBUG botocore.endpoint: Sending http request" in stderr
+        assert "'X-Amz-Security-Token': b'****'" in stderr and "'Authorization': b'****'" in stderr
+        assert "x-amz-security-token:****" in stderr
+    else:
+        assert not re.search(r"DEBUG (botocore|boto3|urllib3|s3transfer)", stderr)
+
+
+def test_redaction_of_credential_shaped_text():
+    from s3filesfs import logs
+
+    logs.protect("a-registered-secret-value", "short")
+    text = logs.redact("token a-registered-secret-value; Authorization: Bearer abc.def\n"
+                       "headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=ff'}\n"
+                       "<SecretAccessKey>wJalr</SecretAccessKey> aws_session_token=FQoG http://u:pw@h/ short")
+    for value in ("a-registered-secret-value", "abc.def", "AKIA", "wJalr", "FQoG", "pw@"):
+        assert value not in text
+    assert "short" in text  # too short to be replaced wherever it occurs
+
+
+@pytest.mark.parametrize("url", ["http://admin:hunter2-secret@127.0.0.1:1", "admin:hunter2-secret@127.0.0.1:1",
+                                 "http://127.0.0.1:1/?X-Amz-Security-Token=hunter2-secret"])
+def test_a_secret_in_endpoint_url_never_reaches_the_terminal(url, tmp_path):
+    for args in (["ls"], ["config", "show"], ["--debug", "ls"]):
+        result = run("--bucket", "files", "--endpoint-url", url, *args)
+        assert result.returncode == 1
+        assert "endpoint_url" in result.stderr.decode()
+        assert b"hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_quiet_and_verbose(samples):
+    assert run("upload", samples / "a.txt", "-p", "batch").stderr == b""
+    verbose = run("-v", "upload", samples / "b.jsonl", "-p", "batch")
+    assert verbose.returncode == 0
+    assert re.search(r"INFO s3filesfs.cli: uploaded .*b.jsonl as file-[0-9a-f]{32} \(34 bytes\)",
+                     verbose.stderr.decode())
+    assert "(more: s3filesfs ls --after" in run("ls", "--limit", "1").stderr.decode()
+    quiet = run("-q", "ls", "--limit", "1")
+    assert quiet.returncode == 0 and quiet.stderr == b"" and len(quiet.stdout.splitlines()) == 2
+    clash = run("-q", "--debug", "ls")
+    assert clash.returncode == 2 and "cannot be combined" in clash.stderr.decode()
+
+
+# --- a missing bucket ---------------------------------------------------------------------------
+
+
+def test_a_missing_bucket_fails_every_command_that_works_on_files(s3_server, samples, tmp_path):
+    bucket = s3_server.new_bucket_name()
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(s3_server.settings_values(
+        bucket, auto_create_bucket=False, metadata_store={"type": "sqlite", "db_path": str(tmp_path / "s3.db")})))
+    file_id = FILE_ID.search(ok("--config", path, "upload", samples / "a.txt", "-p", "batch")).group()
+    # The bucket goes away behind the table's back: every command says so, none answers from the table.
+    client.delete_object(Bucket=bucket, Key=file_id)
+    client.delete_bucket(Bucket=bucket)
+    message = (f"error: S3 bucket '{bucket}' does not exist. Either create the bucket manually or set "
+               "'auto_create_bucket: true' in your configuration.\n")
+    for args in (["ls"], ["ls", "--json"], ["info", file_id], ["info", file_id, "--json"], ["gc"], ["cat", file_id],
+                 ["rm", file_id], ["check"], ["upload", samples / "a.txt", "-p", "batch"]):
+        result = run("--config", path, *args)
+        assert (result.returncode, result.stdout, result.stderr.decode()) == (1, b"", message), args
+
+
+# --- pipes, Ctrl-C, terminals -------------------------------------------------------------------
+
+
+def test_upload_into_a_reader_that_goes_away_uploads_every_file_and_exits_141(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    files = [folder / f"{n:02}.txt" for n in range(40)]
+    for n, file in enumerate(files):
+        file.write_text(f"body {n}\n")
+    # `s3filesfs upload many/*.txt | head -1`: one line read, then the pipe is closed.
+    process = subprocess.Popen([str(SCRIPT), "upload", *map(str, files), "-p", "batch"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=dict(os.environ))
+    first = FILE_ID.search(process.stdout.readline().decode()).group()
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
+    process.stderr.close()
+    listed = json.loads(ok("ls", "--json"))["data"]
+    assert len(listed) == 40 and first in {item["id"] for item in listed}
+    assert sorted(item["filename"] for item in listed) == [f.name for f in files]
+
+
+def test_rm_into_a_closed_pipe_deletes_every_file_and_exits_141(samples):
+    ids = [FILE_ID.search(ok("upload", samples / "a.txt", "-p", "batch")).group() for _ in range(3)]
+    # `s3filesfs rm ID1 ID2 ID3 | head -0`: the reader is gone before the first line.
+    process = subprocess.Popen([str(SCRIPT), "rm", *ids], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ))
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
+    process.stderr.close()
+    assert json.loads(ok("ls", "--json"))["data"] == []
+
+
+def test_ls_into_a_closed_pipe_is_not_an_error(samples):
+    ok("upload", samples / "a.txt", "-p", "batch")
+    process = subprocess.Popen([str(SCRIPT), "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ))
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""
+    process.stderr.close()
+
+
+def test_ctrl_c_exits_130_and_registers_nothing(tmp_path):
+    process = subprocess.Popen([str(SCRIPT), "upload", "-", "--filename", "big.bin", "-p", "batch"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ))
+    process.stdin.write(os.urandom(3 * 1024 * 1024))
+    process.stdin.flush()
+    # Wait until the body is being written into the store, then press Ctrl-C.
+    tmp = tmp_path / "data" / "s3filesfs" / "local" / "tmp"
+    deadline = time.monotonic() + 30
+    while not (tmp.is_dir() and any(p.stat().st_size for p in tmp.iterdir())):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    assert process.stderr.read().decode() == "Aborted!\n"
+    assert process.stdout.read() == b""
+    for stream in (process.stdin, process.stdout, process.stderr):
+        stream.close()
+    assert list(tmp.iterdir()) == []
+    assert json.loads(ok("ls", "--json"))["data"] == []
+
+
+def run_on_terminal(*args) -> tuple[int, bytes, str]:
+    """Run the command with standard output on a pseudo-terminal: (exit code, output, stderr)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([str(SCRIPT), *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, env=dict(os.environ))
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process has closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    os.close(master)
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    return code, output.replace(b"\r\n", b"\n"), stderr
+
+
+def test_cat_refuses_binary_content_on_a_terminal(samples, tmp_path):
+    binary = ok("upload", samples / "c.bin", "-p", "batch").strip()
+    text = ok("upload", samples / "b.jsonl", "-p", "batch").strip()
+    code, output, stderr = run_on_terminal("cat", binary)
+    assert (code, output) == (1, b"")
+    assert stderr == (f"error: {binary} holds binary data, which can upset a terminal: use -o PATH, "
+                      "redirect the output, or add --force\n")
+    assert run_on_terminal("cat", text) == (0, (samples / "b.jsonl").read_bytes(), "")
+    no_newlines = bytes(b for b in range(256) if b != 10) * 4
+    forced = ok("upload", "-", "--filename", "x.bin", "-p", "batch", stdin=no_newlines).strip()
+    assert run_on_terminal("cat", forced, "--force") == (0, no_newlines, "")
+    code, output, _ = run_on_terminal("cat", binary, "-o", tmp_path / "copy.bin")
+    assert (code, output) == (0, b"")
+    assert (tmp_path / "copy.bin").read_bytes() == (samples / "c.bin").read_bytes()
+    assert run("cat", binary).stdout == (samples / "c.bin").read_bytes()  # into a pipe: as asked
+
+
+def test_upload_prints_a_row_on_a_terminal_and_the_id_into_a_pipe(samples):
+    code, output, stderr = run_on_terminal("upload", samples / "a.txt", "-p", "batch")
+    assert (code, stderr) == (0, "")
+    file_id, size, unit, purpose, name = output.decode().split()
+    assert FILE_ID.fullmatch(file_id) and (size, unit, purpose, name) == ("6", "B", "batch", "a.txt")
+    piped = ok("upload", samples / "a.txt", "-p", "batch")
+    assert FILE_ID.fullmatch(piped.strip()) and piped.endswith("\n") and len(piped.split()) == 1
+
+
+def test_info_of_something_that_is_not_an_id_says_so():
+    for command in (["info", "nonsense"], ["cat", "nonsense"], ["rm", "nonsense"]):
+        result = run(*command)
+        assert result.returncode == 1, command
+        assert result.stderr.decode() == ("error: 'nonsense' is not a file id (ids are 'file-' and 32 hex digits; "
+                                          "`s3filesfs ls` lists them)\n")

@@ -394,7 +394,6 @@ def test_masked_hides_the_secrets(config_file, tmp_path):
     assert shown["aws_session_token"] == "********"
     assert shown["aws_access_key_id"] == "****3456"
     assert shown["bucket_name"] == "team-files"
-    assert shown["backend"] == "s3"
     assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "meta.db")}
     dumped = config.dump_yaml(shown)
     for secret in (SECRET, TOKEN, "AKIAEXAMPLEKEY123456"):
@@ -405,8 +404,67 @@ def test_masked_hides_the_secrets(config_file, tmp_path):
 def test_masked_leaves_unset_secrets_empty():
     shown = config.load().masked()
     assert shown["aws_secret_access_key"] is None
-    assert shown["backend"] == "local"
+    assert shown["bucket_name"] is None
     assert os.fspath(config.load().local_store_dir) in config.dump_yaml(shown)
+
+
+def test_masked_is_in_the_files_own_layout_and_loads_back(config_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    config_file(f"""
+        bucket_name: team-files
+        endpoint_url: http://127.0.0.1:9000
+        aws_access_key_id: AKIAEXAMPLEKEY123456
+        aws_secret_access_key: {SECRET}
+        prefix: team
+        data_dir: {tmp_path / "data"}
+        upload:
+          part_size_mb: 16
+        sync:
+          workers: 2
+        mount:
+          refresh_seconds: 0.5
+    """)
+    settings = config.load()
+    shown = settings.masked()
+    # Sections as the file has them, with the values and paths in effect rather than nulls.
+    assert shown["upload"] == {"part_size_mb": 16, "concurrency": 4}
+    assert shown["sync"]["workers"] == 2 and shown["sync"]["watch_dir"] == str(Path.home() / "S3Files")
+    assert shown["api"] == {"socket": str(tmp_path / "run" / "s3filesfs" / "api.sock"), "listen": None,
+                            "api_key_env": None}
+    assert shown["mount"] == {"staging_dir": str(tmp_path / "data" / "staging"), "staging_max_mb": 10240,
+                              "log_file": str(tmp_path / "data" / "mount.log"), "refresh_seconds": 0.5}
+    assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "data" / "s3-team-files.db")}
+    assert not [key for key in shown if "_" in key and key.split("_")[0] in ("upload", "sync", "api", "mount")]
+    # Written back as a config file, it loads to the same settings (the masked secret aside).
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(config.dump_yaml(shown))
+    again = config.load(pasted)
+    assert again.masked() == shown
+    assert again.aws_secret_access_key == "********"
+    for name in ("bucket_name", "endpoint_url", "prefix", "upload_part_size_mb", "sync_workers",
+                 "mount_refresh_seconds", "api_socket_path", "staging_dir", "metadata_path"):
+        assert getattr(again, name) == getattr(settings, name), name
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("http://admin:hunter2@127.0.0.1:9000", "hunter2"),
+    ("admin:hunter2@127.0.0.1:9000", "hunter2"),
+    ("https:/admin:hunter2@host", "hunter2"),
+    ("http://127.0.0.1:9000/?X-Amz-Security-Token=hunter2", "hunter2"),
+    ("http://127.0.0.1:99999/?token=hunter2", "hunter2"),
+    ("http://127.0.0.1:9000/#hunter2", "hunter2"),
+])
+def test_a_secret_in_endpoint_url_is_refused_and_never_echoed(url, secret):
+    with pytest.raises(ConfigError) as raised:
+        config.load(flags={"bucket_name": "b", "endpoint_url": url})
+    assert "endpoint_url" in str(raised.value)
+    assert secret not in str(raised.value)
+
+
+def test_masked_url_hides_passwords_queries_and_fragments():
+    assert config.masked_url("http://u:p@h:9/x?a=1&b#f") == "http://****@h:9/x?a=****&****#****"
+    assert config.masked_url("http://h:9000") == "http://h:9000"
+    assert config.masked_url("u:p@h") == "****@h"
 
 
 def test_endpoint_url_with_embedded_credentials_is_refused_without_echoing_them():

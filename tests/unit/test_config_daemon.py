@@ -32,7 +32,7 @@ def test_sections_are_read(tmp_path):
     assert settings.sync_delete is True and settings.sync_max_retries == 3
     assert settings.api_socket_path == Path("/tmp/x.sock")
     assert settings.api_listen == "127.0.0.1:8321" and settings.api_api_key_env == "MY_KEY"
-    assert config.load(tmp_path / "config.yaml").masked()["api_api_key_env"] == "MY_KEY"
+    assert config.load(tmp_path / "config.yaml").masked()["api"]["api_key_env"] == "MY_KEY"
 
 
 def test_environment_and_flags_override(tmp_path, monkeypatch):
