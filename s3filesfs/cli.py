@@ -450,13 +450,29 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
     sys.exit(DaemonService(state.settings).run())
 
 
+def _staging_folders(state, given: str | None) -> list[Path]:
+    """The folder given, or every staging folder a mount of this data folder has used."""
+    if given:
+        return [Path(given).expanduser()]
+    return staged_records.known_folders(state.settings.data_dir, state.settings.staging_dir)
+
+
+def _waiting(state, folders: list[Path]) -> list:
+    return [r for folder in folders for r in staged_records.waiting(folder, state.service.location)]
+
+
+STAGING_DIR_OPTION = click.option("--staging-dir", type=click.Path(file_okay=False),
+                                  help="Look only in this staging folder (default: every one a mount used).")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@STAGING_DIR_OPTION
 @pass_state
-def status(state, as_json):
+def status(state, as_json, staging_dir):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     _, info = _running_daemon(state)
-    staged = [r.to_dict() for r in staged_records.waiting(state.settings.staging_dir)]
+    staged = [r.to_dict() for r in _waiting(state, _staging_folders(state, staging_dir))]
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
@@ -474,11 +490,12 @@ def status(state, as_json):
         _print_staged(staged)
 
 
-def _drop_staged(service, folder: Path, names: tuple[str, ...], as_json: bool) -> None:
+def _drop_staged(service, folders: list[Path], names: tuple[str, ...], as_json: bool) -> None:
     dropped, missing = [], []
     for name in names:
         purpose, _, filename = name.partition("/")
-        found = staged_records.drop(service, folder, purpose, filename) if filename else []
+        found = [r for folder in folders for r in staged_records.drop(service, folder, purpose, filename)
+                 ] if filename else []
         dropped.extend(found)
         if not found:
             missing.append(name)
@@ -550,8 +567,9 @@ def umount(state, mountpoint):
               help="Also register interrupted files (their writer or the mount stopped before close()).")
 @click.option("--drop", "drops", multiple=True, metavar="PURPOSE/FILENAME",
               help="Discard this staged upload instead of uploading it (repeatable); uploads nothing else.")
+@STAGING_DIR_OPTION
 @pass_state
-def retry(state, names, as_json, include_interrupted, drops):
+def retry(state, names, as_json, include_interrupted, drops, staging_dir):
     """Register what the mount could not (kept in staging). Exit 3 if some still fail.
 
     Without names, registers the complete files (whose close() was reached but whose upload
@@ -559,11 +577,16 @@ def retry(state, names, as_json, include_interrupted, drops):
     named. With --drop, discard the named uploads instead: the bytes are deleted from staging and
     the store is left as it is. Exit 1 if a name is not waiting.
     """
+    folders = _staging_folders(state, staging_dir)
     if drops:
-        _drop_staged(state.service, state.settings.staging_dir, drops, as_json)
+        _drop_staged(state.service, folders, drops, as_json)
         return
     wanted = [_staged_name(name) for name in names] or None
-    done, failing = staged_records.retry(state.service, state.settings.staging_dir, wanted, include_interrupted)
+    done, failing = [], []
+    for folder in folders:
+        registered, still_failing = staged_records.retry(state.service, folder, wanted, include_interrupted)
+        done += registered
+        failing += still_failing
     tried = {(f.purpose, f.filename) for f in done} | {(r.purpose, r.filename) for r, _ in failing}
     missing = [f"{p}/{n}" for p, n in wanted or () if (p, n) not in tried]
     if as_json:
@@ -576,7 +599,7 @@ def retry(state, names, as_json, include_interrupted, drops):
             click.echo(f"still failing: {record.purpose}/{record.filename}: {exc.message}", err=True)
         if not done and not failing:
             click.echo("nothing to retry")
-        interrupted = [r for r in staged_records.waiting(state.settings.staging_dir) if r.interrupted]
+        interrupted = [r for r in _waiting(state, folders) if r.interrupted]
         if interrupted and not wanted:
             click.echo(f"{len(interrupted)} interrupted file(s) left in staging (`s3filesfs status` lists them; "
                        "name one, or --include-interrupted, to register it)", err=True)

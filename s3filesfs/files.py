@@ -172,6 +172,11 @@ class FileService:
                     self._ready = True
         return self._blobs
 
+    @property
+    def location(self) -> str:
+        """Where the bodies go (``s3://bucket/prefix at endpoint``), without touching the store."""
+        return self._blobs.location
+
     def recheck_storage(self) -> None:
         """Check the blob store again on next use (re-creating the bucket if configured).
 

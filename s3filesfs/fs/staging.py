@@ -590,7 +590,7 @@ class StagedFile:
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
                   "state": self.kept_as if self.state == State.KEPT else self.state.value,
                   "error": self.failure.message if self.failure else None,
-                  "bytes": self.size, "uploading_id": self.uploading_id}
+                  "bytes": self.size, "uploading_id": self.uploading_id, "store": self.service.location}
         held = write_record(self.staging.folder, self.token, record, hold=self.state != State.KEPT)
         if self._record_fd is not None:
             os.close(self._record_fd)
