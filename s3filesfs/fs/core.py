@@ -258,10 +258,9 @@ class MountCore:
         Shared if the path is already being written; else a new one that replaces ``base`` and,
         with ``copy``, starts from its content (copy-on-write).
         """
-        with self._lock:
-            staged = self._staged.get((purpose, name))
-            if staged is not None and staged.attach():
-                return staged
+        staged = self._attached(purpose, name)
+        if staged is not None:
+            return staged
         fresh = self.staging.new_file(self.service, purpose, name, base.id if base else None)
         if copy and base is not None:
             fresh.start_from(base)
@@ -277,9 +276,20 @@ class MountCore:
             fresh.finish()
         return winner
 
+    def _attached(self, purpose: str, name: str) -> StagedFile | None:
+        """The path's staged file with one more handle on it, if it has one still in use."""
+        with self._lock:
+            staged = self._staged.get((purpose, name))
+            return staged if staged is not None and staged.attach() else None
+
     def _open_staged(self, staged: StagedFile, flags: int, caller: Caller) -> Opened:
+        """A handle on ``staged``, which has been attached for it (and is detached again if this fails)."""
         if flags & WRITE_FLAGS and flags & os.O_TRUNC:
-            staged.truncate(0)
+            try:
+                staged.truncate(0)
+            except BaseException:
+                self._detach(staged)
+                raise
         fh = self._new_handle(staged)
         if flags & WRITE_FLAGS:
             self._writers[fh] = (caller.thread, caller.process)
@@ -293,11 +303,7 @@ class MountCore:
         where = self._writable(path, "create")
         base = self.namespace.find(where.purpose, where.name)
         staged = self._stage(where.purpose, where.name, base, copy=False)
-        try:
-            return self._open_staged(staged, flags, caller)
-        except BaseException:
-            self._detach(staged)
-            raise
+        return self._open_staged(staged, flags, caller)
 
     def open(self, path: str, flags: int, caller: Caller) -> Opened:
         where = self._parse(path)
@@ -315,10 +321,7 @@ class MountCore:
             raise NotPermitted(f"{path} is not a file")
         if writing:
             self._writable(path, "open for writing")
-        with self._lock:
-            staged = self._staged.get((where.purpose, where.name))
-            if staged is not None and not staged.attach():
-                staged = None
+        staged = self._attached(where.purpose, where.name)
         if staged is None and not writing:
             file = self.namespace.lookup(where.purpose, where.name)
             # The kernel caches pages per path; keep them only while the path still names the
@@ -331,11 +334,7 @@ class MountCore:
         if staged is None:
             base = self.namespace.lookup(where.purpose, where.name)
             staged = self._stage(where.purpose, where.name, base, copy=not flags & os.O_TRUNC)
-        try:
-            return self._open_staged(staged, flags, caller)
-        except BaseException:
-            self._detach(staged)
-            raise
+        return self._open_staged(staged, flags, caller)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         handle = self._handles[fh]
@@ -351,10 +350,7 @@ class MountCore:
 
     def truncate(self, path: str, length: int) -> None:
         where = self._writable(path, "truncate")
-        with self._lock:
-            staged = self._staged.get((where.purpose, where.name))
-            if staged is not None and not staged.attach():
-                staged = None
+        staged = self._attached(where.purpose, where.name)
         if staged is None:
             base = self.namespace.lookup(where.purpose, where.name)
             if length == base.bytes:
