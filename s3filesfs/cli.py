@@ -472,22 +472,25 @@ STAGING_DIR_OPTION = click.option("--staging-dir", type=click.Path(file_okay=Fal
 def status(state, as_json, staging_dir):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     _, info = _running_daemon(state)
-    staged = [r.to_dict() for r in _waiting(state, _staging_folders(state, staging_dir))]
+    folders = _staging_folders(state, staging_dir)
+    staged = [r.to_dict() for r in _waiting(state, folders)]
+    uploading = [{**r.to_dict(), "state": "uploading", "error": None}
+                 for folder in folders for r in staged_records.in_progress(folder)]
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
-                         "counts": {"journal": counts}, "staged": staged})
+                         "counts": {"journal": counts}, "staged": staged, "uploading": uploading})
         else:
             click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
             click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
-            _print_staged(staged)
+            _print_staged(staged, uploading)
         sys.exit(1)
     if as_json:
-        _print_json({"running": True, **info, "staged": staged})
+        _print_json({"running": True, **info, "staged": staged, "uploading": uploading})
     else:
         click.echo("\n".join(status_lines(info)))
-        _print_staged(staged)
+        _print_staged(staged, uploading)
 
 
 def _drop_staged(service, folders: list[Path], names: tuple[str, ...], as_json: bool) -> None:
@@ -508,7 +511,10 @@ def _drop_staged(service, folders: list[Path], names: tuple[str, ...], as_json: 
         raise NotStaged(missing)
 
 
-def _print_staged(staged: list[dict]) -> None:
+def _print_staged(staged: list[dict], uploading: list[dict]) -> None:
+    if uploading:
+        click.echo(f"uploading:  {len(uploading)} file(s) closed in the mount, being uploaded "
+                   f"({_human_size(sum(item['bytes'] for item in uploading))})")
     if not staged:
         return
     complete = sum(1 for item in staged if item["state"] != "interrupted")
@@ -529,13 +535,16 @@ def _print_staged(staged: list[dict]) -> None:
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached (for systemd); log to stderr.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount (needs user_allow_other).")
 @click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
+@click.option("--write-back", is_flag=True, default=None,
+              help="close() returns once the data is safe in staging; uploads follow in the background.")
 @click.option("--staging-dir", type=click.Path(file_okay=False), help="Where written files wait for upload.")
 @click.option("--staging-max-mb", type=click.IntRange(1), help="Cap of the staging folder (default 10240).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log of the background mount.")
 @pass_state
-def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, staging_max_mb, log_file):
+def mount(state, mountpoint, foreground, allow_other, read_only, write_back, staging_dir, staging_max_mb, log_file):
     """Mount the Files store at MOUNTPOINT: one folder per purpose, by-id/ and index.jsonl."""
-    state.flags.update(mount_staging_dir=staging_dir, mount_staging_max_mb=staging_max_mb, mount_log_file=log_file)
+    state.flags.update(mount_staging_dir=staging_dir, mount_staging_max_mb=staging_max_mb, mount_log_file=log_file,
+                       mount_write_back=write_back)
     from .fs import mount as mounting
 
     settings = state.settings  # bad config fails here, in the foreground, before any child starts

@@ -33,6 +33,7 @@ from ..model import FileObject, check_name
 from .namespace import BY_ID, INDEX, Namespace, parse
 from .reader import Reader
 from .staging import StagedFile, Staging, State
+from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ IO_SIZE = 1024 * 1024  # st_blksize: `cp` and `cat` move 1 MiB per call instead 
 XATTRS = ("user.openai.file_id", "user.openai.purpose", "user.openai.created_at", "user.openai.expires_at")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 PF_EXITING = 0x4  # a task's flags while it exits (include/linux/sched.h)
+STOP_GRACE = 60.0  # how long an unmount waits for background uploads
 
 
 class Caller:
@@ -100,7 +102,7 @@ class Opened:
 
 class MountCore:
     def __init__(self, service: FileService, staging: Staging, refresh_seconds: float = 1.0,
-                 read_only: bool = False):
+                 read_only: bool = False, write_back: bool = False):
         self.service = service
         self.staging = staging
         self.namespace = Namespace(service, refresh_seconds)
@@ -113,6 +115,8 @@ class MountCore:
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
         self._last_opened: dict[str, str] = {}  # path -> the id it named when last opened to read
         self._writers: dict[int, tuple[int, int]] = {}  # handle -> (thread, process) that opened it to write
+        # Write-back mode: closes return once the data is durable in staging; uploads run here.
+        self._write_back = WriteBack(self._uploaded_in_background) if write_back else None
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -386,7 +390,7 @@ class MountCore:
         if signal_number is not None:
             staged.writer_died(f"was killed (signal {signal_number})")
             return
-        staged.closed_by_writer()
+        staged.closed_by_writer(defer=self._write_back is not None)
         self._show(staged)
 
     def fsync(self, fh: int, caller: Caller) -> None:
@@ -420,7 +424,10 @@ class MountCore:
                 del self._staged[key]
 
     def _after_settling(self, staged: StagedFile, state: State, report: bool) -> None:
-        if state in (State.WRITING, State.CLOSED) and staged.opens == 0:
+        if state in (State.WRITING, State.CLOSED) and staged.opens == 0 and self._write_back is not None:
+            if not staged.temporary:
+                self._write_back.submit(staged)  # registered behind the close; settled when done
+        elif state in (State.WRITING, State.CLOSED) and staged.opens == 0:
             # Changed after its writer's last close (a shared mmap written back at unmap), or a
             # temporary name renamed to a real one: nobody can change it now, so register it.
             try:
@@ -436,6 +443,14 @@ class MountCore:
                 if state in (State.DISCARDED, State.KEPT):
                     staged.finish()
         elif state in (State.DISCARDED, State.KEPT):
+            staged.finish()
+
+    def _uploaded_in_background(self, staged: StagedFile) -> None:
+        self._show(staged)
+        with self._lock:
+            state = staged.settle()
+            self._off_path_if_done(staged, state)
+        if state in (State.DISCARDED, State.KEPT):
             staged.finish()
 
     def _show(self, staged: StagedFile) -> None:
@@ -525,11 +540,14 @@ class MountCore:
     def files_being_written(self) -> list[str]:
         """Paths open for writing whose content is not registered yet: what a stop waits for."""
         with self._lock:
-            return [f"{purpose}/{name}" for (purpose, name), staged in self._staged.items()
-                    if staged.opens > 0 and staged.waiting]
+            open_ = [f"{purpose}/{name}" for (purpose, name), staged in self._staged.items()
+                     if staged.opens > 0 and staged.waiting]
+        return open_ + (self._write_back.pending() if self._write_back is not None else [])
 
     def stop(self) -> None:
         """Unmounted: keep anything written but not registered for `retry`; drop the rest."""
+        if self._write_back is not None:
+            self._write_back.stop(STOP_GRACE)  # what it has not uploaded by then: the next mount's
         with self._lock:
             left = list(self._staged.values())
             self._staged.clear()

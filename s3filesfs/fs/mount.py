@@ -104,6 +104,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     from .core import MountCore
     from .ops import FUSE, S3FilesOperations  # loads libfuse
     from .staging import Staging
+    from .writeback import resume
 
     _tune_process()
     mountpoint = prepare(mountpoint)
@@ -111,7 +112,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
     staging.claim(service)
     records.remember(settings.data_dir, staging.folder)
-    core = MountCore(service, staging, settings.mount_refresh_seconds, read_only)
+    core = MountCore(service, staging, settings.mount_refresh_seconds, read_only, settings.mount_write_back)
     operations = S3FilesOperations(core)
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
     pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -128,6 +129,8 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # Started after the signals are blocked: a thread that could take SIGTERM would let libfuse
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
+    if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
+        threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:

@@ -150,6 +150,13 @@ def waiting(folder: Path, store: str | None = None) -> list[StagedRecord]:
             and (store is None or r.store in (None, store))]
 
 
+def in_progress(folder: Path) -> list[StagedRecord]:
+    """Files a running mount has closed and is registering, or trying again to (in write-back
+    mode, its queue)."""
+    return [r for r in records(folder) if not is_temporary_name(r.filename)
+            and r.state in ("closed", "uploading", "failed") and _held(folder, r.token)]
+
+
 def remember(data_dir: Path, folder: Path) -> None:
     """Note a mount's staging folder, so that `status` and `retry` find what it keeps wherever
     it is (``--staging-dir``)."""

@@ -436,14 +436,18 @@ class StagedFile:
 
     # --- closing and uploading -----------------------------------------------------------------
 
-    def closed_by_writer(self) -> None:
+    def closed_by_writer(self, defer: bool = False) -> None:
         """The writer's own close: what it wrote is complete. Register it (a temporary name waits
-        to be renamed). Raises what made it fail: the close reports it."""
+        to be renamed; with ``defer``, write-back, it is made durable in staging and registered
+        later). Raises what made it fail: the close reports it."""
         with self.io:
             if self.state == State.INTERRUPTED:
                 raise self.failure  # type: ignore[misc]
             if self.temporary:
                 self._move(State.WRITING, to=State.CLOSED)
+                return
+            if defer:
+                self.synced()
                 return
             if self._move(State.WRITING, State.CLOSED, State.FAILED, to=State.UPLOADING):
                 self._upload()
@@ -481,6 +485,17 @@ class StagedFile:
             if self.temporary:
                 return
             if self._move(State.WRITING, State.CLOSED, to=State.UPLOADING):
+                self._upload()
+
+    def upload_when_idle(self) -> None:
+        """Write-back: register what the last close covered, once no handle is left (one that is
+        open may be writing: its own last release submits the file again). An earlier failure is
+        tried again. Raises what made it fail."""
+        with self.io:  # held from here, no write can start before the upload is done
+            with self._lock:
+                idle = self.opens == 0
+            if idle and not self.temporary and self._move(State.WRITING, State.CLOSED, State.FAILED,
+                                                          to=State.UPLOADING):
                 self._upload()
 
     def _upload(self) -> None:
