@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,24 @@ log = logging.getLogger(__name__)
 def _error(status: int, message: str, error_type: str, param=None, code=None) -> JSONResponse:
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+# RFC 5987 attr-char: what may stand unencoded in ``filename*=UTF-8''…`` (besides letters and digits).
+_ATTR_CHARS = "!#$&+-.^_`|~"
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the file's name, as the seed sends it, spelled for every client (RFC 6266).
+
+    ``filename="…"`` alone for a plain ASCII name; otherwise that parameter carries an ASCII stand-in
+    (each other character an underscore: old clients, and no quote, backslash or line break can end
+    the header early) and ``filename*=UTF-8''…`` the exact name, percent-encoded (RFC 5987).
+    """
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe=_ATTR_CHARS)
+    return header
 
 
 def create_app(service, status: Callable[[], dict], api_key: str | None = None) -> FastAPI:
@@ -84,7 +103,8 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
     def content(file_id: str):
         file, chunks = service.content(file_id)
         return StreamingResponse(chunks, media_type="application/octet-stream",
-                                 headers={"Content-Length": str(file.bytes)})
+                                 headers={"Content-Length": str(file.bytes),
+                                          "Content-Disposition": content_disposition(file.filename)})
 
     @app.delete("/v1/files/{file_id}")
     def delete(file_id: str):

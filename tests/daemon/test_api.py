@@ -1,7 +1,10 @@
 """The socket API: OpenAI Files semantics and shapes, bad requests, permissions, the TCP listener."""
 
+import io
 import os
+import re
 import stat
+import urllib.parse
 
 import httpx
 import pytest
@@ -79,6 +82,55 @@ def test_large_content_is_streamed_back(daemon):
     with daemon.client.stream("GET", f"/v1/files/{made['id']}/content") as response:
         chunks = list(response.iter_bytes())
     assert b"".join(chunks) == body
+
+
+# One RFC 6266 parameter: a token name, "=", then a quoted string or a token (an RFC 5987 ext-value).
+DISPOSITION_PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)')
+
+
+def disposition(header: str) -> tuple[str, dict[str, str]]:
+    """The header read by RFC 6266's rules: its type and parameters, ``filename*`` decoded as RFC 5987
+    says (``charset'language'percent-encoded``); anything left over fails the test."""
+    kind, _, rest = header.partition(";")
+    params, end = {}, 0
+    for match in DISPOSITION_PARAM.finditer(";" + rest):
+        assert match.start() == end, f"unparsable at {(';' + rest)[end:]!r}"
+        name, value = match.group(1).lower(), match.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        if name.endswith("*"):
+            charset, _, encoded = value.split("'", 2)
+            value = urllib.parse.unquote(encoded, encoding=charset, errors="strict")
+        params[name] = value
+        end = match.end()
+    assert end == len(rest) + 1, f"unparsable at {(';' + rest)[end:]!r}"
+    return kind.strip(), params
+
+
+@pytest.mark.parametrize("name, plain", [
+    ("report.pdf", "report.pdf"),
+    ("two words & more (1).txt", "two words & more (1).txt"),
+    ("résumé 2024.pdf", "r_sum_ 2024.pdf"),
+    ("数据.jsonl", "__.jsonl"),
+    ('say "hi" \\ back.txt', "say _hi_ _ back.txt"),
+    ("line\r\nX-Injected: yes.txt", "line__X-Injected: yes.txt"),
+])
+def test_content_names_the_file_as_an_attachment(daemon, name, plain):
+    # Straight into the store: HTTP clients percent-encode quotes and line breaks in a form's filename.
+    made = daemon.files.create(io.BytesIO(b"body"), name, "assistants")
+    assert daemon.client.get(f"/v1/files/{made.id}").json()["filename"] == name
+    response = daemon.client.get(f"/v1/files/{made.id}/content")
+    assert response.status_code == 200 and response.content == b"body"
+    header = response.headers["content-disposition"]
+    assert header.isascii() and "\r" not in header and "\n" not in header
+    assert "x-injected" not in response.headers
+    kind, params = disposition(header)
+    assert kind == "attachment" and params["filename"] == plain
+    if name == plain:  # a plain ASCII name is sent as the seed sends it, and nothing more
+        assert header == f'attachment; filename="{name}"'
+    else:  # the exact name, which clients prefer to the stand-in (RFC 6266, section 4.3)
+        assert params == {"filename": plain, "filename*": name}
+        assert "filename*=UTF-8''" in header
 
 
 @pytest.mark.parametrize("params, param", [
