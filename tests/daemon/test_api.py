@@ -7,8 +7,10 @@ import stat
 import urllib.parse
 
 import httpx
+import openapi_spec_validator
 import pytest
 
+import s3filesfs
 from s3filesfs import config
 from tests.helpers import free_port
 
@@ -176,6 +178,77 @@ def test_malformed_uploads_are_400_and_the_daemon_survives(daemon):
     assert client.get("/v1/files").json()["data"] == []
     assert daemon.files.check().clean  # (also creates the bucket, if nothing did)
     assert daemon.env.objects() == {}
+
+
+# What each operation really answers besides 200, as the tests above provoke it (502/503: storage).
+DECLARED_ERRORS = {
+    ("get", "/v1/files"): {"400", "502", "503"},
+    ("post", "/v1/files"): {"400", "502", "503"},
+    ("get", "/v1/files/{file_id}"): {"404", "502", "503"},
+    ("delete", "/v1/files/{file_id}"): {"404", "502", "503"},
+    ("get", "/v1/files/{file_id}/content"): {"404", "502", "503"},
+    ("get", "/v1/status"): set(),
+}
+
+
+def operations(schema: dict) -> dict:
+    return {(method, path): operation for path, methods in schema["paths"].items()
+            for method, operation in methods.items()}
+
+
+def test_openapi_schema_lists_the_routes_and_the_errors_they_really_give(daemon):
+    response = daemon.client.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    schema = response.json()
+    openapi_spec_validator.validate(schema)  # a well-formed OpenAPI document, as generators need
+    assert schema["info"]["title"] == "s3filesfs" and schema["info"]["version"] == s3filesfs.__version__
+    assert "security" not in schema  # the socket needs no key
+    found = operations(schema)
+    assert set(found) == set(DECLARED_ERRORS)
+    for key, operation in found.items():
+        assert set(operation["responses"]) == {"200"} | DECLARED_ERRORS[key], key
+    assert "application/octet-stream" in found[("get", "/v1/files/{file_id}/content")]["responses"]["200"]["content"]
+
+    # The declared error body is the one sent: provoke each declared 400 and 404 and compare.
+    error_schema = schema["components"]["schemas"]["ErrorResponse"]
+    detail = schema["components"]["schemas"][error_schema["properties"]["error"]["$ref"].rsplit("/", 1)[1]]
+    unknown = "file-" + "a" * 32
+    for method, url, status, kwargs in (
+            ("GET", "/v1/files", 400, {"params": {"limit": 0}}),
+            ("POST", "/v1/files", 400, {"data": {"purpose": "homework"}, "files": {"file": ("x", b"x")}}),
+            ("GET", f"/v1/files/{unknown}", 404, {}),
+            ("DELETE", f"/v1/files/{unknown}", 404, {}),
+            ("GET", f"/v1/files/{unknown}/content", 404, {})):
+        answer = daemon.client.request(method, url, **kwargs)
+        assert answer.status_code == status
+        assert set(answer.json()) == set(error_schema["required"]) == {"error"}
+        assert set(answer.json()["error"]) == set(detail["properties"])
+    # A success matches its declared model too.
+    made = daemon.client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("a.jsonl", b"{}\n")}).json()
+    file_model = schema["components"]["schemas"]["OpenAIFile"]
+    assert set(made) == set(file_model["properties"])
+    listed = daemon.client.get("/v1/files").json()
+    assert set(listed) == set(schema["components"]["schemas"]["OpenAIFileList"]["properties"])
+    # No operation answers 405: it is the answer to a method a path does not take, outside the schema.
+    assert daemon.client.put("/v1/files").status_code == 405 and ("put", "/v1/files") not in found
+
+
+def test_openapi_schema_over_tcp_needs_the_key_and_says_so(env, monkeypatch):
+    monkeypatch.setenv("S3FILESFS_TEST_KEY", "sekret-123")
+    port = free_port()
+    env(api={"listen": f"127.0.0.1:{port}", "api_key_env": "S3FILESFS_TEST_KEY"}).start()
+    url = f"http://127.0.0.1:{port}/openapi.json"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert_openai_error(httpx.get(url, headers=headers), 401)
+    response = httpx.get(url, headers={"Authorization": "Bearer sekret-123"})
+    assert response.status_code == 200
+    schema = response.json()
+    openapi_spec_validator.validate(schema)
+    assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    assert schema["security"] == [{"bearer": []}]
+    for key, operation in operations(schema).items():
+        assert set(operation["responses"]) == {"200", "401"} | DECLARED_ERRORS[key], key
+    assert "sekret-123" not in response.text
 
 
 def test_status_reports_folders_queue_and_counts(daemon):
