@@ -377,8 +377,15 @@ def gc(state, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def check(state, as_json):
-    """Compare the table with the bucket; exit 1 if they disagree."""
+    """Compare the table with the bucket; exit 1 if they disagree.
+
+    Also warns (on standard error, and under "warnings" with --json) about rows whose purpose the
+    `purposes` setting leaves out; a warning alone does not change the exit status.
+    """
     report = state.store.check()
+    if state.verbosity > logs.QUIET:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         _print_json(report.to_dict())
     else:

@@ -25,6 +25,7 @@ import contextlib
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -51,11 +52,13 @@ ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may re
 
 @dataclass
 class CheckReport:
-    """What ``check()`` found: rows without objects, objects without rows, sizes that differ."""
+    """What ``check()`` found: rows without objects, objects without rows, sizes that differ; and
+    warnings, about what is consistent but may trouble others sharing the store (not a disagreement)."""
 
     rows_without_objects: list[str] = field(default_factory=list)
     objects_without_rows: list[str] = field(default_factory=list)
     size_mismatches: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -67,6 +70,7 @@ class CheckReport:
             "rows_without_objects": self.rows_without_objects,
             "objects_without_rows": self.objects_without_rows,
             "size_mismatches": self.size_mismatches,
+            "warnings": self.warnings,
         }
 
 
@@ -404,6 +408,14 @@ class FileService:
             elif row["bytes"] is not None and int(row["bytes"]) != objects[file_id]:
                 report.size_mismatches.append(file_id)
         report.objects_without_rows = sorted(set(objects) - set(rows))
+        foreign = Counter(str(row["purpose"]) for row in rows.values() if row["purpose"] not in self.purposes)
+        if foreign:
+            # A Llama Stack server that knows fewer purposes fails its whole listing on one such row.
+            found = ", ".join(f"{purpose} ({count})" for purpose, count in sorted(foreign.items()))
+            report.warnings.append(
+                f"the table holds files whose purpose the purposes setting ({', '.join(self.purposes)}) does not "
+                f"include: {found}; a Llama Stack server sharing the table that does not know these purposes "
+                "fails to list any file (see 'purposes' in docs/configuration.md)")
         return report
 
 

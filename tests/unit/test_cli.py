@@ -146,7 +146,7 @@ def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
     assert gone.returncode == 1
     assert gone.stderr.decode().strip() == f"error: File '{ids[0]}' not found"
     assert json.loads(ok("check", "--json")) == {"clean": True, "rows_without_objects": [],
-                                                 "objects_without_rows": [], "size_mismatches": []}
+                                                 "objects_without_rows": [], "size_mismatches": [], "warnings": []}
     # The files really are in the embedded store under the data folder.
     objects = tmp_path / "data" / "s3filesfs" / "local" / "objects"
     assert sorted(p.name for p in objects.iterdir()) == [ids[2]]
@@ -228,6 +228,37 @@ def test_check_exits_1_when_bucket_and_table_disagree(samples, tmp_path):
     report = run("check", "--json")
     assert report.returncode == 1
     assert json.loads(report.stdout)["rows_without_objects"] == [file_id]
+
+
+def test_check_warns_about_purposes_outside_the_setting_without_failing(samples):
+    """A store shared with a Llama Stack server that knows only assistants and batch: `check` under
+    that restriction points at the rows such a server could not list, and still agrees."""
+    ok("upload", samples / "a.txt", "-p", "assistants")
+    ok("upload", samples / "b.jsonl", "-p", "user_data")
+    ok("upload", samples / "b.jsonl", "-p", "user_data")
+    ok("upload", samples / "a.txt", "-p", "vision")
+    restricted = {"S3FILESFS_PURPOSES": "assistants,batch"}
+    result = run("check", env=restricted)
+    assert result.returncode == 0
+    assert result.stdout.decode() == "bucket and table agree\n"
+    warning = ("warning: the table holds files whose purpose the purposes setting (assistants, batch) does not "
+               "include: user_data (2), vision (1); a Llama Stack server sharing the table that does not know "
+               "these purposes fails to list any file (see 'purposes' in docs/configuration.md)\n")
+    assert result.stderr.decode() == warning
+    report = run("check", "--json", env=restricted)
+    assert report.returncode == 0 and report.stderr.decode() == warning
+    assert json.loads(report.stdout) == {"clean": True, "rows_without_objects": [], "objects_without_rows": [],
+                                         "size_mismatches": [], "warnings": [warning[len("warning: "):-1]]}
+    quiet = run("-q", "check", "--json", env=restricted)
+    assert (quiet.returncode, quiet.stderr) == (0, b"")
+    assert json.loads(quiet.stdout)["warnings"] == [warning[len("warning: "):-1]]
+    # Unrestricted, nothing to say; with a disagreement as well, the exit status is the disagreement's.
+    assert run("check").stderr == b""
+    stray = json.loads(ok("upload", samples / "a.txt", "-p", "evals", "--json"))["id"]
+    (Path(os.environ["XDG_DATA_HOME"]) / "s3filesfs" / "local" / "objects" / stray).unlink()
+    both = run("check", env=restricted)
+    assert both.returncode == 1 and "evals (1)" in both.stderr.decode()
+    assert both.stdout.decode().splitlines() == ["bucket and table disagree:", f"  row without object: {stray}"]
 
 
 # --- exit codes -------------------------------------------------------------------------------

@@ -679,6 +679,21 @@ def test_check_reports_rows_without_objects_and_objects_without_rows(backend):
     assert_clean(service)
 
 
+def test_check_warns_about_purposes_outside_the_configured_set(backend):
+    wide = backend.service
+    for purpose in ("assistants", "batch", "user_data", "fine-tune", "fine-tune"):
+        upload(wide, purpose=purpose)
+    assert wide.check().warnings == []
+    narrow = FileService(wide.metadata, wide.blobs, purposes=("assistants", "batch"), clock=backend.clock)
+    report = narrow.check()
+    assert report.clean  # consistent: a warning is not a disagreement
+    assert len(report.warnings) == 1
+    assert "fine-tune (2), user_data (1)" in report.warnings[0]
+    assert "(assistants, batch)" in report.warnings[0]
+    assert report.to_dict()["warnings"] == report.warnings
+    assert_clean(narrow)
+
+
 def test_check_reports_a_size_that_differs(backend):
     service = backend.service
     file_id = upload(service, b"twelve bytes").id
