@@ -659,3 +659,66 @@ def test_info_of_something_that_is_not_an_id_says_so():
         assert result.returncode == 1, command
         assert result.stderr.decode() == ("error: 'nonsense' is not a file id (ids are 'file-' and 32 hex digits; "
                                           "`s3filesfs ls` lists them)\n")
+
+
+def run_with_stderr_on_terminal(*args, stdout_path: Path | None = None) -> tuple[int, str]:
+    """Run the command with standard error on a pseudo-terminal (and standard output there too, or
+    into ``stdout_path``): (exit code, what the terminal showed)."""
+    master, slave = pty.openpty()
+    stdout = open(stdout_path, "wb") if stdout_path else slave
+    process = subprocess.Popen([str(SCRIPT), *map(str, args)], stdout=stdout, stderr=slave,
+                               stdin=subprocess.DEVNULL, env=dict(os.environ))
+    os.close(slave)
+    if stdout_path:
+        stdout.close()
+    shown = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process has closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(master)
+    return process.wait(timeout=60), shown.decode("utf-8", "replace")
+
+
+def percentages(shown: str) -> list[int]:
+    return [int(n) for n in re.findall(r"(\d+)%", shown)]
+
+
+def test_large_downloads_show_progress_on_a_terminal_that_does_not_get_the_content(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(cli.PROGRESS_THRESHOLD + 1024 * 1024))
+    # upload shows the same bar, which `cat` mirrors.
+    code, shown = run_with_stderr_on_terminal("upload", big, "-p", "batch", stdout_path=tmp_path / "id")
+    assert code == 0 and "big.bin" in shown and percentages(shown)[-1] == 100
+    big_id = (tmp_path / "id").read_text().strip()
+    small_id = ok("upload", "-", "--filename", "small.bin", "-p", "batch", stdin=os.urandom(4096)).strip()
+
+    # cat -o: the bar, frame by frame up to 100%, labelled with the file's name; the file arrives whole.
+    code, shown = run_with_stderr_on_terminal("cat", big_id, "-o", tmp_path / "copy.bin")
+    assert code == 0
+    assert (tmp_path / "copy.bin").read_bytes() == big.read_bytes()
+    assert "big.bin" in shown and shown.count("\r") >= 5
+    seen = percentages(shown)
+    assert seen[-1] == 100 and seen == sorted(seen) and len(set(seen)) >= 5, seen
+
+    # cat into a file (or a pipe) while standard error is a terminal: the same bar.
+    code, shown = run_with_stderr_on_terminal("cat", big_id, stdout_path=tmp_path / "redirected.bin")
+    assert code == 0 and (tmp_path / "redirected.bin").read_bytes() == big.read_bytes()
+    assert "big.bin" in shown and percentages(shown)[-1] == 100
+
+    # No bar: for a small file, with -q, or when the content itself goes to the terminal.
+    assert run_with_stderr_on_terminal("cat", small_id, "-o", tmp_path / "small.bin") == (0, "")
+    assert run_with_stderr_on_terminal("-q", "cat", big_id, "-o", tmp_path / "quiet.bin") == (0, "")
+    assert (tmp_path / "quiet.bin").read_bytes() == big.read_bytes()
+    text = b"".join(b"line %07d of a long text file\n" % n for n in range(330_000))
+    assert len(text) > cli.PROGRESS_THRESHOLD
+    text_id = ok("upload", "-", "--filename", "long.txt", "-p", "batch", stdin=text).strip()
+    code, shown = run_with_stderr_on_terminal("cat", text_id)
+    assert code == 0 and shown.replace("\r\n", "\n") == text.decode()
+    # Nor when standard error is not a terminal: a redirected cat prints nothing but the content.
+    result = run("cat", big_id, "-o", tmp_path / "piped.bin")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
