@@ -4,7 +4,10 @@ import io
 import os
 import re
 import stat
+import subprocess
+import sys
 import urllib.parse
+from pathlib import Path
 
 import httpx
 import openapi_spec_validator
@@ -133,6 +136,35 @@ def test_content_names_the_file_as_an_attachment(daemon, name, plain):
     else:  # the exact name, which clients prefer to the stand-in (RFC 6266, section 4.3)
         assert params == {"filename": plain, "filename*": name}
         assert "filename*=UTF-8''" in header
+
+
+def test_a_file_whose_object_vanished_leaves_the_listing_at_once(daemon):
+    """A young row whose object is gone is hidden from the listing by the first read that notices,
+    in whichever process it happens, and listed again once its object is back."""
+    client, s3 = daemon.client, daemon.env.server.client()
+    made = [client.post("/v1/files", data={"purpose": "assistants"},
+                        files={"file": (f"v{n}.txt", f"body {n}".encode())}).json()["id"] for n in range(3)]
+    whole, through_api, through_cli = made
+
+    def listed():
+        return sorted(f["id"] for f in daemon.listed())
+
+    s3.delete_object(Bucket=daemon.env.bucket, Key=through_api)
+    assert listed() == sorted(made)  # nobody has read it yet
+    assert_openai_error(client.get(f"/v1/files/{through_api}/content"), 404)
+    assert listed() == sorted([whole, through_cli])
+
+    # Another process notices: the command line, on the same database.
+    s3.delete_object(Bucket=daemon.env.bucket, Key=through_cli)
+    result = subprocess.run([str(Path(sys.executable).with_name("s3filesfs")), "--config",
+                             str(daemon.env.config_path), "cat", through_cli], capture_output=True, timeout=60)
+    assert result.returncode == 1 and b"not found" in result.stderr
+    assert listed() == [whole]
+    assert client.get(f"/v1/files/{through_cli}").status_code == 200  # the row is kept, within the grace
+
+    s3.put_object(Bucket=daemon.env.bucket, Key=through_api, Body=b"body 1")
+    assert client.get(f"/v1/files/{through_api}/content").content == b"body 1"
+    assert listed() == sorted([whole, through_api])
 
 
 @pytest.mark.parametrize("params, param", [
