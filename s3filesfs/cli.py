@@ -8,6 +8,7 @@ one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage fail
 """
 
 import codecs
+import contextlib
 import itertools
 import json
 import logging
@@ -40,7 +41,7 @@ from .stopping import stopped_by
 
 log = logging.getLogger(__name__)
 
-PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
+PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads and downloads of this size or more
 # Commands that change the store: when their reader goes away they still finish, and exit 141.
 CHANGES_STORE = {"upload", "rm", "gc", "retry"}
 
@@ -218,8 +219,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
     with stopped_by(signal.SIGTERM, signal.SIGHUP):
         for path in paths:
             try:
-                created = _upload_one(service, path, purpose, expires_after, filename,
-                                      progress=state.verbosity > logs.QUIET)
+                created = _upload_one(service, path, purpose, expires_after, filename, state.verbosity)
             except S3FilesError as exc:
                 click.echo(f"error: {path}: {logs.redact(exc.message)}", err=True)
                 failures.append(exc)
@@ -238,7 +238,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         sys.exit(failures[0].exit_code)
 
 
-def _upload_one(service, path, purpose, expires_after, filename, progress=True):
+def _upload_one(service, path, purpose, expires_after, filename, verbosity=logs.NORMAL):
     if path == "-":
         return service.create(sys.stdin.buffer, filename, purpose, expires_after)
     try:
@@ -248,10 +248,10 @@ def _upload_one(service, path, purpose, expires_after, filename, progress=True):
     with body:
         size = os.fstat(body.fileno()).st_size
         name = filename or Path(path).name
-        if size < PROGRESS_THRESHOLD or not progress or not sys.stderr.isatty():
+        bar = _progress_bar(size, name, verbosity)
+        if bar is None:
             return service.create(body, name, purpose, expires_after)
-        with click.progressbar(length=size, label=name, file=sys.stderr, show_pos=False,
-                               show_percent=True, show_eta=True) as bar:
+        with bar:
             return service.create(body, name, purpose, expires_after, progress=bar.update)
 
 
@@ -305,34 +305,52 @@ def cat(state, file_id, output, force):
     """Write a file's content to standard output (or -o PATH).
 
     Binary content is not written to a terminal unless --force is given (as curl does). If the
-    reader goes away (| head), the rest is not read.
+    reader goes away (| head), the rest is not read. A large file shows a progress bar on standard
+    error when that is a terminal and the content goes elsewhere (-o PATH, a pipe, a file).
     """
-    _, chunks = state.store.content(_checked_id(file_id))
-    if output is None:
-        if sys.stdout.isatty() and not force:
-            chunks = iter(chunks)
-            first = next(chunks, b"")
-            if _looks_binary(first):
-                raise UserError(f"{file_id} holds binary data, which can upset a terminal: "
-                                "use -o PATH, redirect the output, or add --force")
-            chunks = itertools.chain([first], chunks)
-        out = sys.stdout.buffer
-        for chunk in chunks:
-            out.write(chunk)
-            if stdio.stdout_lost():
-                break  # the reader has what it wanted
-        out.flush()
-        return
-    partial = Path(f"{output}.part")
-    try:
-        with open(partial, "wb") as out:
+    file, chunks = state.store.content(_checked_id(file_id))
+    to_terminal = output is None and sys.stdout.isatty()
+    if to_terminal and not force:
+        chunks = iter(chunks)
+        first = next(chunks, b"")
+        if _looks_binary(first):
+            raise UserError(f"{file_id} holds binary data, which can upset a terminal: "
+                            "use -o PATH, redirect the output, or add --force")
+        chunks = itertools.chain([first], chunks)
+    # A bar only where it cannot mix with the content: not when the content goes to the terminal.
+    bar = None if to_terminal else _progress_bar(file.bytes, file.filename, state.verbosity)
+    with bar or contextlib.nullcontext():
+        if output is None:
+            out = sys.stdout.buffer
             for chunk in chunks:
                 out.write(chunk)
-        os.replace(partial, output)
-    except OSError as exc:  # the output path, not the store: the user can fix it
-        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
+                if bar is not None:
+                    bar.update(len(chunk))
+                if stdio.stdout_lost():
+                    break  # the reader has what it wanted
+            out.flush()
+            return
+        partial = Path(f"{output}.part")
+        try:
+            with open(partial, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            os.replace(partial, output)
+        except OSError as exc:  # the output path, not the store: the user can fix it
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _progress_bar(size: int, label: str, verbosity: int):
+    """A progress bar on standard error for a transfer of ``size`` bytes, as ``upload`` shows one:
+    when that is a terminal and the transfer is large; else None."""
+    if size < PROGRESS_THRESHOLD or verbosity <= logs.QUIET or not sys.stderr.isatty():
+        return None
+    return click.progressbar(length=size, label=label, file=sys.stderr, show_pos=False,
+                             show_percent=True, show_eta=True)
 
 
 @main.command()
@@ -377,8 +395,15 @@ def gc(state, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def check(state, as_json):
-    """Compare the table with the bucket; exit 1 if they disagree."""
+    """Compare the table with the bucket; exit 1 if they disagree.
+
+    Also warns (on standard error, and under "warnings" with --json) about rows whose purpose the
+    `purposes` setting leaves out; a warning alone does not change the exit status.
+    """
     report = state.store.check()
+    if state.verbosity > logs.QUIET:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         _print_json(report.to_dict())
     else:

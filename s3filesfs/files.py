@@ -12,7 +12,10 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 * **delete** removes the object, then the row; a missing object is not an error;
 * a row whose object has vanished is treated as gone: reading it removes the row and answers
   not-found. Rows younger than ``ORPHAN_GRACE`` are spared, because the seed server writes its row
-  *before* its object and may simply not have finished;
+  *before* its object and may simply not have finished: such a row is hidden from listings instead
+  (noted in ``s3filesfs_missing``, so every process on the database hides it), shown again once a
+  read finds its object, and deleted by the first listing after the grace if its object is still
+  missing then;
 * expired files are invisible and removed on touch or by ``gc``;
 * listings are ordered by ``(created_at, id)``, so files created in the same second are never
   skipped or repeated across pages.
@@ -25,6 +28,7 @@ import contextlib
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -51,11 +55,13 @@ ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may re
 
 @dataclass
 class CheckReport:
-    """What ``check()`` found: rows without objects, objects without rows, sizes that differ."""
+    """What ``check()`` found: rows without objects, objects without rows, sizes that differ; and
+    warnings, about what is consistent but may trouble others sharing the store (not a disagreement)."""
 
     rows_without_objects: list[str] = field(default_factory=list)
     objects_without_rows: list[str] = field(default_factory=list)
     size_mismatches: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -67,6 +73,7 @@ class CheckReport:
             "rows_without_objects": self.rows_without_objects,
             "objects_without_rows": self.objects_without_rows,
             "size_mismatches": self.size_mismatches,
+            "warnings": self.warnings,
         }
 
 
@@ -266,6 +273,7 @@ class FileService:
             if row is None:
                 raise InvalidRequest(f"after: no file '{after}' to continue from", "after")
             cursor = (int(row["created_at"]), row["id"])
+        self._settle_missing()
         rows = self.metadata.page(
             now=self.now(), limit=limit + 1, descending=order == "desc", purpose=purpose, after=cursor
         )
@@ -285,21 +293,51 @@ class FileService:
         """The file and its bytes ``start..end`` (end exclusive) as a stream of chunks."""
         file = self.retrieve(file_id)
         try:
-            return file, self.blobs.stream(file_id, start, end)
+            chunks = self.blobs.stream(file_id, start, end)
         except BlobMissing:
             raise self._vanished(file) from None
+        if end is None or end > start:  # (an empty range asks the store nothing)
+            self._found(file_id)
+        return file, chunks
 
     def read(self, file_id: str, offset: int, length: int) -> bytes:
         file = self.retrieve(file_id)
         try:
-            return self.blobs.read(file_id, offset, length)
+            data = self.blobs.read(file_id, offset, length)
         except BlobMissing:
             raise self._vanished(file) from None
+        if length > 0:
+            self._found(file_id)
+        return data
 
     def _vanished(self, file: FileObject) -> NotFound:
+        """A read found no object: delete the row if it is past the grace, else hide it."""
         if self.now() - file.created_at >= ORPHAN_GRACE:
             self.metadata.delete(file.id)
+        else:
+            self.metadata.missing_add(file.id, self.now())
         return NotFound(file.id)
+
+    def _found(self, file_id: str) -> None:
+        """A read found the object: a row hidden for want of it is listed again."""
+        if self.metadata.is_missing(file_id):
+            self.metadata.missing_remove(file_id)
+
+    def _settle_missing(self) -> None:
+        """Hidden rows past the grace: deleted if their object is still missing, else shown again.
+        One look per row, once; a store that does not answer leaves them hidden until it does."""
+        for file_id, has_row in self.metadata.missing_due(self.now() - ORPHAN_GRACE):
+            if not has_row:  # deleted meanwhile (by us or by another server): only the note is left
+                self.metadata.missing_remove(file_id)
+                continue
+            try:
+                found = self.blobs.head(file_id) is not None
+            except S3FilesError:
+                return
+            if found:
+                self.metadata.missing_remove(file_id)
+            else:
+                self.metadata.delete(file_id)
 
     def changes(self) -> int:
         """A token that moves when another process (or connection) changed the table."""
@@ -409,6 +447,14 @@ class FileService:
             elif row["bytes"] is not None and int(row["bytes"]) != objects[file_id]:
                 report.size_mismatches.append(file_id)
         report.objects_without_rows = sorted(set(objects) - set(rows))
+        foreign = Counter(str(row["purpose"]) for row in rows.values() if row["purpose"] not in self.purposes)
+        if foreign:
+            # A Llama Stack server that knows fewer purposes fails its whole listing on one such row.
+            found = ", ".join(f"{purpose} ({count})" for purpose, count in sorted(foreign.items()))
+            report.warnings.append(
+                f"the table holds files whose purpose the purposes setting ({', '.join(self.purposes)}) does not "
+                f"include: {found}; a Llama Stack server sharing the table that does not know these purposes "
+                "fails to list any file (see 'purposes' in docs/configuration.md)")
         return report
 
 

@@ -73,6 +73,16 @@ CREATE TABLE IF NOT EXISTS {INTENTS} (
     started_at INTEGER
 )
 """
+# Rows whose object a read found missing while the row was too young to delete (the seed writes its
+# row before its object): hidden from listings at once, in every process, until a read finds the
+# object again or the row is old enough to delete.
+MISSING = "s3filesfs_missing"
+MISSING_DDL = f"""
+CREATE TABLE IF NOT EXISTS {MISSING} (
+    id VARCHAR PRIMARY KEY,
+    seen_at INTEGER
+)
+"""
 # Public rows, as the seed writes them for an unauthenticated caller: owner '' and JSON null.
 PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
 
@@ -157,6 +167,7 @@ class MetadataStore:
         db.execute(JOURNAL_DDL)
         db.execute(f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)")
         db.execute(INTENTS_DDL)
+        db.execute(MISSING_DDL)
 
     # --- openai_files ------------------------------------------------------------------------
 
@@ -172,6 +183,7 @@ class MetadataStore:
     def delete(self, file_id: str) -> bool:
         with self._errors("delete"), self._writer() as db:
             cursor = db.execute(f"DELETE FROM {TABLE} WHERE id = ?", [file_id])
+            db.execute(f"DELETE FROM {MISSING} WHERE id = ?", [file_id])
         return cursor.rowcount > 0
 
     def page(
@@ -183,8 +195,9 @@ class MetadataStore:
         purpose: str | None = None,
         after: tuple[int, str] | None = None,
     ) -> list[dict]:
-        """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``."""
-        where = ["(expires_at IS NULL OR expires_at > :now)"]
+        """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``; rows
+        noted as missing their object are left out."""
+        where = ["(expires_at IS NULL OR expires_at > :now)", f"id NOT IN (SELECT id FROM {MISSING})"]
         params: dict = {"now": now, "limit": limit}
         if purpose is not None:
             where.append("purpose = :purpose")
@@ -221,6 +234,31 @@ class MetadataStore:
         with self._errors("update"), self._writer() as db:
             cursor = db.execute(f"UPDATE {TABLE} SET {assignments} WHERE id = :id", {**fields, "id": file_id})
         return cursor.rowcount > 0
+
+    # --- s3filesfs_missing: rows hidden because their object was not found ----------------------
+    #
+    # Written through this thread's own connection, not the writer's: the writer connection's
+    # ``data_version`` then moves, so the mount reloads its listing even when its own read hid a row.
+
+    def missing_add(self, file_id: str, seen_at: int) -> None:
+        with self._errors("note missing object"), contextlib.suppress(sqlite3.IntegrityError):
+            self._db().execute(f"INSERT INTO {MISSING} (id, seen_at) VALUES (?, ?)", [file_id, seen_at])
+
+    def missing_remove(self, file_id: str) -> None:
+        with self._errors("forget missing object"):
+            self._db().execute(f"DELETE FROM {MISSING} WHERE id = ?", [file_id])
+
+    def is_missing(self, file_id: str) -> bool:
+        with self._errors("look up missing object"):
+            return bool(list(self._db().query(f"SELECT 1 FROM {MISSING} WHERE id = ?", [file_id])))
+
+    def missing_due(self, created_before: int) -> list[tuple[str, bool]]:
+        """``(id, has_row)`` of every hidden row created at or before ``created_before``, and of
+        every note whose row is gone: what is old enough to settle."""
+        sql = (f"SELECT m.id AS id, f.id AS row_id FROM {MISSING} m LEFT JOIN {TABLE} f ON f.id = m.id "
+               "WHERE f.id IS NULL OR f.created_at <= ? ORDER BY m.id")
+        with self._errors("list missing objects"):
+            return [(row["id"], row["row_id"] is not None) for row in self._db().query(sql, [created_before])]
 
     # --- s3filesfs_intents: uploads under way ---------------------------------------------------
 
