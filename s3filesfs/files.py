@@ -105,7 +105,11 @@ class PendingFile:
         return self._file
 
     def write(self, data: bytes) -> None:
-        self._writer.write(data)
+        try:
+            self._writer.write(data)
+        except BaseException:
+            self.abort()  # a writer that failed is done for: account for what it may have left
+            raise
 
     @property
     def begun(self) -> bool:
