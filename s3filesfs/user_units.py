@@ -36,6 +36,7 @@ WATCHDOG_SECONDS = 60  # the mount and the daemon ping every 30 s while healthy
 RESTART_SECONDS = 5
 DAEMON_START_SECONDS = 300  # its bucket check and first scan come before READY=1
 SYSTEMCTL_TIMEOUT = DAEMON_START_SECONDS + 30  # `enable --now` waits for READY=1
+ENV = "/usr/bin/env"
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 _MOUNTS_LINE = re.compile(r"^# mounts: (.*)$", re.MULTILINE)
@@ -117,7 +118,12 @@ def _escape(text: str) -> str:
 
 def command_line(words: Sequence[str]) -> str:
     """``words`` as systemd reads a command line: quoted where needed, ``%`` doubled, and ``$`` in
-    the arguments (systemd substitutes variables there, not in the program's path)."""
+    the arguments (systemd substitutes variables there, not in the program's path).
+
+    systemd refuses a program path holding a quote, a backslash or a control character (it may
+    hold them as an argument), so such a program is run through ``env``."""
+    if any(char in words[0] for char in "\\\"'") or not words[0].isprintable():
+        words = [ENV, *words]
     out = []
     for index, word in enumerate(words):
         word = _escape(word)
