@@ -23,6 +23,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02  # how often ready_when looks at its condition
+_failed_before = False
 
 
 def _address() -> str | None:
@@ -51,7 +52,11 @@ def notify(*fields: str) -> bool:
             sock.connect(address)
             sock.sendall(message)
     except OSError as exc:
-        log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        global _failed_before
+        # Said once: a manager that went away (or a socket that was never there) is not news twice.
+        log.log(logging.DEBUG if _failed_before else logging.WARNING, "could not notify systemd (%s): %s",
+                os.environ.get("NOTIFY_SOCKET"), exc)
+        _failed_before = True
         return False
     return True
 
@@ -87,7 +92,6 @@ class Watchdog:
     def __init__(self, interval: float, healthy: Callable[[], bool] | None = None):
         self.interval = interval
         self.healthy = healthy or (lambda: True)
-        self.pings = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sd-watchdog", daemon=True)
 
@@ -95,8 +99,10 @@ class Watchdog:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)  # a health check that hangs is left behind (a daemon thread)
 
     def _run(self) -> None:
         was_healthy = True
@@ -114,30 +120,49 @@ class Watchdog:
                     log.warning("health check failed: no watchdog ping (systemd restarts a service that "
                                 "misses them for WatchdogSec)")
                 was_healthy = healthy
-            if healthy and not self._stop.is_set() and notify("WATCHDOG=1"):
-                self.pings += 1
+            if healthy and not self._stop.is_set():
+                notify("WATCHDOG=1")
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
+class Announcer:
+    """What ``ready_when`` started: a thread that waits, then says READY=1 and starts ``watchdog``."""
+
+    def __init__(self, condition: Callable[[], bool], status_text: Callable[[], str],
+                 healthy: Callable[[], bool] | None):
+        self.condition = condition
+        self.status_text = status_text
+        self.healthy = healthy
+        self.watchdog: Watchdog | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sd-ready", daemon=True)
+
+    def _run(self) -> None:
+        while not self.condition():
+            if self._stop.wait(POLL_SECONDS):
+                return
+        notify("READY=1", f"STATUS={self.status_text()}")
+        interval = watchdog_interval()
+        if interval is not None and not self._stop.is_set():
+            self.watchdog = Watchdog(interval, self.healthy).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+
 def ready_when(condition: Callable[[], bool], status_text: Callable[[], str],
-               healthy: Callable[[], bool] | None = None) -> threading.Thread | None:
+               healthy: Callable[[], bool] | None = None) -> Announcer | None:
     """Once ``condition()`` holds, send READY=1 with ``status_text()`` and start the watchdog.
 
-    Runs in a thread of its own (returned), so the caller goes on to serve; None when systemd is
-    not listening. A condition that never holds sends nothing: systemd's ``TimeoutStartSec=`` then
+    Runs in a thread of its own, so the caller goes on to serve; None when systemd is not
+    listening. A condition that never holds sends nothing: systemd's ``TimeoutStartSec=`` then
     fails the start, as it should.
     """
     if not enabled():
         return None
-
-    def wait_then_announce() -> None:
-        while not condition():
-            time.sleep(POLL_SECONDS)
-        notify("READY=1", f"STATUS={status_text()}")
-        interval = watchdog_interval()
-        if interval is not None:
-            Watchdog(interval, healthy).start()
-
-    thread = threading.Thread(target=wait_then_announce, name="sd-ready", daemon=True)
-    thread.start()
-    return thread
+    announcer = Announcer(condition, status_text, healthy)
+    announcer.thread.start()
+    return announcer
