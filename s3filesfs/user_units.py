@@ -313,7 +313,11 @@ def state(name: str) -> str:
     """``enabled, active`` and the like, as the user manager sees ``name``."""
     words = []
     for verb in ("is-enabled", "is-active"):
-        result = subprocess.run(["systemctl", "--user", verb, f"{name}.service"], capture_output=True,
-                                text=True, timeout=30, stdin=subprocess.DEVNULL)
+        try:
+            result = subprocess.run(["systemctl", "--user", verb, f"{name}.service"], capture_output=True,
+                                    text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            words.append("unknown")
+            continue
         words.append(result.stdout.strip() or "unknown")
     return ", ".join(words)
