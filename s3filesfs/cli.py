@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config, logs, stdio
+from . import __version__, config, logs, stdio, user_units
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .errors import (
     EXIT_INTERRUPTED,
@@ -641,6 +642,154 @@ def retry(state, names, as_json, include_interrupted, drops, staging_dir):
         raise NotStaged(missing)
     if failing:
         sys.exit(3)
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+
+@main.group(name="service")
+def service_group():
+    """Run the mount or the daemon as a systemd user service."""
+
+
+@service_group.command(name="install")
+@click.option("--mount", "mountpoint", type=click.Path(file_okay=False, readable=False),
+              help="Install a unit that mounts the store at MOUNTPOINT (s3filesfs-mount).")
+@click.option("--daemon", "with_daemon", is_flag=True, help="Install the sync daemon's unit (s3filesfs-daemon).")
+@click.option("--name", help="Name the unit (another name installs a second mount).")
+@click.option("--enable", is_flag=True, help="Then reload systemd, enable the unit(s) and start them now.")
+@click.option("--force", is_flag=True,
+              help="Replace a unit file this command did not write, or move a mount unit to a new mountpoint.")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED, metavar="[-- OPTIONS...]")
+@click.pass_context
+def service_install(ctx, mountpoint, with_daemon, name, enable, force, options):
+    """Write systemd user units for the mount and/or the daemon (in ~/.config/systemd/user/).
+
+    A unit runs this installation by its absolute path (a virtualenv needs no activating), with the
+    global options given before `service` (s3filesfs --config FILE service install --daemon).
+    Options after `--` are the mount's or the daemon's (service install --mount ~/S3Mount --
+    --write-back). Running it again updates the units.
+    """
+    state = ctx.find_object(State)
+    if not mountpoint and not with_daemon:
+        raise click.UsageError("say what to install: --mount MOUNTPOINT, --daemon, or both")
+    if mountpoint and with_daemon and (name or options):
+        raise click.UsageError("--name and options after -- are for one unit: install the mount and the daemon "
+                               "one at a time")
+    _ = state.settings  # a configuration that does not load fails now, not when the service starts
+    command = [*user_units.program(), *_given_options(ctx.find_root())]
+    docs = user_units.source_tree()
+    units = []
+    if mountpoint:
+        params, words = _spelled_out(ctx, mount, [mountpoint, *options])
+        target = Path(_absolute(params["mountpoint"]))
+        units.append(user_units.mount_unit(command, target, words, user_units.unit_name(name or user_units.MOUNT_UNIT),
+                                           docs))
+    if with_daemon:
+        _, words = _spelled_out(ctx, daemon, list(options))
+        units.append(user_units.daemon_unit(command, words, user_units.unit_name(name or user_units.DAEMON_UNIT),
+                                            docs))
+    for unit in units:
+        what = user_units.install(unit, force)
+        click.echo(f"{what} {user_units.unit_dir() / unit.filename}, which runs: {shlex.join(unit.runs)}")
+    from .fs import mount as mounting
+
+    busy = [u.mountpoint for u in units if u.mountpoint is not None and mounting.mounted_here(u.mountpoint)]
+    names = " ".join(unit.name for unit in units)
+    start = f"systemctl --user daemon-reload && systemctl --user enable --now {names}"
+    if not enable:
+        for target in busy:
+            click.echo(f"note: {target} is mounted now; unmount it (s3filesfs umount {target}) before starting the "
+                       "service, which would find it in use", err=True)
+        click.echo(f"to start {'it' if len(units) == 1 else 'them'} now and at every login:\n  {start}")
+        return
+    problem = user_units.user_manager()
+    if problem:
+        raise user_units.UnitError(f"{problem}, so nothing was enabled or started; in a session that has one, run: "
+                                   f"{start}")
+    if busy:
+        raise user_units.UnitError(f"{busy[0]} is mounted now (the quick start leaves it mounted): unmount it "
+                                   f"(s3filesfs umount {busy[0]}), then run: {start}")
+    user_units.systemctl("daemon-reload")
+    user_units.systemctl("enable", "--now", *(unit.filename for unit in units))
+    click.echo(f"enabled and started {names}: systemctl --user status {names}")
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _given_options(root: click.Context) -> list[str]:
+    """The global options given on the command line or by environment variable, spelled out for a
+    unit (the service sees neither this shell's environment nor its folder: paths made absolute)."""
+    words: list[str] = []
+    for param in root.command.params:
+        if not isinstance(param, click.Option) or param.name not in root.params:
+            continue
+        if root.get_parameter_source(param.name) not in (click.core.ParameterSource.COMMANDLINE,
+                                                          click.core.ParameterSource.ENVIRONMENT):
+            continue
+        words += _option_words(param, root.params[param.name])
+    return words
+
+
+def _spelled_out(ctx: click.Context, command: click.Command, args: list[str]) -> tuple[dict, list[str]]:
+    """``args`` parsed as ``command`` parses them (a mistake is a usage error now, not a failing
+    service later), and its options spelled out again for a unit, paths made absolute."""
+    sub = command.make_context(command.name, args, parent=ctx.find_root())  # errors name `s3filesfs mount`
+    words: list[str] = []
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name == "foreground":
+            continue
+        if sub.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE:
+            words += _option_words(param, sub.params[param.name])
+    return sub.params, words
+
+
+def _option_words(param: click.Option, value) -> list[str]:
+    if param.is_flag:
+        return [param.opts[0]] if value else []
+    return [param.opts[0], _absolute(value) if isinstance(param.type, click.Path) else str(value)]
+
+
+@service_group.command(name="show")
+def service_show():
+    """Print the units `service install` wrote, each with its state."""
+    units = user_units.installed()
+    if not units:
+        click.echo(f"no s3filesfs units in {user_units.unit_dir()} (`s3filesfs service install --mount ~/S3Mount` "
+                   "or `--daemon` writes one)")
+        return
+    problem = user_units.user_manager()
+    for index, (name, path) in enumerate(units):
+        if index:
+            click.echo()
+        click.echo(f"# {path}")
+        click.echo(f"# state: {user_units.state(name) if problem is None else 'unknown: ' + problem}")
+        click.echo(path.read_text(), nl=False)
+
+
+@service_group.command(name="uninstall")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--force", is_flag=True, help="Also remove a unit file this command did not write.")
+def service_uninstall(names, force):
+    """Stop, disable and remove units `service install` wrote (all of them unless named)."""
+    targets = [user_units.unit_name(name) for name in names] or [name for name, _ in user_units.installed()]
+    if not targets:
+        click.echo(f"no s3filesfs units in {user_units.unit_dir()}")
+        return
+    paths = [user_units.removable(name, force) for name in targets]  # all checked before any is touched
+    problem = user_units.user_manager()
+    if problem is None:
+        user_units.systemctl("disable", "--now", *(path.name for path in paths))
+    for path in paths:
+        user_units.remove(path)
+        click.echo(f"removed {path}")
+    if problem is None:
+        user_units.systemctl("daemon-reload")
+    else:
+        click.echo(f"{problem}, so nothing was stopped; where one runs them, stop them with: systemctl --user stop "
+                   + " ".join(targets), err=True)
 
 
 def _staged_name(name: str) -> tuple[str, str]:

@@ -192,6 +192,11 @@ class ApiServer:
     def start(self) -> None:
         self.thread.start()
 
+    @property
+    def serving(self) -> bool:
+        """True once uvicorn accepts connections on the socket (and until its thread ends)."""
+        return bool(self.server.started) and self.thread.is_alive()
+
     def stop(self) -> None:
         self.server.should_exit = True
         if self.thread.is_alive():

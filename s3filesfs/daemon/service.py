@@ -16,10 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, sdnotify
 from ..errors import ConfigError, S3FilesError
 from ..files import open_service
 from .api import ApiServer, bind_tcp, bind_unix, create_app
+from .client import DaemonClient
 from .journal import Journal
 from .uploader import Uploader
 from .watcher import Watcher
@@ -27,6 +28,7 @@ from .watcher import Watcher
 log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 60.0  # the safety-net scan for missed events and failed uploads
+HEALTH_TIMEOUT = 10.0  # the watchdog's own request to the socket; a daemon this slow misses a ping
 
 
 class DaemonService:
@@ -128,8 +130,13 @@ class DaemonService:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
+            # Under systemd (Type=notify): ready once every socket serves; a watchdog ping for as
+            # long as the daemon answers its own socket.
+            sdnotify.ready_when(lambda: all(server.serving for server in self._servers),
+                                lambda: f"watching {self.root}; API on {self.socket_path}", healthy=self._answers)
             while not stop.wait(1.0):
                 pass
+            sdnotify.stopping()
         finally:
             clean = self.stop() if self.started_at else True  # (a failed start already stopped)
             for sig, handler in previous.items():
@@ -137,6 +144,9 @@ class DaemonService:
         if not clean:
             log.warning("some uploads did not finish in time; the next start completes them")
         return 0
+
+    def _answers(self) -> bool:
+        return DaemonClient(self.socket_path, timeout=HEALTH_TIMEOUT).status() is not None
 
     # --- status ------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import sdnotify
 from ..errors import S3FilesError, StorageError, UserError
 from ..files import FileService
 
@@ -131,6 +132,11 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     service.keep_clean(settings.stall_timeout_seconds)
     if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
         threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
+    # Under systemd (Type=notify): ready once libfuse has called init, and a watchdog ping for as
+    # long as the mountpoint answers statfs (which always reaches this process).
+    sdnotify.ready_when(lambda: operations.started_serving,
+                        lambda: f"serving {service.location} at {mountpoint}",
+                        healthy=lambda: os.statvfs(mountpoint) is not None)
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:
@@ -139,6 +145,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
             raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
     finally:
         pid_path.unlink(missing_ok=True)
+    sdnotify.stopping(f"unmounted {mountpoint}")
     log.info("unmounted %s", mountpoint)
 
 
@@ -171,6 +178,7 @@ def _stop_gracefully_on_signals(core, mountpoint: Path) -> None:
         received = signal.sigwait(signals)
         deadline = time.monotonic() + STOP_GRACE
         waiting = core.files_being_written()
+        sdnotify.stopping(f"stopping: waiting for {len(waiting)} file(s) being written" if waiting else "stopping")
         if waiting:
             log.info("%s: waiting up to %.0f s for %d file(s) being written: %s", signal.Signals(received).name,
                      STOP_GRACE, len(waiting), ", ".join(waiting[:5]))
