@@ -185,16 +185,10 @@ class Reader:
             return b""
         stop = min(offset + size, total)
         with self._lock:
-            if self._closed:
-                return self._get(offset, stop - offset)
-            run = next((r for r in reversed(self._runs) if r.continues(offset)), None)
-            if run is None:
-                run = self._start_run(offset, stop)
-            else:
-                self._runs.remove(run)
-                self._runs.append(run)
-                self._follow(run, offset, stop)
-            parts = [p for p in run.parts if p.end > offset and p.offset < stop]
+            run = None if self._closed else self._run_for(offset, stop)
+            parts = [] if run is None else [p for p in run.parts if p.end > offset and p.offset < stop]
+        if run is None:  # read after close
+            return self._get(offset, stop - offset)
         try:
             pieces = [_slice(part.future.result(), offset - part.offset, stop - part.offset) for part in parts]
         except CancelledError:  # the run was given up under this read (closed, or pushed out by others)
@@ -217,6 +211,16 @@ class Reader:
             self._runs.clear()
 
     # --- runs (under self._lock) -----------------------------------------------------------------
+
+    def _run_for(self, offset: int, stop: int) -> _Run:
+        """The run this read continues, brought up to date, or a new one."""
+        run = next((r for r in reversed(self._runs) if r.continues(offset)), None)
+        if run is None:
+            return self._start_run(offset, stop)
+        self._runs.remove(run)
+        self._runs.append(run)
+        self._follow(run, offset, stop)
+        return run
 
     def _start_run(self, offset: int, stop: int) -> _Run:
         """A read nowhere near a run: one small GET from here; no reading ahead until it goes on."""
