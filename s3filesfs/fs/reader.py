@@ -5,16 +5,18 @@ rate, so a reader is fast only with several requests in flight. A ``Reader`` (on
 a few *runs*: stretches of the file being read in order. A run begins with one small GET
 (``FIRST_PART``: a ``head -c 100`` or a ``file`` probe costs no more) and, while reading goes on
 in order, fetches ahead of the reader: the more it has read, the further ahead (``AHEAD_FACTOR``
-times what it read, at most ``MAX_AHEAD``), in parts that double in size up to ``MAX_PART``, each
-part one ranged GET. A read that lands nowhere near a run (a jump) starts a new small run there,
-so random reads stay exact: one GET of the bytes asked for (at least ``FIRST_PART``).
+times what it read, at most ``MAX_AHEAD``), in parts of a ``PARTS_AHEAD``th of that distance (at
+least ``FIRST_PART``, at most ``MAX_PART``), each part one ranged GET, several running at once. A
+read that lands nowhere near a run (a jump) starts a new small run there, so random reads stay
+exact: one GET of the bytes asked for (at least ``FIRST_PART``).
 
 Two things are shared by every open file of the process, so that memory and connections do not
 grow with the number of files open:
 
 * ``ReadBudget``: the bytes that parts may hold, fetched or on their way (``mount.read_ahead_mb``).
   Reading ahead only takes what the budget has room for, and no reader more than an equal share of
-  it; a reader whose share is used up reads ahead less. The part a read is waiting for is never
+  it (its parts are sized to that share); a reader whose share is used up reads ahead again as it
+  reads what it holds. The part a read is waiting for is never
   refused (so nothing can deadlock on the budget): it may overshoot the budget by at most one small
   part per read in progress.
 * ``Fetcher``: one pool of worker threads that runs the GETs, the parts a read is waiting for
@@ -40,10 +42,10 @@ from ..model import FileObject
 
 KiB, MiB = 1024, 1024 * 1024
 FIRST_PART = 256 * KiB  # a run's first GET: what a probe or a random read costs
-MAX_PART = 8 * MiB  # parts double up to this (the part size of boto3's download_file)
+MAX_PART = 8 * MiB  # parts grow up to this (the part size of boto3's download_file)
 AHEAD_FACTOR = 4  # a run reads ahead this many times what it has read so far...
 MAX_AHEAD = 128 * MiB  # ...up to this: 16 GETs of MAX_PART in flight
-PARTS_AHEAD = 4  # ...in parts of a quarter of that or less (up to MAX_PART): several GETs at once
+PARTS_AHEAD = 4  # ...in parts of a quarter of that (and of the reader's share): several GETs at once
 FORWARD_GAP = 1 * MiB  # a read this far past a run's end still continues it (the kernel's reads overtake)
 KEEP_BEHIND = 1 * MiB  # the kernel may ask again just behind the furthest read; keep that much
 MAX_RUNS = 4  # runs kept per open file: interleaved sequential readers of one descriptor
@@ -69,6 +71,11 @@ class ReadBudget:
                 return False
             self._add(owner, size)
             return True
+
+    def share(self, owner: object) -> int:
+        """What ``owner`` may hold: an equal part of the budget among the readers holding some."""
+        with self._lock:
+            return self.limit // (len(self._held) + (owner not in self._held))
 
     def take(self, owner: object, size: int) -> None:
         """Take ``size`` bytes whatever is left: for the part a read is waiting for."""
@@ -248,20 +255,17 @@ class Reader:
 
     def _read_ahead(self, run: _Run) -> None:
         """Request parts until the run reaches ``AHEAD_FACTOR`` times what it read ahead of the
-        reader, in parts of a ``PARTS_AHEAD``th of that (so several GETs run at once), as far as the
-        budget lets this reader: a refused part is tried again at half the size."""
+        reader, in parts of a ``PARTS_AHEAD``th of that and of this reader's share of the budget (so
+        that several GETs run at once), as far as the budget lets it."""
         total = self.file.bytes
         ahead = min(MAX_AHEAD, AHEAD_FACTOR * (run.front - run.origin))
         goal = min(total, run.front + ahead)
-        part = min(MAX_PART, max(FIRST_PART, ahead // PARTS_AHEAD))
+        part = max(FIRST_PART, min(MAX_PART, min(ahead, self._budget.share(self)) // PARTS_AHEAD))
         while run.end < goal:
             size = min(part, total - run.end)
-            if self._budget.try_take(self, size):
-                self._add_part(run, run.end + size, urgent=False)
-            elif part > FIRST_PART:
-                part //= 2
-            else:
-                return  # the budget is used up: read ahead again at the next read
+            if not self._budget.try_take(self, size):
+                return  # no room now: reading ahead goes on at a later read, as parts are read
+            self._add_part(run, run.end + size, urgent=False)
 
     def _add_part(self, run: _Run, end: int, urgent: bool) -> None:
         offset = run.end
