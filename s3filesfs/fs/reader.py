@@ -125,12 +125,13 @@ class Fetcher:
     def _work(self) -> None:
         while True:
             _, _, future, work = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued: its reader was closed or gave the run up
-            try:
-                future.set_result(work())
-            except BaseException as exc:  # handed to the read that needs these bytes
-                future.set_exception(exc)
+            if future.set_running_or_notify_cancel():  # else cancelled while queued: its reader is done
+                try:
+                    future.set_result(work())
+                except BaseException as exc:  # handed to the read that needs these bytes
+                    future.set_exception(exc)
+            # An idle worker must not keep the last part it fetched (and its bytes) alive.
+            del future, work
 
 
 _shared_lock = threading.Lock()

@@ -6,10 +6,13 @@ range, and how many were running at once) and can add a delay before each answer
 first byte does, or fail the GETs that touch a given byte.
 """
 
+import gc
+import hashlib
 import io
 import random
 import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -252,3 +255,24 @@ def test_readers_share_the_process_budget_and_pool_by_default(server_backend, bo
     assert first.read(MiB, 0) == data
     first.close()
     second.close()
+
+
+def test_nothing_fetched_is_kept_once_its_reader_is_closed(bodies, watched):
+    """The pool's idle workers hold no part they fetched: the bytes go with their reader."""
+    (file, data), = bodies(16 * MiB)
+    service, store = watched
+    budget = ReadBudget(64 * MiB)
+    fetcher = Fetcher(16)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        reader = Reader(service, file, budget, fetcher)
+        assert hashlib.sha256(read_all(reader, file.bytes)).digest() == hashlib.sha256(data).digest()
+        reader.close()
+        wait_for(lambda: budget.used == 0, 5, "the budget given back")
+        del reader
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 2 * MiB, f"{(after - before) / MiB:.1f} MiB still held after the close"
