@@ -50,7 +50,7 @@ FORWARD_GAP = 1 * MiB  # a read this far past a run's end still continues it (th
 KEEP_BEHIND = 1 * MiB  # the kernel may ask again just behind the furthest read; keep that much
 MAX_RUNS = 4  # runs kept per open file: interleaved sequential readers of one descriptor
 DEFAULT_BUDGET = 128 * MiB  # mount.read_ahead_mb
-WORKERS = 16  # fits the S3 client's connection pool beside the upload workers
+WORKERS = 16  # with the upload workers (2 x upload.concurrency) fits the S3 client's 24 connections
 
 
 class ReadBudget:
@@ -92,10 +92,6 @@ class ReadBudget:
     def held_by(self, owner: object) -> int:
         with self._lock:
             return self._held.get(owner, 0)
-
-    def reset_peak(self) -> None:
-        with self._lock:
-            self.peak = self.used
 
     def _add(self, owner: object, size: int) -> None:
         self._held[owner] = self._held.get(owner, 0) + size
