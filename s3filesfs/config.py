@@ -87,6 +87,7 @@ class Settings:
     mount_log_file: Path | None = None  # None: <data_dir>/mount.log
     mount_refresh_seconds: float = 1.0
     mount_write_back: bool = False  # close() returns once the data is durable in staging
+    mount_read_ahead_mb: int = 128  # memory that all files being read share for parts fetched ahead
     # Where the settings came from, for messages.
     source: str = "defaults"
 
@@ -178,7 +179,7 @@ _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"db_path", "source", "uploa
 _SECTIONS = {"metadata_store": {"type", "db_path", "backend", "table_name"}, "upload": {"part_size_mb", "concurrency"}}
 _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_retries"}
 _SECTIONS["api"] = {"socket", "listen", "api_key_env"}
-_SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds", "write_back"}
+_SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds", "write_back", "read_ahead_mb"}
 _SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount") for key in _SECTIONS[section]}
 
 
@@ -391,6 +392,8 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         v["mount_write_back"] = _as_bool(v["mount_write_back"], "mount.write_back", where)
     if "mount_refresh_seconds" in v:
         v["mount_refresh_seconds"] = _as_seconds(v["mount_refresh_seconds"], "mount.refresh_seconds", where, 0.0, 3600)
+    if "mount_read_ahead_mb" in v:
+        v["mount_read_ahead_mb"] = _as_int(v["mount_read_ahead_mb"], "mount.read_ahead_mb", where, 1, 1 << 20)
     return Settings(**v)
 
 

@@ -101,7 +101,7 @@ def pid_file(runtime_dir: Path, mountpoint: Path) -> Path:
 
 def run(service: FileService, settings, mountpoint: Path, allow_other: bool = False, read_only: bool = False) -> None:
     """Mount in this process until unmounted."""
-    from . import records
+    from . import reader, records
     from .core import MountCore
     from .ops import FUSE, S3FilesOperations  # loads libfuse
     from .staging import Staging
@@ -113,6 +113,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
     staging.claim(service)
     records.remember(settings.data_dir, staging.folder)
+    reader.configure(settings.mount_read_ahead_mb * 1024 * 1024)
     core = MountCore(service, staging, settings.mount_refresh_seconds, read_only, settings.mount_write_back)
     operations = S3FilesOperations(core)
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
