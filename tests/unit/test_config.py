@@ -443,7 +443,7 @@ def test_masked_is_in_the_files_own_layout_and_loads_back(config_file, tmp_path,
                             "api_key_env": None}
     assert shown["mount"] == {"staging_dir": str(tmp_path / "data" / "staging"), "staging_max_mb": 10240,
                               "log_file": str(tmp_path / "data" / "mount.log"), "refresh_seconds": 0.5,
-                              "read_ahead_mb": 128}
+                              "write_back": False, "read_ahead_mb": 128}
     assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "data" / "s3-team-files.db")}
     assert not [key for key in shown if "_" in key and key.split("_")[0] in ("upload", "sync", "api", "mount")]
     # Written back as a config file, it loads to the same settings (the masked secret aside).
