@@ -1,0 +1,101 @@
+"""The mount core without a kernel: what it leaves in the store and in staging, also across crashes.
+
+Each test drives ``MountCore`` (``fs/core.py``) as the kernel would. Where it matters, its mount
+process ends the way a crash ends it: the core abandoned without ``stop()`` and every descriptor it
+held closed; then the next process claims staging (recovery), runs ``retry`` and starts a new core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from s3filesfs import config
+from s3filesfs.errors import NotFound
+from s3filesfs.files import FileService, open_service
+from s3filesfs.fs import records
+from s3filesfs.fs.core import Caller, MountCore
+from s3filesfs.fs.staging import StagedFile, Staging
+
+STAGING_CAP = 64 * 1024 * 1024
+KILLED = 9  # SIGKILL
+
+
+class FakeCaller(Caller):
+    """A calling process without /proc: its thread is its process, and it may be dying of a signal."""
+
+    def __init__(self, process: int, killed_by: int | None = None):
+        super().__init__(process)
+        self._process = process
+        self._killed_by = killed_by
+
+    def killed_by(self) -> int | None:
+        return self._killed_by
+
+
+class MountProcess:
+    """One mount process: a FileService, the staging folder claimed (recovering what an earlier
+    process left), `retry` run as a user would after a restart, and a core. It ends cleanly
+    (``stop()``) or dies (no ``stop()``); either way the kernel closes every descriptor it held."""
+
+    def __init__(self, settings: config.Settings, folder: Path):
+        self.folder = folder
+        self.service = open_service(settings)
+        _ = self.service.blobs
+        self.staging = Staging(folder, STAGING_CAP)
+        self.staging.claim(self.service)
+        self.retried, self.failing = records.retry(self.service, folder)
+        # A refresh far away: the listing is what the core itself keeps up to date.
+        self.core = MountCore(self.service, self.staging, refresh_seconds=3600)
+
+    def files(self) -> set[StagedFile]:
+        """Every file the core has: on a path, or only held open (unlinked)."""
+        files = set(self.core._staged.values())
+        files.update(h for h in self.core._handles.values() if isinstance(h, StagedFile))
+        return files
+
+    def end(self, clean: bool) -> None:
+        if clean:
+            self.core.stop()
+        for staged in self.files():
+            for fd in (staged._fd, staged._record_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            staged._fd = staged._record_fd = None
+        if self.staging._mount_lock_fd is not None:
+            os.close(self.staging._mount_lock_fd)
+            self.staging._mount_lock_fd = None
+        metadata = self.service.metadata
+        metadata.close()
+        if metadata._writer_db is not None:
+            metadata._writer_db.conn.close()
+            metadata._writer_db = None
+
+
+WRITE_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+@pytest.fixture
+def start(tmp_path):
+    """Start a mount process (again) on one store and staging folder."""
+    settings = config.load(flags={"data_dir": str(tmp_path / "data")})
+    return lambda: MountProcess(settings, tmp_path / "staging")
+
+
+def stored(service: FileService) -> list[tuple[str, str, bytes]]:
+    return sorted((f.purpose, f.filename, b"".join(service.content(f.id)[1])) for f in service.iter_all())
+
+
+def test_a_rename_from_a_name_that_does_not_exist_leaves_the_target_alone(start):
+    core, writer = start().core, FakeCaller(100)
+    fh = core.create("/assistants/a.txt", WRITE_NEW, writer).fh
+    core.write(fh, b"draft", 0)
+    with pytest.raises(NotFound):
+        core.rename("/assistants/gone.txt", "/assistants/a.txt")  # deleted elsewhere a moment ago
+    core.flush(fh, writer)
+    core.release(fh)
+    assert stored(core.service) == [("assistants", "a.txt", b"draft")]
