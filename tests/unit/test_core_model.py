@@ -99,3 +99,26 @@ def test_a_rename_from_a_name_that_does_not_exist_leaves_the_target_alone(start)
     core.flush(fh, writer)
     core.release(fh)
     assert stored(core.service) == [("assistants", "a.txt", b"draft")]
+
+
+def test_a_killed_writer_of_a_temporary_name_leaves_nothing_in_staging(start):
+    mount, writer = start(), FakeCaller(100)
+    fh = mount.core.create("/assistants/.a.txt.swp", WRITE_NEW, writer).fh
+    mount.core.write(fh, b"swap", 0)
+    mount.core.flush(fh, FakeCaller(100, killed_by=KILLED))
+    mount.core.release(fh)
+    # `status` and `retry` never list a temporary name: a record kept for them would stay forever.
+    assert records.records(mount.folder) == []
+
+
+def test_a_temporary_name_a_crash_left_interrupted_is_removed_at_the_next_start(start):
+    mount = start()
+    fh = mount.core.create("/assistants/a.part", WRITE_NEW, FakeCaller(100)).fh
+    mount.core.write(fh, b"partial", 0)
+    mount.core.open("/assistants/a.part", os.O_RDONLY, FakeCaller(101))  # still open when the writer dies
+    mount.core.flush(fh, FakeCaller(100, killed_by=KILLED))
+    mount.core.release(fh)
+    mount.end(clean=False)
+    assert [r.state for r in records.records(mount.folder)] == ["interrupted"]
+    start()
+    assert records.records(mount.folder) == []
