@@ -333,6 +333,9 @@ class StagedFile:
         if previous == State.REGISTERED:  # the first change since the last upload: a new file
             self.created_at = int(time.time())
             self.uploading_id = None
+        if previous in (State.REGISTERED, State.CLOSED, State.FAILED):
+            # Saved before the bytes change: a crash from now on leaves the file interrupted (no
+            # close covers them yet), not `closed`/`failed`, which `retry` would register.
             self._save()
 
     def _interrupted(self, failure: S3FilesError) -> None:

@@ -122,3 +122,17 @@ def test_a_temporary_name_a_crash_left_interrupted_is_removed_at_the_next_start(
     assert [r.state for r in records.records(mount.folder)] == ["interrupted"]
     start()
     assert records.records(mount.folder) == []
+
+
+def test_bytes_written_after_an_fsync_are_not_registered_after_a_crash(start):
+    mount, writer = start(), FakeCaller(100)
+    fh = mount.core.create("/assistants/a.txt", WRITE_NEW, writer).fh
+    mount.core.write(fh, b"complete", 0)
+    mount.core.fsync(fh, writer)  # a crash now would leave "complete" for `retry`
+    mount.core.write(fh, b" and half", 8)  # no close or fsync covers these
+    mount.end(clean=False)
+    after = start()
+    assert after.retried == [] and stored(after.service) == []
+    record, = records.waiting(mount.folder)
+    assert (record.filename, record.state) == ("a.txt", "interrupted")
+    assert (mount.folder / f"{record.token}.data").read_bytes() == b"complete and half"
