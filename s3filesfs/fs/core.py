@@ -519,10 +519,10 @@ class MountCore:
             try:
                 self.namespace.renamed(self.service.rename(staged.replaces, target.name, target.purpose))
             except NotFound:
-                staged.replaces = None
+                staged.replacing(None)
         if replaced is not None and replaced.id != staged.replaces:
             if staged.replaces is None:
-                staged.replaces = replaced.id  # replaced once the new content is registered
+                staged.replacing(replaced.id)  # replaced once the new content is registered
             else:
                 self._delete(replaced.id)
         if was_temporary and not staged.temporary:

@@ -544,6 +544,14 @@ class StagedFile:
             self.purpose, self.filename = purpose, filename
             self._save()
 
+    def replacing(self, file_id: str | None) -> None:
+        """The registered file this one replaces once uploaded is now ``file_id`` (renamed onto a
+        name that shows another file, or the one it replaced is gone). Recorded at once: `retry`
+        after a crash must replace the same file, or the name would show two."""
+        with self.io:
+            self.replaces = file_id
+            self._save()
+
     # --- end of life -------------------------------------------------------------------------
 
     def stop(self) -> None:

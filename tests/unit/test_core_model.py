@@ -8,6 +8,7 @@ held closed; then the next process claims staging (recovery), runs ``retry`` and
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -136,3 +137,16 @@ def test_bytes_written_after_an_fsync_are_not_registered_after_a_crash(start):
     record, = records.waiting(mount.folder)
     assert (record.filename, record.state) == ("a.txt", "interrupted")
     assert (mount.folder / f"{record.token}.data").read_bytes() == b"complete and half"
+
+
+def test_a_new_file_renamed_over_another_replaces_it_also_when_retry_registers_it(start):
+    mount, writer = start(), FakeCaller(100)
+    mount.service.create(io.BytesIO(b"old"), "b.txt", "assistants")
+    fh = mount.core.create("/assistants/a.txt", WRITE_NEW, writer).fh
+    mount.core.write(fh, b"new", 0)
+    mount.core.fsync(fh, writer)
+    mount.core.rename("/assistants/a.txt", "/assistants/b.txt")  # b.txt shows the new bytes now
+    mount.end(clean=False)
+    after = start()
+    assert [f.filename for f in after.retried] == ["b.txt"]
+    assert stored(after.service) == [("assistants", "b.txt", b"new")]  # one b.txt, not two
