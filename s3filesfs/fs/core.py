@@ -490,12 +490,20 @@ class MountCore:
         target = self._writable(new, "rename into")
         if (source.purpose, source.name) == (target.purpose, target.name):
             return
-        with self._lock:
-            staged = self._staged.pop((source.purpose, source.name), None)
-            displaced = self._staged.pop((target.purpose, target.name), None)
-            displaced_idle = displaced.unlink() if displaced is not None else False
-            if staged is not None:
-                self._staged[(target.purpose, target.name)] = staged
+        while True:
+            # A source that does not exist is refused before the target is touched.
+            with self._lock:
+                being_written = (source.purpose, source.name) in self._staged
+            file = None if being_written else self.namespace.lookup(source.purpose, source.name)
+            with self._lock:
+                staged = self._staged.pop((source.purpose, source.name), None)
+                if staged is None and file is None:
+                    continue  # finished with meanwhile: look it up again
+                displaced = self._staged.pop((target.purpose, target.name), None)
+                displaced_idle = displaced.unlink() if displaced is not None else False
+                if staged is not None:
+                    self._staged[(target.purpose, target.name)] = staged
+            break
         replaced = self.namespace.find(target.purpose, target.name)
         if displaced is not None:
             if displaced_idle:
@@ -507,7 +515,7 @@ class MountCore:
         if staged is not None:
             self._rename_staged(staged, target, replaced)
             return
-        file = self.namespace.lookup(source.purpose, source.name)
+        assert file is not None
         renamed = self.service.rename(file.id, target.name, target.purpose)
         self.namespace.renamed(renamed)
         if replaced is not None and replaced.id != file.id:
@@ -522,10 +530,10 @@ class MountCore:
             try:
                 self.namespace.renamed(self.service.rename(staged.replaces, target.name, target.purpose))
             except NotFound:
-                staged.replaces = None
+                staged.replacing(None)
         if replaced is not None and replaced.id != staged.replaces:
             if staged.replaces is None:
-                staged.replaces = replaced.id  # replaced once the new content is registered
+                staged.replacing(replaced.id)  # replaced once the new content is registered
             else:
                 self._delete(replaced.id)
         if was_temporary and not staged.temporary:
