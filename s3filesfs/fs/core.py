@@ -115,6 +115,7 @@ class MountCore:
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
         self._last_opened: dict[str, str] = {}  # path -> the id it named when last opened to read
         self._writers: dict[int, tuple[int, int]] = {}  # handle -> (thread, process) that opened it to write
+        self._wrote: set[int] = set()  # handles that changed their file: only their writer's death matters
         # Write-back mode: closes return once the data is durable in staging; uploads run here.
         self._write_back = WriteBack(self._uploaded_in_background) if write_back else None
 
@@ -288,7 +289,8 @@ class MountCore:
 
     def _open_staged(self, staged: StagedFile, flags: int, caller: Caller) -> Opened:
         """A handle on ``staged``, which has been attached for it (and is detached again if this fails)."""
-        if flags & WRITE_FLAGS and flags & os.O_TRUNC:
+        truncating = bool(flags & WRITE_FLAGS and flags & os.O_TRUNC)
+        if truncating:
             try:
                 staged.truncate(0)
             except BaseException:
@@ -297,6 +299,8 @@ class MountCore:
         fh = self._new_handle(staged)
         if flags & WRITE_FLAGS:
             self._writers[fh] = (caller.thread, caller.process)
+        if truncating:
+            self._wrote.add(fh)
         # A write-only descriptor (`cp`, `dd`, a `>` redirect) can neither read nor mmap, so caching
         # what it writes only costs: with direct_io each write reaches staging in one copy. A
         # descriptor that can read goes through the page cache (a shared writable mmap works),
@@ -350,6 +354,7 @@ class MountCore:
         handle = self._handles[fh]
         if not isinstance(handle, StagedFile):
             raise NotPermitted("the file was not opened for writing")
+        self._wrote.add(fh)
         return handle.write(data, offset)
 
     def truncate(self, path: str, length: int) -> None:
@@ -388,7 +393,8 @@ class MountCore:
             return
         signal_number = caller.killed_by()
         if signal_number is not None:
-            staged.writer_died(f"was killed (signal {signal_number})")
+            if fh in self._wrote:  # one that only had it open changed nothing: its death neither
+                staged.writer_died(f"was killed (signal {signal_number})")
             return
         staged.closed_by_writer(defer=self._write_back is not None)
         self._show(staged)
@@ -404,6 +410,7 @@ class MountCore:
         with self._lock:
             handle = self._handles.pop(fh, None)
             self._writers.pop(fh, None)
+            self._wrote.discard(fh)
         if isinstance(handle, Reader):
             handle.close()
         elif isinstance(handle, StagedFile):

@@ -338,6 +338,14 @@ class StagedFile:
             # close covers them yet), not `closed`/`failed`, which `retry` would register.
             self._save()
 
+    def _start_over(self) -> None:
+        """Cut to nothing (an ``O_TRUNC`` open): an incomplete content no longer matters."""
+        with self._lock:
+            if self.state != State.INTERRUPTED:
+                return
+            self.state, self.failure = State.WRITING, None
+        self._save()
+
     def _interrupted(self, failure: S3FilesError) -> None:
         with self._lock:
             if self.state in (State.UNLINKED, *_DONE):
@@ -421,6 +429,8 @@ class StagedFile:
 
     def truncate(self, length: int) -> None:
         with self.io:
+            if length == 0:
+                self._start_over()
             if length == 0 and self._base is not None:
                 self._base, self.size = None, 0  # nothing of the old content survives: no copy
             self._copy_base()

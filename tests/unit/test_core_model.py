@@ -29,8 +29,8 @@ the interrupted files kept in staging. After every step:
 
 What the model accepts, as the code and docs/architecture.md decide it: the last close of a changed
 file registers it even when the writer's own close never came (as semantics W12 has it for a child
-that outlives the writer); a writer killed while others share the file leaves it interrupted for
-all of them; a descriptor whose file was removed before its first change can no longer read it
+that outlives the writer); a writer killed after changing the file leaves it interrupted for all
+who share it (one that changed nothing leaves it as it is, and an O_TRUNC open starts it afresh); a descriptor whose file was removed before its first change can no longer read it
 (unless it already had) or write it (ENOENT).
 
 In the spirit of mountpoint-s3's reference-model tests. The number of examples comes from
@@ -194,6 +194,7 @@ class Handle:
     file: OpenFile
     writer: int | None  # the process that opened it for writing; None for a reader
     readable: bool
+    wrote: bool = False  # changed the file through this handle (a write, or O_TRUNC at open)
 
 
 class CoreModel(RuleBasedStateMachine):
@@ -265,8 +266,8 @@ class CoreModel(RuleBasedStateMachine):
     def _changed(self, file: OpenFile, content: bytes) -> None:
         file.content = content
         file.base = None
-        if file.status in (CLEAN, COVERED):
-            file.status = DIRTY
+        if file.status in (CLEAN, COVERED) or (file.status == INTERRUPTED and not content):
+            file.status = DIRTY  # cut to nothing, an incomplete content no longer matters
 
     def _upload(self, file: OpenFile) -> None:
         assert file.where is not None
@@ -341,7 +342,7 @@ class CoreModel(RuleBasedStateMachine):
         else:
             self._changed(file, b"")
         file.opens += 1
-        self.handles.append(Handle(opened.fh, file, pid, readable=False))
+        self.handles.append(Handle(opened.fh, file, pid, readable=False, wrote=True))
 
     @rule(data=st.data(), truncate=st.booleans(), read_write=st.booleans())
     @counted
@@ -354,7 +355,7 @@ class CoreModel(RuleBasedStateMachine):
                                None if file else NotFound)
         if file is not None:
             assert opened is not None
-            self.handles.append(Handle(opened.fh, file, pid, readable=read_write))
+            self.handles.append(Handle(opened.fh, file, pid, readable=read_write, wrote=truncate))
 
     @precondition(lambda self: bool(self.staged))
     @rule(index=st.integers(0, 7))
@@ -376,6 +377,7 @@ class CoreModel(RuleBasedStateMachine):
         refused = file.base is not None and not self._alive(file.base)  # removed before its copy was made
         written = self._outcome(lambda: self.core.write(handle.fh, data, at), NotFound if refused else None)
         if not refused:
+            handle.wrote = True
             assert written == len(data)
             old = file.content
             self._changed(file, old[:at].ljust(at, b"\0") + data + old[at + len(data):])
@@ -444,7 +446,8 @@ class CoreModel(RuleBasedStateMachine):
         if by_writer and file.status in (DIRTY, COVERED):
             assert file.where is not None
             if how == "writer killed":
-                file.status = INTERRUPTED
+                if handle.wrote:  # one that changed nothing leaves the others' data as it is
+                    file.status = INTERRUPTED
             elif is_temporary_name(file.where[1]):
                 file.status = COVERED  # complete, but kept local until renamed to a real name
             else:
