@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import S3FilesError, StorageError, UserError
 from ..files import FileService
+from ..upkeep import start_expiry_timer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # Started after the signals are blocked: a thread that could take SIGTERM would let libfuse
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
+    start_expiry_timer(service, settings.expiry_interval_seconds)  # stopped (its lease handed on) at exit
     if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
         threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
     try:
