@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS {INTENTS} (
     started_at INTEGER
 )
 """
+# Public rows, as the seed writes them for an unauthenticated caller: owner '' and JSON null.
+PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
 # Leases: a named job that one process at a time may do on a shared database (the expiry sweep).
 # ``expires_at`` is epoch seconds with a fraction; a holder renews its lease before it lapses.
 LEASES = "s3filesfs_leases"
@@ -83,8 +85,6 @@ CREATE TABLE IF NOT EXISTS {LEASES} (
     expires_at DOUBLE PRECISION
 )
 """
-# Public rows, as the seed writes them for an unauthenticated caller: owner '' and JSON null.
-PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
 
 
 class MetadataStore:
@@ -164,10 +164,10 @@ class MetadataStore:
                     db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {sql_type}")
         for statement in INDEXES:
             db.execute(statement)
+        db.execute(LEASES_DDL)
         db.execute(JOURNAL_DDL)
         db.execute(f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)")
         db.execute(INTENTS_DDL)
-        db.execute(LEASES_DDL)
 
     # --- openai_files ------------------------------------------------------------------------
 
