@@ -275,6 +275,7 @@ class ExpiryTimer:
         self.counts: Counter = Counter()  # sweeps, removed, skipped (the lease was elsewhere), failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held = False  # once taken, released at stop
 
     def start(self) -> ExpiryTimer:
         if self.interval > 0:
@@ -287,6 +288,8 @@ class ExpiryTimer:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+        if not self._held:
+            return  # never had it: nothing to hand on (and no need to ask the database)
         try:
             self.service.release_lease(EXPIRY_LEASE, self.holder)
         except S3FilesError as exc:
@@ -304,7 +307,11 @@ class ExpiryTimer:
                 log.exception("expiry sweep failed")
 
     def _hold(self) -> bool:
-        return not self._stop.is_set() and self.service.hold_lease(EXPIRY_LEASE, self.holder, self.lease_seconds)
+        if self._stop.is_set():
+            return False
+        held = self.service.hold_lease(EXPIRY_LEASE, self.holder, self.lease_seconds)
+        self._held = self._held or held
+        return held
 
     def sweep(self) -> list[str] | None:
         """Remove the expired files now, if this timer holds (or can take) the lease; their ids,

@@ -130,7 +130,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # Started after the signals are blocked: a thread that could take SIGTERM would let libfuse
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
-    start_expiry_timer(service, settings.expiry_interval_seconds)  # stopped (its lease handed on) at exit
+    start_expiry_timer(service, 0 if read_only else settings.expiry_interval_seconds)  # stopped at exit
     if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
         threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
     try:
