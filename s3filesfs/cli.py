@@ -393,7 +393,8 @@ def check(state, as_json, repair, delete_orphans, grace, upload_grace):
 
     With --repair, then put right what was found, printing each action: exit 0 if everything
     was, 1 if something was left as it is (younger than its grace, being uploaded, an object
-    without metadata and no --delete-orphans, a size that differs), 3 if a repair failed.
+    without metadata and no --delete-orphans, a size that differs); if a repair failed, the rest
+    are still done and the exit status is the failure's (3: the store failed).
     """
     ctx = click.get_current_context()
     if not repair:
@@ -419,8 +420,11 @@ def check(state, as_json, repair, delete_orphans, grace, upload_grace):
 
     ctx.meta["changes_store"] = True
     actions: list[dict] = []
+    failures: list[S3FilesError] = []
 
     def show(action: Action) -> None:
+        if action.error is not None:
+            failures.append(action.error)
         if as_json:
             actions.append(action.to_dict())
         else:
@@ -436,8 +440,8 @@ def check(state, as_json, repair, delete_orphans, grace, upload_grace):
         click.echo("repair: " + (", ".join(done) or "nothing to do") +
                    (f"; {counts['left']} left as they are" if counts["left"] else "") +
                    (f"; {counts['failed']} failed" if counts["failed"] else ""))
-    if counts["failed"]:
-        sys.exit(3)
+    if failures:
+        sys.exit(failures[0].exit_code)
     if counts["left"]:
         sys.exit(1)
 
@@ -471,8 +475,11 @@ def rebuild(state, apply, unlabelled_purpose, workers, as_json):
     service = state.store
     progress = _Progress(enabled=state.verbosity > logs.QUIET and sys.stderr.isatty())
     out = _JsonStream(apply) if as_json else None
+    failures: list[S3FilesError] = []
 
     def show(action: Action) -> None:
+        if action.error is not None:
+            failures.append(action.error)
         progress.clear()
         if out is not None:
             out.item(action.to_dict())
@@ -493,8 +500,8 @@ def rebuild(state, apply, unlabelled_purpose, workers, as_json):
             out.end(counts)
     if out is None:
         click.echo(_rebuild_summary(counts, apply, unlabelled_purpose))
-    if counts["failed"]:
-        sys.exit(3)
+    if failures:
+        sys.exit(failures[0].exit_code)
 
 
 def _rebuild_line(action: Action) -> str:

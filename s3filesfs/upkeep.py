@@ -54,6 +54,7 @@ class Action:
     id: str
     detail: str = ""
     file: FileObject | None = None
+    error: S3FilesError | None = None  # what a "failed" action failed with (its exit code, for the CLI)
 
     def to_dict(self) -> dict:
         data: dict = {"action": self.action, "id": self.id}
@@ -86,7 +87,7 @@ def rebuild(service: FileService, report: Report, *, apply: bool = False, unlabe
         try:
             described = head.result()
         except S3FilesError as exc:
-            _count(counts, report, Action("failed", info.key, exc.message))
+            _count(counts, report, Action("failed", info.key, exc.message, error=exc))
             return
         if described is None:
             counts["vanished"] += 1
@@ -181,7 +182,7 @@ def repair(service: FileService, found: CheckReport, report: Report, *, grace: f
         try:
             action = step()
         except S3FilesError as exc:
-            action = Action("failed", file_id, exc.message)
+            action = Action("failed", file_id, exc.message, error=exc)
         if action is not None:
             _count(counts, report, action)
 
@@ -189,7 +190,7 @@ def repair(service: FileService, found: CheckReport, report: Report, *, grace: f
         for file_id in service.reap_abandoned():
             _count(counts, report, Action("abandoned", file_id, "what an interrupted upload left, removed"))
     except S3FilesError as exc:
-        _count(counts, report, Action("failed", "", f"leftovers of interrupted uploads: {exc.message}"))
+        _count(counts, report, Action("failed", "", f"leftovers of interrupted uploads: {exc.message}", error=exc))
 
     for file_id in found.rows_without_objects:
         attempt(file_id, functools.partial(_repair_row, service, file_id, grace))
@@ -206,7 +207,7 @@ def _listed(uploads: Iterator[UploadInfo], counts: Counter, report: Report) -> I
     try:
         yield from uploads
     except S3FilesError as exc:
-        _count(counts, report, Action("failed", "", f"listing open uploads: {exc.message}"))
+        _count(counts, report, Action("failed", "", f"listing open uploads: {exc.message}", error=exc))
 
 
 def _repair_row(service: FileService, file_id: str, grace: float) -> Action | None:

@@ -13,13 +13,14 @@ from collections import Counter
 
 import pytest
 
-from s3filesfs import upkeep
-from s3filesfs.files import ORPHAN_GRACE, FileService, object_metadata
+from s3filesfs import config, upkeep
+from s3filesfs.errors import StorageUnavailable
+from s3filesfs.files import ORPHAN_GRACE, FileService, object_metadata, open_service
 from s3filesfs.metadata import MetadataStore
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
 from s3filesfs.processes import this_process
 from tests.helpers import wait_for
-from tests.unit.stores import EPOCH, assert_clean
+from tests.unit.stores import EPOCH, Clock, assert_clean
 
 MIB = 1024 * 1024
 
@@ -456,3 +457,25 @@ def test_a_sweep_stops_at_once_when_its_lease_is_lost(server_backend):
     removed = timer.sweep()
     assert removed is not None and len(removed) == 1  # the first removal only
     assert len([f for f in doomed if service.has_row(f.id)]) == 4
+
+
+def test_a_repair_that_fails_is_reported_and_the_rest_still_done(own_s3_server, tmp_path):
+    bucket = own_s3_server.new_bucket_name()
+    settings = config.load(flags=own_s3_server.settings_values(bucket, db_path=str(tmp_path / "files.db")))
+    service = open_service(settings)
+    service.clock = Clock(time.time() - 1000)
+    lost = [create(service, b"lost", f"lost-{n}.txt") for n in range(2)]
+    for file in lost:
+        service.blobs.delete(file.id)
+    service.clock = Clock(time.time())
+    found = service.check()
+    assert found.rows_without_objects == sorted(f.id for f in lost)
+    own_s3_server.stop()  # the store goes away between the check and the repair
+    actions: list[upkeep.Action] = []
+    counts = upkeep.repair(service, found, actions.append)
+    failed = [a for a in actions if a.action == "failed"]
+    assert [a.id for a in failed] == [*sorted(f.id for f in lost), ""]  # each row tried, then the uploads
+    assert all(isinstance(a.error, StorageUnavailable) and a.error.exit_code == 3 for a in failed)
+    assert "is unreachable" in failed[0].detail and failed[-1].detail.startswith("listing open uploads: ")
+    assert counts["failed"] == 3 and counts["removed row"] == 0
+    assert all(service.has_row(f.id) for f in lost)  # nothing removed on a guess
