@@ -38,6 +38,8 @@ from .model import LIST_LIMIT_MAX, PURPOSES, is_file_id
 from .runtime_dir import ensure_private, is_private
 from .stopping import stopped_by
 from .upkeep import HEAD_WORKERS, UPLOAD_GRACE, Action
+from .upkeep import rebuild as rebuild_from_bucket
+from .upkeep import repair as repair_store
 
 log = logging.getLogger(__name__)
 
@@ -416,8 +418,6 @@ def check(state, as_json, repair, delete_orphans, grace, upload_grace):
         if not report.clean:
             sys.exit(1)
         return
-    from . import upkeep
-
     ctx.meta["changes_store"] = True
     actions: list[dict] = []
     failures: list[S3FilesError] = []
@@ -430,8 +430,8 @@ def check(state, as_json, repair, delete_orphans, grace, upload_grace):
         else:
             click.echo(f"{action.action}: {action.id}" + (f" ({action.detail})" if action.detail else ""))
 
-    counts = upkeep.repair(service, report, show, grace=grace, upload_grace=upload_grace,
-                           delete_orphans=delete_orphans)
+    counts = repair_store(service, report, show, grace=grace, upload_grace=upload_grace,
+                          delete_orphans=delete_orphans)
     if as_json:
         _print_json({**report.to_dict(), "repair": {"actions": actions, "counts": dict(sorted(counts.items()))}})
     else:
@@ -467,8 +467,6 @@ def rebuild(state, apply, unlabelled_purpose, workers, as_json):
     listed, and registered only with --unlabelled-purpose. Rows already there are left as they
     are, so running it again changes nothing. A dry run unless --apply is given.
     """
-    from . import upkeep
-
     ctx = click.get_current_context()
     if apply:
         ctx.meta["changes_store"] = True
@@ -490,8 +488,8 @@ def rebuild(state, apply, unlabelled_purpose, workers, as_json):
 
     counts = None
     try:
-        counts = upkeep.rebuild(service, show, apply=apply, unlabelled_purpose=unlabelled_purpose,
-                                workers=workers, progress=progress.update)
+        counts = rebuild_from_bucket(service, show, apply=apply, unlabelled_purpose=unlabelled_purpose,
+                                     workers=workers, progress=progress.update)
     except _ReaderGone:
         return
     finally:
