@@ -34,16 +34,20 @@ from .errors import (
     UserError,
     internal_error,
 )
-from .files import open_service
+from .files import ORPHAN_GRACE, open_service
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
 from .model import LIST_LIMIT_MAX, PURPOSES, is_file_id
 from .runtime_dir import ensure_private, is_private
 from .stopping import stopped_by
+from .upkeep import HEAD_WORKERS, UPLOAD_GRACE, Action
+from .upkeep import rebuild as rebuild_from_bucket
+from .upkeep import repair as repair_store
 
 log = logging.getLogger(__name__)
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads and downloads of this size or more
 # Commands that change the store: when their reader goes away they still finish, and exit 141.
+# (`rebuild --apply` and `check --repair` say so at run time, in ctx.meta["changes_store"].)
 CHANGES_STORE = {"upload", "rm", "gc", "retry"}
 
 
@@ -66,7 +70,8 @@ class Cli(click.Group):
             click.echo(f"error: {logs.redact(internal_error(exc).message)} (run with --debug for details)",
                        err=True)
             ctx.exit(4)
-        if ctx.invoked_subcommand in CHANGES_STORE and stdio.stdout_lost():
+        changed = ctx.invoked_subcommand in CHANGES_STORE or ctx.meta.get("changes_store")
+        if changed and stdio.stdout_lost():
             # The work is done, but not every line reporting it reached the reader.
             ctx.exit(EXIT_OUTPUT_LOST)
         return result
@@ -393,29 +398,199 @@ def gc(state, as_json):
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report (and what --repair did) as JSON.")
+@click.option("--repair", is_flag=True,
+              help="Then put right what is found: rows whose object is gone are removed, objects without a row "
+                   "registered from their metadata, open multipart uploads aborted.")
+@click.option("--delete-orphans", is_flag=True,
+              help="With --repair: delete objects without a row (those without metadata too) instead.")
+@click.option("--grace", type=click.IntRange(min=ORPHAN_GRACE), default=ORPHAN_GRACE, show_default=True,
+              metavar="SECONDS", help="With --repair: leave rows and objects younger than this alone.")
+@click.option("--upload-grace", type=click.IntRange(min=ORPHAN_GRACE), default=UPLOAD_GRACE, show_default=True,
+              metavar="SECONDS", help="With --repair: leave multipart uploads open for less than this alone.")
 @pass_state
-def check(state, as_json):
+def check(state, as_json, repair, delete_orphans, grace, upload_grace):
     """Compare the table with the bucket; exit 1 if they disagree.
+
+    With --repair, then put right what was found, printing each action: exit 0 if everything
+    was, 1 if something was left as it is (younger than its grace, being uploaded, an object
+    without metadata and no --delete-orphans, a size that differs); if a repair failed, the rest
+    are still done and the exit status is the failure's (3: the store failed).
 
     Also warns (on standard error, and under "warnings" with --json) about rows whose purpose the
     `purposes` setting leaves out; a warning alone does not change the exit status.
     """
-    report = state.store.check()
+    ctx = click.get_current_context()
+    if not repair:
+        for name in ("delete_orphans", "grace", "upload_grace"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--{name.replace('_', '-')} works with --repair")
+    service = state.store
+    report = service.check()
     if state.verbosity > logs.QUIET:
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
-    if as_json:
-        _print_json(report.to_dict())
-    else:
+    if not as_json:
         click.echo("bucket and table agree" if report.clean else "bucket and table disagree:")
         for label, ids in (("row without object", report.rows_without_objects),
                            ("object without row", report.objects_without_rows),
                            ("size differs", report.size_mismatches)):
             for file_id in ids:
                 click.echo(f"  {label}: {file_id}")
-    if not report.clean:
+    if not repair:
+        if as_json:
+            _print_json(report.to_dict())
+        if not report.clean:
+            sys.exit(1)
+        return
+    ctx.meta["changes_store"] = True
+    actions: list[dict] = []
+    failures: list[S3FilesError] = []
+
+    def show(action: Action) -> None:
+        if action.error is not None:
+            failures.append(action.error)
+        if as_json:
+            actions.append(action.to_dict())
+        else:
+            click.echo(f"{action.action}: {action.id}" + (f" ({action.detail})" if action.detail else ""))
+
+    counts = repair_store(service, report, show, grace=grace, upload_grace=upload_grace,
+                          delete_orphans=delete_orphans)
+    if as_json:
+        _print_json({**report.to_dict(), "repair": {"actions": actions, "counts": dict(sorted(counts.items()))}})
+    else:
+        done = [f"{counts[name]} {name}" for name in ("abandoned", "removed row", "registered", "deleted object",
+                                                      "aborted upload") if counts[name]]
+        click.echo("repair: " + (", ".join(done) or "nothing to do") +
+                   (f"; {counts['left']} left as they are" if counts["left"] else "") +
+                   (f"; {counts['failed']} failed" if counts["failed"] else ""))
+    if failures:
+        sys.exit(failures[0].exit_code)
+    if counts["left"]:
         sys.exit(1)
+
+
+class _ReaderGone(Exception):
+    """A dry run's reader went away: nothing more to say, so nothing more to do."""
+
+
+@main.command()
+@click.option("--apply", is_flag=True, help="Register the files (without it: only say what would be done).")
+@click.option("--unlabelled-purpose", type=click.Choice(PURPOSES),
+              help="Register objects that carry no metadata (written by the seed) under this purpose: named "
+                   "by their id, created when the store says they were written.")
+@click.option("--workers", type=click.IntRange(1, 64), default=HEAD_WORKERS, show_default=True,
+              help="Objects whose metadata is read at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the actions and counts as one JSON document.")
+@pass_state
+def rebuild(state, apply, unlabelled_purpose, workers, as_json):
+    """Rebuild the table from the bucket: every object written here gets its row back.
+
+    Objects carry their name, purpose, creation and expiry times as metadata, so a lost or new
+    database gets every row back as it was. Objects written by the seed carry none: they are
+    listed, and registered only with --unlabelled-purpose. Rows already there are left as they
+    are, so running it again changes nothing. A dry run unless --apply is given.
+    """
+    ctx = click.get_current_context()
+    if apply:
+        ctx.meta["changes_store"] = True
+    service = state.store
+    progress = _Progress(enabled=state.verbosity > logs.QUIET and sys.stderr.isatty())
+    out = _JsonStream(apply) if as_json else None
+    failures: list[S3FilesError] = []
+
+    def show(action: Action) -> None:
+        if action.error is not None:
+            failures.append(action.error)
+        progress.clear()
+        if out is not None:
+            out.item(action.to_dict())
+        else:
+            click.echo(_rebuild_line(action))
+        if not apply and stdio.stdout_lost():
+            raise _ReaderGone
+
+    counts = None
+    try:
+        counts = rebuild_from_bucket(service, show, apply=apply, unlabelled_purpose=unlabelled_purpose,
+                                     workers=workers, progress=progress.update)
+    except _ReaderGone:
+        return
+    finally:
+        progress.clear()
+        if out is not None:
+            out.end(counts)
+    if out is None:
+        click.echo(_rebuild_summary(counts, apply, unlabelled_purpose))
+    if failures:
+        sys.exit(failures[0].exit_code)
+
+
+def _rebuild_line(action: Action) -> str:
+    file = action.file
+    if file is not None:
+        verb = "registered" if action.action == "register" else "would register"
+        return f"{verb} {file.id}  {file.purpose}  {_human_size(file.bytes)}  {file.filename}"
+    return f"{action.action} {action.id}: {action.detail}"
+
+
+def _rebuild_summary(counts, apply: bool, unlabelled_purpose) -> str:
+    registered = counts["register"] if apply else counts["would register"]
+    parts = [f"{counts['objects']} object(s)", f"{registered} {'registered' if apply else 'to register'}",
+             f"{counts['present']} already in the table"]
+    for name in ("unlabelled", "unreadable", "under way", "vanished", "failed"):
+        if counts[name]:
+            parts.append(f"{counts[name]} {name}")
+    summary = "rebuild: " + ", ".join(parts)
+    if counts["unlabelled"]:
+        summary += "; --unlabelled-purpose PURPOSE registers the objects without metadata"
+    if not apply and registered:
+        summary += "; run again with --apply to register"
+    return summary
+
+
+class _Progress:
+    """A one-line count on a terminal's standard error, redrawn at most five times a second."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._shown = False
+        self._last = 0.0
+
+    def update(self, counts) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        ahead = counts["register"] + counts["would register"]
+        click.echo(f"\rrebuild: {counts['objects']} listed, {counts['checked']} looked at, {ahead} to register"
+                   f", {counts['present']} present", err=True, nl=False)
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            click.echo("\r\033[K", err=True, nl=False)
+            self._shown = False
+
+
+class _JsonStream:
+    """One JSON document written as it grows: ``{"apply", "actions": [...], "counts"}``, so a
+    bucket of millions is reported without holding the report in memory."""
+
+    def __init__(self, apply: bool):
+        self._first = True
+        click.echo(f'{{\n  "apply": {json.dumps(apply)},\n  "actions": [', nl=False)
+
+    def item(self, data: dict) -> None:
+        click.echo(("\n    " if self._first else ",\n    ") + json.dumps(data, ensure_ascii=False), nl=False)
+        self._first = False
+
+    def end(self, counts) -> None:
+        """Close the document; counts None means the run failed (the error goes to stderr)."""
+        tail = json.dumps(dict(sorted(counts.items())) if counts is not None else None)
+        click.echo(("\n  " if not self._first else "") + f'],\n  "counts": {tail},\n  "complete": '
+                   f"{json.dumps(counts is not None)}\n}}")
 
 
 @main.group(name="config")

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .blobs import BlobStore, BlobWriter
+from .blobs import BlobInfo, BlobStore, BlobWriter, UploadInfo
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
 from .metadata import MetadataStore
 from .model import (
@@ -88,6 +88,32 @@ def object_metadata(file: FileObject) -> dict[str, str]:
         "created-at": str(file.created_at),
         "expires-at": str(file.expires_at),
     }
+
+
+def file_from_object(info: BlobInfo) -> FileObject | None:
+    """The file an object's metadata describes (the inverse of ``object_metadata``), its size the
+    object's; None for an object that carries none of it (the seed writes none). ValueError,
+    saying what is wrong, for metadata that is there but unusable."""
+    labels = info.metadata
+    missing = [name for name in ("filename", "purpose", "created-at", "expires-at") if name not in labels]
+    if len(missing) == 4:
+        return None
+    if missing:
+        raise ValueError(f"x-amz-meta-{missing[0]} is missing")
+    try:
+        filename = urllib.parse.unquote(labels["filename"], errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("x-amz-meta-filename is not percent-encoded UTF-8") from None
+    if labels["purpose"] not in PURPOSES:
+        raise ValueError(f"x-amz-meta-purpose {labels['purpose']!r} is not a purpose")
+    try:
+        created_at = int(labels["created-at"])
+        expires_at = None if labels["expires-at"] == "None" else int(labels["expires-at"])
+    except ValueError:
+        raise ValueError(f"x-amz-meta-created-at/expires-at are not whole seconds "
+                         f"({labels['created-at']!r}, {labels['expires-at']!r})") from None
+    return FileObject(id=info.key, filename=filename or DEFAULT_FILENAME, purpose=labels["purpose"], bytes=info.size,
+                      created_at=created_at, expires_at=expires_at)
 
 
 class PendingFile:
@@ -435,10 +461,15 @@ class FileService:
             raise failures[0]
         return reaped
 
-    def gc(self) -> builtins.list[str]:  # builtins: FileService.list shadows the type here
-        """Remove every expired file; returns their ids. One failure does not stop the rest."""
+    def gc(self, before_each: Callable[[], bool] | None = None) -> builtins.list[str]:  # builtins: see list()
+        """Remove every expired file; returns their ids. One failure does not stop the rest.
+
+        ``before_each`` is asked before each removal; False stops the sweep there (the expiry
+        timer renews its lease with it)."""
         removed, failures = [], []
         for file_id in self.metadata.expired(self.now()):
+            if before_each is not None and not before_each():
+                break
             try:
                 self._remove(file_id)
                 removed.append(file_id)
@@ -447,6 +478,64 @@ class FileService:
         if failures and not removed:
             raise failures[0]
         return removed
+
+    # --- upkeep: the steps of rebuild, repair and expiry, which upkeep.py orchestrates ---------
+
+    def objects(self) -> Iterator[BlobInfo]:
+        """Every object under a file id, streamed from the listing (metadata not filled in)."""
+        return (info for info in self.blobs.keys() if is_file_id(info.key))
+
+    def has_row(self, file_id: str) -> bool:
+        """True if ``file_id`` has a row, expired or not."""
+        return self.metadata.get(file_id) is not None
+
+    def describe_object(self, file_id: str) -> BlobInfo | None:
+        """The object of ``file_id`` with its metadata and time, or None if there is none."""
+        return self.blobs.head(file_id)
+
+    def uploads_under_way(self) -> set[str]:
+        """Ids recorded as being uploaded: their objects and open uploads are not ours to judge."""
+        return {intent["id"] for intent in self.metadata.intents()}
+
+    def restore(self, file: FileObject) -> bool:
+        """Register ``file``, whose object is already in the store, unless its id has a row (which
+        is left as it is); True if the row was added."""
+        return self.metadata.insert_missing(file.to_row())
+
+    def drop_row_without_object(self, file_id: str, grace: float = ORPHAN_GRACE) -> str:
+        """Remove ``file_id``'s row if its object is gone and the row is ``grace`` seconds old or
+        more (younger, the seed may still be writing the object). Says what it found:
+        ``removed``, ``young``, ``has object`` (it arrived meanwhile) or ``gone`` (no row now)."""
+        row = self.metadata.get(file_id)
+        if row is None:
+            return "gone"
+        if self.now() - int(row["created_at"] or 0) < grace:
+            return "young"
+        if self.blobs.head(file_id) is not None:
+            return "has object"
+        self.metadata.delete(file_id)
+        return "removed"
+
+    def delete_object_without_row(self, file_id: str) -> bool:
+        """Delete the object of ``file_id`` unless it has a row (by now); True if deleted."""
+        if self.metadata.get(file_id) is not None:
+            return False
+        self.blobs.delete(file_id)
+        return True
+
+    def open_uploads(self) -> Iterator[UploadInfo]:
+        """Uploads to file ids begun and never completed or aborted, streamed."""
+        return (upload for upload in self.blobs.open_uploads() if is_file_id(upload.key))
+
+    def abort_upload(self, upload: UploadInfo) -> None:
+        self.blobs.abort_upload(upload)
+
+    def hold_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds`` from now; False if another holds it."""
+        return self.metadata.take_lease(name, holder, self.clock(), seconds)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.metadata.release_lease(name, holder)
 
     def check(self) -> CheckReport:
         """Compare the table with the store, both ways."""

@@ -85,6 +85,16 @@ CREATE TABLE IF NOT EXISTS {MISSING} (
 """
 # Public rows, as the seed writes them for an unauthenticated caller: owner '' and JSON null.
 PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
+# Leases: a named job that one process at a time may do on a shared database (the expiry sweep).
+# ``expires_at`` is epoch seconds with a fraction; a holder renews its lease before it lapses.
+LEASES = "s3filesfs_leases"
+LEASES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {LEASES} (
+    name VARCHAR PRIMARY KEY,
+    holder VARCHAR,
+    expires_at DOUBLE PRECISION
+)
+"""
 
 
 class MetadataStore:
@@ -164,6 +174,7 @@ class MetadataStore:
                     db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {sql_type}")
         for statement in INDEXES:
             db.execute(statement)
+        db.execute(LEASES_DDL)
         db.execute(JOURNAL_DDL)
         db.execute(f"CREATE INDEX IF NOT EXISTS {JOURNAL}_state ON {JOURNAL} (state)")
         db.execute(INTENTS_DDL)
@@ -174,6 +185,16 @@ class MetadataStore:
     def insert(self, row: dict) -> None:
         with self._errors("insert"), self._writer() as db:
             db[TABLE].insert({**{k: row[k] for k in FILE_COLUMNS}, **PUBLIC_ROW})
+
+    def insert_missing(self, row: dict) -> bool:
+        """Insert ``row`` unless a row with its id is there already (then it is left as it is);
+        True if it was inserted."""
+        with self._errors("insert"), self._writer() as db:
+            try:
+                db[TABLE].insert({**{k: row[k] for k in FILE_COLUMNS}, **PUBLIC_ROW})
+            except sqlite3.IntegrityError:
+                return False
+        return True
 
     def get(self, file_id: str) -> dict | None:
         with self._errors("get"):
@@ -327,3 +348,35 @@ class MetadataStore:
             return list(self._db().query(
                 f"SELECT path, purpose, error, attempts, updated_at FROM {JOURNAL} "
                 f"WHERE state = 'failed' ORDER BY updated_at DESC, path LIMIT ?", [limit]))
+
+    # --- s3filesfs_leases: one process at a time ----------------------------------------------
+
+    def take_lease(self, name: str, holder: str, now: float, seconds: float) -> bool:
+        """Hold the lease ``name`` until ``now + seconds``: take it if it is free or has lapsed,
+        renew it if ``holder`` has it. False if another holder has it.
+
+        One conditional UPDATE (or, for a lease never taken, one INSERT that the primary key lets
+        only one process win), so two processes can never both succeed.
+        """
+        until = now + seconds
+        with self._errors("take lease"), self._writer() as db:
+            cursor = db.execute(
+                f"UPDATE {LEASES} SET holder = ?, expires_at = ? WHERE name = ? AND (expires_at < ? OR holder = ?)",
+                [holder, until, name, now, holder])
+            if cursor.rowcount > 0:
+                return True
+            try:
+                db.execute(f"INSERT INTO {LEASES} (name, holder, expires_at) VALUES (?, ?, ?)", [name, holder, until])
+            except sqlite3.IntegrityError:
+                return False  # held by someone else (or taken by them just now)
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once, if ``holder`` has it, so another process need not wait."""
+        with self._errors("release lease"), self._writer() as db:
+            db.execute(f"UPDATE {LEASES} SET expires_at = 0 WHERE name = ? AND holder = ?", [name, holder])
+
+    def lease(self, name: str) -> dict | None:
+        with self._errors("read lease"):
+            rows = list(self._db().query(f"SELECT name, holder, expires_at FROM {LEASES} WHERE name = ?", [name]))
+        return rows[0] if rows else None

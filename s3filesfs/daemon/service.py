@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import __version__, sdnotify
 from ..errors import ConfigError, S3FilesError
 from ..files import open_service
+from ..upkeep import ExpiryTimer, start_expiry_timer
 from .api import ApiServer, bind_tcp, bind_unix, create_app
 from .client import DaemonClient
 from .journal import Journal
@@ -50,6 +51,7 @@ class DaemonService:
         self._servers: list[ApiServer] = []
         self._stop = threading.Event()
         self._rescanner: threading.Thread | None = None
+        self._expiry: ExpiryTimer | None = None
         self._owns_socket = False  # never remove the socket of another daemon that refused us
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -84,6 +86,7 @@ class DaemonService:
             server.start()
         self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
         self._rescanner.start()
+        self._expiry = start_expiry_timer(self.service, self.settings.expiry_interval_seconds)
         log.info("watching %s; API on %s", self.root, self.socket_path)
 
     def reconcile(self) -> int:
@@ -109,6 +112,8 @@ class DaemonService:
     def stop(self) -> bool:
         """Stop watching, then uploading, then serving. True if every upload ended in time."""
         self._stop.set()
+        if self._expiry is not None:
+            self._expiry.stop()
         self.watcher.stop()
         clean = self.uploader.stop(self.grace)
         for server in self._servers:

@@ -26,6 +26,7 @@ from pathlib import Path
 from .. import sdnotify
 from ..errors import S3FilesError, StorageError, UserError
 from ..files import FileService
+from ..upkeep import start_expiry_timer
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # Started after the signals are blocked: a thread that could take SIGTERM would let libfuse
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
+    start_expiry_timer(service, 0 if read_only else settings.expiry_interval_seconds)  # stopped at exit
     if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
         threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
     # Under systemd (Type=notify): ready once libfuse has called init, and a watchdog ping for as

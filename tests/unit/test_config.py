@@ -486,3 +486,30 @@ def test_endpoint_url_with_embedded_credentials_is_refused_without_echoing_them(
         config_module.load(flags={"bucket_name": "b", "endpoint_url": "http://admin:hunter2@127.0.0.1:9000"})
     assert "endpoint_url must not hold credentials" in str(raised.value)
     assert "hunter2" not in str(raised.value)
+
+
+def test_expiry_interval_from_the_file_the_environment_and_config_show(config_file, monkeypatch):
+    assert config.load().expiry_interval_seconds == 3600
+    config_file("""
+        expiry:
+          interval_seconds: 0  # off
+    """)
+    settings = config.load()
+    assert settings.expiry_interval_seconds == 0
+    assert settings.masked()["expiry"] == {"interval_seconds": 0}
+    monkeypatch.setenv("S3FILESFS_EXPIRY_INTERVAL_SECONDS", "90")
+    assert config.load().expiry_interval_seconds == 90
+    for bad, complaint in (("-1", "expiry.interval_seconds must be between 0 and 604800 (got -1)"),
+                           ("soon", "expiry.interval_seconds must be a number (got 'soon')")):
+        monkeypatch.setenv("S3FILESFS_EXPIRY_INTERVAL_SECONDS", bad)
+        with pytest.raises(ConfigError) as raised:
+            config.load()
+        assert complaint in str(raised.value)
+    monkeypatch.delenv("S3FILESFS_EXPIRY_INTERVAL_SECONDS")
+    config_file("""
+        expiry:
+          interval: 60
+    """)
+    with pytest.raises(ConfigError) as raised:
+        config.load()
+    assert "unknown key 'expiry.interval' (did you mean 'expiry.interval_seconds'?)" in str(raised.value)

@@ -30,8 +30,9 @@ the interrupted files kept in staging. After every step:
 What the model accepts, as the code and docs/architecture.md decide it: the last close of a changed
 file registers it even when the writer's own close never came (as semantics W12 has it for a child
 that outlives the writer); a writer killed after changing the file leaves it interrupted for all
-who share it (one that changed nothing leaves it as it is, and an O_TRUNC open starts it afresh); a descriptor whose file was removed before its first change can no longer read it
-(unless it already had) or write it (ENOENT).
+who share it (one that changed nothing leaves it as it is, and an O_TRUNC open starts it afresh);
+a descriptor whose file was removed before its first change can no longer read it (unless it
+already had) or write it (ENOENT).
 
 In the spirit of mountpoint-s3's reference-model tests. The number of examples comes from
 ``S3FILESFS_PROPERTY_EXAMPLES`` (read at import: each test's environment is scrubbed of
