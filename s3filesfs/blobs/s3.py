@@ -2,13 +2,14 @@
 
 Keys are ``prefix + file id`` (no prefix by default: the Llama Stack layout). Bodies are sent with
 a single PUT when they fit in one part and as a multipart upload otherwise; parts go out while the
-body is still arriving, a few at a time, so a writer never holds more than ``concurrency + 1``
-parts in memory. Every boto3 failure is translated here, once, into the project's error tree.
+body is still arriving, a few at a time (more on a slow link, see ``_S3Writer``), so a writer never
+holds more than one part beyond those in flight. Every boto3 failure is translated here, once, into the project's error tree.
 """
 
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,6 +65,8 @@ class _PastEnd(StorageError):
 _UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
 _SILENT = (ConnectTimeoutError, ReadTimeoutError)
 STALL_ATTEMPTS = 3  # tries of one request that got no answer
+WIDEST = 10  # parts of one upload in flight at most, as boto3's upload_file
+SLOW_PART = 64 * MIB  # bytes/s: a part slower than this says the link, not the machine, is the limit
 
 
 class S3BlobStore(BlobStore):
@@ -90,6 +93,7 @@ class S3BlobStore(BlobStore):
         self.auto_create_bucket = auto_create_bucket
         self.part_size = max(part_size, MIN_PART)
         self.concurrency = max(1, concurrency)
+        self.slow_part = SLOW_PART
         self.location = f"s3://{bucket_name}/{prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
         self._endpoint = endpoint_url or f"S3 in {region}"
         self._sse_args: dict[str, str] = {}
@@ -111,7 +115,8 @@ class S3BlobStore(BlobStore):
         # much longer than the stall timeout (plus the retries' short back-off).
         self.attempt_timeout = stall_timeout / STALL_ATTEMPTS
         client_config = Config(
-            max_pool_connections=self.concurrency * 4 + 8,
+            # Every part of the widest uploads, and the mount's readers, each on a connection.
+            max_pool_connections=max(WIDEST, self.concurrency) * 2 + 24,
             retries={"total_max_attempts": STALL_ATTEMPTS, "mode": "standard"},
             connect_timeout=min(5.0, self.attempt_timeout),
             read_timeout=self.attempt_timeout,
@@ -125,7 +130,7 @@ class S3BlobStore(BlobStore):
             )
         except (BotoCoreError, ValueError) as exc:
             raise ConfigError(f"cannot create the S3 client: {exc}") from exc
-        self._parts_pool = ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="s3-part")
+        self._parts_pool = ThreadPoolExecutor(max(WIDEST, self.concurrency) * 2, thread_name_prefix="s3-part")
         # Multipart uploads declare the CRC32 that botocore computes for every part anyway, and
         # hand each part's checksum back at completion, exactly as boto3's upload_file does. The
         # object then carries a composite CRC32 built from the parts; left undeclared, the server
@@ -312,9 +317,14 @@ class _S3Writer(BlobWriter):
 
     Written bytes are copied once, into the part being filled (a ``bytearray``), and that buffer is
     the request body. A buffer whose part is uploaded is filled again for a later part, so a large
-    body allocates ``concurrency + 1`` buffers in all rather than one per part, and ``write`` may be
+    body allocates ``width + 1`` buffers in all rather than one per part, and ``write`` may be
     given a view of someone else's memory (the mount passes libfuse's buffer) that is not kept.
-    At most ``concurrency`` parts are in flight and one is being filled, whatever the size.
+
+    At most ``width`` parts are in flight and one is being filled, whatever the size. The width
+    starts at ``concurrency`` and grows, up to ``WIDEST`` (boto3's ten), while parts go out slower
+    than one connection to a nearby server carries (``SLOW_PART``): on a remote link one connection
+    is the limit, and more parts at once fill the link; on a fast one the narrow width is enough
+    and memory stays low.
     """
 
     def __init__(self, store: S3BlobStore, full_key: str, metadata: dict[str, str]):
@@ -327,7 +337,9 @@ class _S3Writer(BlobWriter):
         self._size = 0
         self._upload_id: str | None = None
         self._parts: list[Future] = []
-        self._slots = threading.BoundedSemaphore(store.concurrency)
+        self._width = store.concurrency
+        self._in_flight = 0
+        self._room = threading.Condition()
         self._done = False
         self._cleaned = True  # False once an abort could not remove what the store holds
 
@@ -382,19 +394,31 @@ class _S3Writer(BlobWriter):
             self._raise_failed_part()
             if len(self._parts) >= MAX_PARTS:
                 raise StorageError("file too large for one S3 multipart upload")
-            self._slots.acquire()
+            with self._room:
+                while self._in_flight >= self._width:
+                    self._room.wait()
+                self._in_flight += 1
             try:
                 number = len(self._parts) + 1
                 self._parts.append(store._parts_pool.submit(self._upload_part, number, self._full_part()))
             except BaseException:
-                self._slots.release()
+                self._part_done(None, 0)
                 raise
         except BaseException:
             self.abort()
             raise
 
+    def _part_done(self, seconds: float | None, size: int) -> None:
+        with self._room:
+            self._in_flight -= 1
+            slow = seconds is not None and size >= MIN_PART and size / max(seconds, 1e-6) < self._store.slow_part
+            if slow and self._width < max(WIDEST, self._store.concurrency):
+                self._width += 1
+            self._room.notify()
+
     def _upload_part(self, number: int, body: bytearray) -> dict:
         store = self._store
+        started, seconds = time.monotonic(), None
         try:
             with store.errors(self._key):
                 response = store.client.upload_part(
@@ -409,9 +433,10 @@ class _S3Writer(BlobWriter):
             if "ChecksumCRC32" in response:
                 part["ChecksumCRC32"] = response["ChecksumCRC32"]
             self._spare.append(body)  # only once the request is over: a retry re-sends it
+            seconds = time.monotonic() - started
             return part
         finally:
-            self._slots.release()
+            self._part_done(seconds, len(body))
 
     def _raise_failed_part(self) -> None:
         for part in self._parts:
