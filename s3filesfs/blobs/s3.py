@@ -3,7 +3,8 @@
 Keys are ``prefix + file id`` (no prefix by default: the Llama Stack layout). Bodies are sent with
 a single PUT when they fit in one part and as a multipart upload otherwise; parts go out while the
 body is still arriving, a few at a time (more on a slow link, see ``_S3Writer``), so a writer never
-holds more than one part beyond those in flight. Every boto3 failure is translated here, once, into the project's error tree.
+holds more than one part beyond those in flight. Every boto3 failure is translated here, once,
+into the project's error tree.
 """
 
 import contextlib
