@@ -213,6 +213,12 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
     Prints one line per file: on a terminal its id, size, purpose and name; into a pipe or a file
     just its id (FILE_ID=$(s3filesfs upload ...)). If the reader goes away early (| head -1),
     every file is still uploaded, and the exit status is 141 to say that ids were not printed.
+
+    \b
+    Examples:
+      s3filesfs upload data.jsonl --purpose batch
+      s3filesfs upload *.pdf -p assistants --expires-after 86400
+      gunzip -c log.gz | s3filesfs upload - -p user_data --filename log.txt
     """
     if filename and len(paths) > 1:
         raise click.UsageError("--filename works with a single file")
@@ -269,7 +275,13 @@ def _upload_one(service, path, purpose, expires_after, filename, verbosity=logs.
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI list response.")
 @pass_state
 def ls(state, purpose, limit, order, after, as_json):
-    """List files, newest first (through the daemon's socket when one runs on this database)."""
+    """List files, newest first (through the daemon's socket when one runs on this database).
+
+    \b
+    Examples:
+      s3filesfs ls --purpose batch --limit 20
+      s3filesfs ls --json | jq -r '.data[].id'
+    """
     client, info = _running_daemon(state)
     if info is not None and info.get("database") != str(state.settings.metadata_path):
         client = None  # that daemon serves another store (other config or --db-path): read ours
@@ -743,7 +755,14 @@ def _print_staged(staged: list[dict], uploading: list[dict]) -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log of the background mount.")
 @pass_state
 def mount(state, mountpoint, foreground, allow_other, read_only, write_back, staging_dir, staging_max_mb, log_file):
-    """Mount the Files store at MOUNTPOINT: one folder per purpose, by-id/ and index.jsonl."""
+    """Mount the Files store at MOUNTPOINT: one folder per purpose, by-id/ and index.jsonl.
+
+    \b
+    Examples:
+      s3filesfs mount ~/S3Mount && cp report.pdf ~/S3Mount/assistants/
+      s3filesfs mount ~/S3Mount --write-back      # many small files: uploads follow close()
+      s3filesfs umount ~/S3Mount
+    """
     state.flags.update(mount_staging_dir=staging_dir, mount_staging_max_mb=staging_max_mb, mount_log_file=log_file,
                        mount_write_back=write_back)
     from .fs import mount as mounting
