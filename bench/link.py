@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import re
 import signal
 import statistics
@@ -194,10 +195,9 @@ class Link:
         except asyncio.CancelledError:
             pass  # the loop is ending; Python 3.11's streams log a cancelled handler as an error
         finally:
-            for writer in (server_writer, client_writer):
-                writer.close()
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.wait_closed()
+            # Closed, not waited for: a peer that went away uncleanly can leave wait_closed() pending forever.
+            server_writer.close()
+            client_writer.close()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -266,7 +266,8 @@ class LinkProcess:
         host, port = self.upstream
         command = [sys.executable, str(Path(__file__).resolve()), "--upstream", f"{host}:{port}",
                    "--ttfb-ms", f"{self.spec.ttfb * 1000:g}", "--rate-mbps", f"{(self.spec.rate or 0) / 1e6:g}"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                        start_new_session=True)  # Ctrl-C goes to the benchmark, which stops it
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # "listening on 127.0.0.1:PORT ...", or EOF if it failed
         match = re.search(r"listening on [\d.]+:(\d+)", line)
@@ -275,6 +276,13 @@ class LinkProcess:
             raise RuntimeError(f"link did not start: {line.strip() or 'no output'}")
         self.port = int(match.group(1))
         return self
+
+    def stats(self) -> dict:
+        """The link's counters so far: connections, responses (first bytes delayed), bytes each way."""
+        if self.process is None or self.process.stdout is None:
+            return {}
+        self.process.send_signal(signal.SIGUSR1)
+        return json.loads(self.process.stdout.readline())
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -430,14 +438,15 @@ def main(argv=None) -> int:
 
     async def serve() -> None:
         link = await Link((host, int(port)), spec, port=args.port).start()
-        print(f"listening on 127.0.0.1:{link.port}, relaying to {host}:{port} with {spec}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGUSR1: one JSON line of counters on stdout (LinkProcess.stats), to count a tool's requests.
+        loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps(link.stats), flush=True))
+        print(f"listening on 127.0.0.1:{link.port}, relaying to {host}:{port} with {spec}", flush=True)
         await stop.wait()
         await link.close()
-        print(f"stopped: {link.stats}", file=sys.stderr, flush=True)
 
     asyncio.run(serve())
     return 0
