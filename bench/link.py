@@ -46,6 +46,7 @@ CHUNK = 64 * 1024  # bytes relayed per read: 2.6 ms of a 25 MB/s link
 BURST = 64 * 1024  # the least the token bucket lets through without waiting
 BURST_SECONDS = 0.01  # and at least this long at the rate: asyncio's sleeps overshoot by up to a millisecond
 CATCH_UP_SECONDS = 0.25  # how far behind its pace a message may fall and still catch up
+IDLE_TIMEOUT = 120.0  # a connection that moved nothing either way for this long is closed
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class _Connection:
         self.spec, self.stats = spec, stats
         self.client_spoke = False  # the client sent data since the server last did: a response is due
         self.server_spoke = True  # the server sent data since the client last did: a request is next
+        self.last_moved = time.monotonic()  # when data last went either way
 
     async def client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         bucket = TokenBucket(self.spec.rate)
@@ -135,6 +137,7 @@ class _Connection:
             self.client_spoke = True
             writer.write(data)
             await writer.drain()
+            self.last_moved = time.monotonic()
             self.stats["up_bytes"] += len(data)
 
     async def server_to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -151,6 +154,7 @@ class _Connection:
             self.server_spoke = True
             writer.write(data)
             await writer.drain()
+            self.last_moved = time.monotonic()
             self.stats["down_bytes"] += len(data)
 
 
@@ -167,7 +171,7 @@ class Link:
 
     def __init__(self, upstream: tuple[str, int], spec: LinkSpec, port: int = 0, host: str = "127.0.0.1"):
         self.upstream, self.spec, self.host, self.port = upstream, spec, host, port
-        self.stats = {"connections": 0, "responses": 0, "up_bytes": 0, "down_bytes": 0}
+        self.stats = {"connections": 0, "responses": 0, "up_bytes": 0, "down_bytes": 0, "idle_closed": 0}
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -189,11 +193,22 @@ class Link:
             client_writer.close()
             return
         connection = _Connection(self.spec, self.stats)
+        # The pumps are held here and the wait has a timeout, so this task always has a live reference
+        # (asyncio keeps only weak ones to tasks); a connection idle for IDLE_TIMEOUT is cut, as a
+        # server or a middlebox would, rather than held open for ever.
+        pumps = asyncio.gather(_pump(connection.client_to_server, client_reader, server_writer),
+                               _pump(connection.server_to_client, server_reader, client_writer))
+        pumps.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, even when cut
         try:
-            await asyncio.gather(_pump(connection.client_to_server, client_reader, server_writer),
-                                 _pump(connection.server_to_client, server_reader, client_writer))
-        except asyncio.CancelledError:
-            pass  # the loop is ending; Python 3.11's streams log a cancelled handler as an error
+            while not pumps.done():
+                await asyncio.wait([pumps], timeout=IDLE_TIMEOUT / 4)
+                if not pumps.done() and time.monotonic() - connection.last_moved > IDLE_TIMEOUT:
+                    self.stats["idle_closed"] += 1
+                    pumps.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pumps
+        except asyncio.CancelledError:  # the loop is ending: not re-raised, as Python 3.11's streams
+            pumps.cancel()  # log a cancelled handler as an error
         finally:
             # Closed, not waited for: a peer that went away uncleanly can leave wait_closed() pending forever.
             server_writer.close()

@@ -62,3 +62,17 @@ def test_s3_requests_through_the_link_each_wait_for_their_first_byte(s3_server):
         assert min(seconds) >= 0.050
         # One delayed first byte per response: create, put (its "100 Continue", then its answer), 3 gets.
         assert proxy.stats["responses"] == 6
+
+
+def test_a_connection_idle_past_the_timeout_is_closed(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(link, "IDLE_TIMEOUT", 0.4)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (in its backlog), never answers
+        with link.Link(silent.getsockname()[:2], link.LinkSpec(0.0, None)) as proxy:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                started = time.monotonic()
+                assert client.recv(1) == b""  # closed by the link, not answered
+                assert 0.4 <= time.monotonic() - started < 3
+            assert proxy.stats["idle_closed"] == 1
