@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/bench_mount.py                 # 1 GiB, 1,000 small files, 10,000 listed
     .venv/bin/python bench/bench_mount.py --size-mib 64 --small-files 100 --list-files 1000 --tools s3fs,rclone
+    .venv/bin/python bench/bench_mount.py --server localstack --link 30ms,25MBps   # S3-like GETs, a remote link
 
-Measures, each tool on its own fresh bucket of one moto server:
+Measures, each tool on its own fresh bucket of one S3 server (moto, or LocalStack with ``--server
+localstack``; with ``--link``, every tool and every boto3 baseline goes through one simulated link):
 
   (a) ``cp`` of a large file into ``<mount>/assistants/``  vs boto3 ``upload_file``   (target >= 0.8)
   (b) ``cat file > /dev/null`` of a large file never read through the mount vs boto3 ``download_file``
@@ -12,6 +14,9 @@ Measures, each tool on its own fresh bucket of one moto server:
       (target >= 0.5)
   (d) ``ls -l`` of a folder holding 10,000 files, first listing after the mount (target < 0.5 s)
   (e) peak resident memory of the mount's process tree during (a) and (b) (target < 250 MB)
+  (f) time to the first byte of a file never read, ``head -c 1``, vs one boto3 GET's (target >= 0.5,
+      i.e. at most two GETs' worth)
+  (g) peak resident memory of the mount while 8 large files are read at once (target < 250 MB)
 
 Ratios are boto3 seconds / tool seconds (above 1: the tool is faster). For (a) and (c) the boto3
 baseline runs again just before each run of each tool, on the server as that tool finds it, and the
@@ -44,21 +49,23 @@ from common import (  # noqa: E402
     MIB,
     Measured,
     _tree_rss,
+    add_server_options,
     machine,
     make_test_file,
     median,
-    moto_server,
     print_table,
     run_measured,
+    server_from_args,
     upload_command,
     write_results,
 )
 
 TOOLS = ("s3filesfs", "s3fs", "rclone")
-MEASURES = ("a", "b", "c", "d", "e")
+MEASURES = ("a", "b", "c", "d", "e", "f", "g")
 RSS_TARGET = 250 * 1000 * 1000  # "250 MB", read strictly as decimal megabytes
-TARGETS = {"a": 0.8, "b": 0.8, "c": 0.5, "d": 0.5}
+TARGETS = {"a": 0.8, "b": 0.8, "c": 0.5, "d": 0.5, "f": 0.5}
 BIG_FOLDER, READ_FOLDER, SMALL_FOLDER, LIST_FOLDER = "assistants", "vision", "user_data", "batch"
+FIRST_BYTE_FOLDER, PARALLEL_FOLDER = "fine-tune", "evals"  # folders of their own: never listed before
 MOUNT_TIMEOUT = 60.0
 STOP_TIMEOUT = 180.0
 
@@ -82,10 +89,7 @@ def child_env(work: Path) -> dict:
 
 
 def server_cpu(server) -> float:
-    with contextlib.suppress(psutil.Error):
-        times = psutil.Process(server.process.pid).cpu_times()
-        return times.user + times.system
-    return float("nan")
+    return server.cpu_seconds()
 
 
 def tree_cpu(pid: int) -> float:
@@ -140,6 +144,7 @@ def measured(command, mount_pid, server, env=None, timeout=None, interval=0.02, 
     plus that wait.
     """
     cpu0, server0 = (tree_cpu(mount_pid) if mount_pid else 0.0), server_cpu(server)
+    link0, traffic0 = server.link_cpu_seconds(), (server.link.stats() if server.link else {})
     with RssSampler(mount_pid, interval) as rss:
         result = run_measured(command, env=env, interval=interval, timeout=timeout)
         ended = time.perf_counter()
@@ -149,6 +154,10 @@ def measured(command, mount_pid, server, env=None, timeout=None, interval=0.02, 
     result.extra.update(mount_peak_rss=rss.peak, mount_rss_samples=rss.samples,
                         mount_cpu_seconds=(tree_cpu(mount_pid) - cpu0) if mount_pid else None,
                         server_cpu_seconds=server_cpu(server) - server0)
+    if server.link:  # what crossed the link meanwhile: connections opened, responses, bytes each way
+        traffic = server.link.stats()
+        result.extra.update(link_cpu_seconds=server.link_cpu_seconds() - link0,
+                            link={k: traffic[k] - traffic0.get(k, 0) for k in traffic})
     return result
 
 
@@ -452,14 +461,8 @@ def put_many(client, items, workers: int = 16):
 
 
 def fast_client(server):
-    import boto3
-    from botocore.config import Config
-
-    from tests.s3server import ACCESS_KEY, SECRET_KEY
-
-    return boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                        config=Config(max_pool_connections=32))
+    """Straight to the server (never through the link), with connections for ``put_many``'s threads."""
+    return server.client(max_pool_connections=32)
 
 
 def empty_bucket(client, bucket: str) -> None:
@@ -478,7 +481,7 @@ def baseline_main(argv) -> int:
     import boto3
 
     parser = argparse.ArgumentParser(prog="bench_mount.py baseline")
-    parser.add_argument("action", choices=("download", "stream", "put-loop"))
+    parser.add_argument("action", choices=("download", "stream", "first-byte", "put-loop"))
     parser.add_argument("--endpoint-url", required=True)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--key", help="download: the object")
@@ -496,6 +499,13 @@ def baseline_main(argv) -> int:
         for _ in body.iter_chunks(1024 * 1024):
             pass
         count = 1
+    elif args.action == "first-byte":  # one GET, until its first byte of body is in hand
+        body = client.get_object(Bucket=args.bucket, Key=args.key)["Body"]
+        body.read(1)
+        seconds = time.perf_counter() - started
+        body.close()
+        print(json.dumps({"action": args.action, "objects": 1, "seconds": seconds}))
+        return 0
     else:
         count = 0
         for path in sorted(Path(args.dir).iterdir()):
@@ -545,6 +555,10 @@ class Bench:
             parts.append(f"mount RSS {mount_rss / 1e6:6.1f} MB, mount CPU {result.extra['mount_cpu_seconds']:.1f} s")
         parts.append(f"{Path(result.command[0]).name} CPU {result.cpu_seconds:.1f} s, "
                      f"server CPU {result.extra['server_cpu_seconds']:.1f} s")
+        if traffic := result.extra.get("link"):
+            parts.append(f"link: {traffic['responses']} responses, {traffic['connections']} new connections, "
+                         f"{traffic['up_bytes'] / 1e6:.1f} MB up, {traffic['down_bytes'] / 1e6:.1f} MB down, "
+                         f"link CPU {result.extra['link_cpu_seconds']:.1f} s")
         if result.returncode != 0:
             parts.append(f"FAILED ({result.returncode}): {(result.stderr or result.stdout).strip()[-300:]}")
         print(", ".join(parts) + extra, flush=True)
@@ -603,6 +617,12 @@ class Bench:
                     self.describe(tool, "b': get_object stream", r)
                     self.record(tool, "b1", r)
                 client.delete_object(Bucket=bucket, Key=key)
+            if "f" in args.only:
+                command = baseline_command("first-byte", "--endpoint-url", server.endpoint_url,
+                                           "--bucket", self.source_bucket, "--key", "big")
+                r = measured(command, None, server, env=self.env)
+                self.describe(tool, "f: get_object 1st byte", r)
+                self.record(tool, "f", r)
             if "c" in args.only:
                 prefix = f"user_data/run-{run}/"
                 r = measured(baseline_command("put-loop", "--endpoint-url", server.endpoint_url,
@@ -629,6 +649,19 @@ class Bench:
                 for run in range(args.runs):
                     mount.plant_big(self.source_bucket, "big", READ_FOLDER, f"read-{run}.bin", self.size)
                 self.say(f"  {tool:<9} planted {args.runs} x {args.size_mib} MiB (server-side copy) in "
+                         f"{time.perf_counter() - started:.1f} s")
+            started = time.perf_counter()
+            planted = 0
+            for run in range(args.runs):
+                if "f" in args.only:
+                    mount.plant_big(self.source_bucket, "big", FIRST_BYTE_FOLDER, f"first-{run}.bin", self.size)
+                    planted += 1
+                if "g" in args.only:
+                    for n in range(args.parallel_files):
+                        mount.plant_big(self.source_bucket, "big", PARALLEL_FOLDER, f"par-{run}-{n}.bin", self.size)
+                        planted += 1
+            if planted:
+                self.say(f"  {tool:<9} planted {planted} more x {args.size_mib} MiB for (f), (g) in "
                          f"{time.perf_counter() - started:.1f} s")
             started = time.perf_counter()
             if "d" in args.only:
@@ -687,6 +720,22 @@ class Bench:
                 self.record(tool, "b", r, size=path.stat().st_size)
                 if args.verify:
                     self.verify(tool, path)
+        if "f" in args.only:
+            for run in range(args.runs):
+                self.paired_boto3(tool, "f")
+                # No stat or listing first: head's own open looks the file up, as a user's command would.
+                path = mount.folder(FIRST_BYTE_FOLDER) / f"first-{run}.bin"
+                r = measured(["sh", "-c", 'exec head -c 1 "$1" > /dev/null', "head", str(path)], pid, server)
+                self.describe(tool, "f: head -c 1", r)
+                self.record(tool, "f", r)
+        if "g" in args.only:
+            for run in range(args.runs):
+                paths = [mount.folder(PARALLEL_FOLDER) / f"par-{run}-{n}.bin" for n in range(args.parallel_files)]
+                script = ('pids=; for f; do cat "$f" > /dev/null & pids="$pids $!"; done; '
+                          'rc=0; for p in $pids; do wait "$p" || rc=1; done; exit $rc')
+                r = measured(["sh", "-c", script, "cat", *map(str, paths)], pid, server)
+                self.describe(tool, f"g: {args.parallel_files} x cat at once", r)
+                self.record(tool, "g", r, files=args.parallel_files)
         if "a" in args.only:
             mount.make_folder(BIG_FOLDER)
             for run in range(args.runs):
@@ -729,6 +778,13 @@ class Bench:
         otherwise be compared with a baseline run on a fresher server. Recorded as ``a@<tool>``.
         """
         server, bucket, client = self.server, self.paired_bucket, self.server.client()
+        if measure == "f":  # the first byte of the source object: nothing to clean up
+            command = baseline_command("first-byte", "--endpoint-url", server.endpoint_url,
+                                       "--bucket", self.source_bucket, "--key", "big")
+            r = measured(command, None, server, env=self.env)
+            self.describe("boto3", f"{measure}: paired with {tool}", r)
+            self.record("boto3", f"{measure}@{tool}", r)
+            return
         if measure == "a":
             command = upload_command(self.big, server.endpoint_url, bucket, "paired.bin")
         else:
@@ -760,8 +816,12 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
     results = bench.results
     gib = f"{args.size_mib / 1024:g} GiB" if args.size_mib >= 1024 else f"{args.size_mib} MiB"
     labels = {"a": f"(a) cp {gib}", "b": f"(b) cat {gib}", "c": f"(c) cp -r {args.small_files}x{args.small_kib}KiB",
-              "d": f"(d) ls -l {args.list_files}", "e": "(e) peak RSS a+b"}
-    baseline_names = {"a": "boto3 upload_file", "b": "boto3 download_file", "c": "boto3 put_object loop"}
+              "d": f"(d) ls -l {args.list_files}", "e": "(e) peak RSS a+b", "f": "(f) head -c 1",
+              "g": f"(g) {args.parallel_files} x cat {gib}"}
+    baseline_names = {"a": "boto3 upload_file", "b": "boto3 download_file", "c": "boto3 put_object loop",
+                      "f": "boto3 get_object 1st byte"}
+    one_get_note = ("reference only: moto reads the whole object per GET" if bench.server.kind == "moto"
+                    else "reference only: the whole object in one GET (one connection)")
 
     def ok(entries):
         return [e for e in entries if e.get("returncode") == 0]
@@ -778,14 +838,14 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
             base = seconds("boto3", m)
             if base is not None:
                 rate = args.size_mib / base if m in "ab" else args.small_files / base
-                rows.append([labels[m], baseline_names[m], round(base, 2),
-                             f"{rate:.1f} {'MiB/s' if m in 'ab' else 'files/s'}", "1.00", "", "",
+                rows.append([labels[m], baseline_names[m], round(base, 3 if m == "f" else 2),
+                             "" if m == "f" else f"{rate:.1f} {'MiB/s' if m in 'ab' else 'files/s'}", "1.00", "", "",
                              f"in-call time; process {seconds('boto3', m, 'process_seconds'):.2f} s"])
             summary.setdefault(m, {})["boto3"] = base
         if m == "b" and seconds("boto3", "b1") is not None:
             one = seconds("boto3", "b1")
             rows.append([labels[m], "boto3 get_object (1 GET)", round(one, 2), f"{args.size_mib / one:.1f} MiB/s",
-                         "", "", "", "reference only: moto reads the whole object per GET"])
+                         "", "", "", one_get_note])
             summary.setdefault(m, {})["boto3_one_get"] = one
         one_get = seconds("boto3", "b1") if m == "b" else None
         for tool in mount_tools:
@@ -806,6 +866,19 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                              "< 250 MB", verdict, f"{peak / 1e6:.1f} MB peak"])
                 summary.setdefault(m, {})[tool] = {"peak_bytes": peak, "a": a_peak, "b": b_peak,
                                                    "pass": peak < RSS_TARGET}
+                continue
+            if m == "g":
+                entries = ok(results.get(tool, {}).get("measures", {}).get("g", []))
+                if not entries:
+                    rows.append([labels[m], tool, "-", "", "", "< 250 MB", "n/a", note or "not run"])
+                    continue
+                value = median([e["seconds"] for e in entries])
+                peak = max(e.get("mount_peak_rss") or 0 for e in entries)
+                verdict = "PASS" if peak < RSS_TARGET else "FAIL"
+                rows.append([labels[m], tool, round(value, 2),
+                             f"{args.parallel_files * args.size_mib / value:.1f} MiB/s", "", "< 250 MB", verdict,
+                             f"{peak / 1e6:.1f} MB peak (all {args.parallel_files} reads together)"])
+                summary.setdefault(m, {})[tool] = {"seconds": value, "peak_bytes": peak, "pass": peak < RSS_TARGET}
                 continue
             field = "stored_seconds" if m in "ac" else "seconds"
             value = seconds(tool, m, field)
@@ -843,10 +916,12 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
                     extra = f"cp returned after {cp:.2f} s, stored after {value:.2f} s"
             if one_get:
                 extra = f"vs 1 GET {one_get / value:.2f}"
-            if paired:
+            if m == "f" and paired:
+                extra = f"vs boto3 just before: {paired:.3f} s; {value / paired:.1f} GETs' worth"
+            elif paired:
                 extra = "; ".join(x for x in (f"vs boto3 just before: {paired:.2f} s", extra) if x)
-            rows.append([labels[m], tool, round(value, 2),
-                         f"{rate:.1f} {'MiB/s' if m in 'ab' else 'files/s'}",
+            rows.append([labels[m], tool, round(value, 3 if m == "f" else 2),
+                         "" if m == "f" else f"{rate:.1f} {'MiB/s' if m in 'ab' else 'files/s'}",
                          f"{ratio:.2f}" if ratio else "", f">= {TARGETS[m]}", verdict, extra])
             summary.setdefault(m, {})[tool] = {"seconds": value, "ratio": ratio, "pass": verdict == "PASS",
                                                "paired_boto3_seconds": paired}
@@ -870,6 +945,8 @@ def main(argv=None) -> int:
     parser.add_argument("--small-kib", type=int, default=16, help="size of each file in (c) in KiB (default 16)")
     parser.add_argument("--list-files", type=int, default=10000,
                         help="files in the folder listed by (d) (default 10000)")
+    parser.add_argument("--parallel-files", type=int, default=8,
+                        help="large files read at once in (g), each of --size-mib (default 8)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each measure; the median is reported (default 1)")
     parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,b,e (default all)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="mounts to run (default s3filesfs,s3fs,rclone)")
@@ -880,6 +957,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temp dir)")
     parser.add_argument("--mount-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the s3filesfs mount process (e.g. MALLOC_ARENA_MAX=2); repeatable")
+    add_server_options(parser)
     args = parser.parse_args(argv)
     args.only = {m.strip() for m in args.only.split(",") if m.strip()}
     if bad := args.only - set(MEASURES):
@@ -910,12 +988,13 @@ def main(argv=None) -> int:
           f"s3fs {tool_version(['s3fs', '--version'])}, rclone {tool_version([rclone_path() or 'rclone', 'version'])}")
     source = source_state()
     print(f"s3filesfs source: {source}")
-    with tempfile.TemporaryDirectory(prefix="bench-mount-", dir=args.dir) as tmp, moto_server() as server:
+    with tempfile.TemporaryDirectory(prefix="bench-mount-", dir=args.dir) as tmp, \
+            server_from_args(args, Path(tmp)) as server:
         work = Path(tmp)
-        print(f"S3 server: moto at {server.endpoint_url}; work dir {work}")
+        print(f"S3 server: {server.describe()}; work dir {work}")
         bench = Bench(args, server, work)
         bench.prepare()
-        if args.only & {"a", "b", "c"}:
+        if args.only & {"a", "b", "c", "f"}:
             bench.run_boto3()
         for tool in args.tools:
             bench.run_mount(tool)
@@ -925,7 +1004,9 @@ def main(argv=None) -> int:
     print(f"\nload average at the end: {load_after[0]:.1f} (1 min), {load_after[1]:.1f} (5 min), "
           f"{load_after[2]:.1f} (15 min) on {info['cpus']} CPUs")
     print()
-    print(f"mount benchmark, one moto server, median of {args.runs} run(s); ratio = boto3 seconds / tool seconds; "
+    where = f"one {args.server} server, " + (f"every tool through a link of {args.link}" if args.link
+                                              else "no link (loopback)")
+    print(f"mount benchmark, {where}, median of {args.runs} run(s); ratio = boto3 seconds / tool seconds; "
           f"RSS = the mount's process tree, sampled every 20 ms, MB = 10^6 bytes")
     print_table(["measure", "tool", "seconds", "rate", "ratio", "target", "result", "notes"], rows)
     if notes:
@@ -939,6 +1020,7 @@ def main(argv=None) -> int:
                           "rclone": tool_version([rclone_path() or "rclone", "version"])},
         "summary": summary, "table": rows, "notes": notes, "results": bench.results,
         "load_average": {"start": load_before, "end": load_after}, "s3filesfs_source": source,
+        "server": args.server, "link": str(args.link) if args.link else None,
     })
     print(f"\nresults: {saved.relative_to(BENCH_DIR.parent)}")
     s3filesfs = [summary[m]["s3filesfs"]["pass"] for m in summary if isinstance(summary[m].get("s3filesfs"), dict)]

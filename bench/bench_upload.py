@@ -1,13 +1,14 @@
 """Upload benchmark: ``s3filesfs upload`` against a plain boto3 ``upload_file``, same file, same server.
 
-    .venv/bin/python bench/bench_upload.py [--size-mb 1024] [--repeat 3]
+    .venv/bin/python bench/bench_upload.py [--size-mb 1024] [--repeat 3] [--server localstack] [--link 30ms,25MBps]
 
-Starts one moto server, writes a test file, then runs each tool ``--repeat`` times as a real
-subprocess (alternating which goes first), timing it and tracking its peak resident memory. Every
-run is checked: the object must exist with the file's size, or the benchmark stops. Prints a table
-of medians, the throughput ratio (s3filesfs / boto3; above 1 means s3filesfs is faster) and a
-PASS/FAIL line for the memory target: the upload process stays under 200 MB of resident memory for
-any file size, because an upload streams its parts and never holds the file in memory.
+Starts one S3 server (moto, or LocalStack with ``--server localstack``; with ``--link``, both tools
+reach it through one simulated link, ``bench/link.py``), writes a test file, then runs each tool
+``--repeat`` times as a real subprocess (alternating which goes first), timing it and tracking its
+peak resident memory. Every run is checked: the object must exist with the file's size, or the
+benchmark stops. Prints a table of medians, the throughput ratio (s3filesfs / boto3; above 1 means
+s3filesfs is faster) and a PASS/FAIL line for the memory target: the upload process stays under
+200 MB of resident memory (a 1 GiB upload must not need memory in proportion to the file).
 Results go to ``bench/results/upload-<time>.json``.
 """
 
@@ -22,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,13 +31,13 @@ from common import (  # noqa: E402
     BENCH_DIR,
     MIB,
     Measured,
+    add_server_options,
     console_script,
-    machine,
     make_test_file,
     median,
-    moto_server,
     print_table,
     run_measured,
+    server_from_args,
     upload_command,
     write_results,
 )
@@ -100,8 +100,7 @@ def run_boto3(server, work: Path, path: Path, size: int, run: int, args) -> Meas
 
 def server_cpu_seconds(server) -> float:
     """CPU time the S3 server has used so far: moto is single-process Python, often the bottleneck."""
-    times = psutil.Process(server.process.pid).cpu_times()
-    return times.user + times.system
+    return server.cpu_seconds()
 
 
 def verify_and_clean(server, result: Measured, size: int, tool: str) -> None:
@@ -130,6 +129,7 @@ def main(argv=None) -> int:
                         help="also run s3filesfs from another source tree (a folder holding the "
                              "s3filesfs package, e.g. from `git archive REV s3filesfs`), interleaved "
                              "with the others; repeatable")
+    add_server_options(parser)
     args = parser.parse_args(argv)
     size = args.size_mb * MIB
     tools = {S3FILESFS: run_s3filesfs, BOTO3: run_boto3}
@@ -143,20 +143,24 @@ def main(argv=None) -> int:
         tools[f"{S3FILESFS} @{name}"] = functools.partial(run_s3filesfs, tree=folder)
 
     runs: dict[str, list[Measured]] = {name: [] for name in tools}
-    with tempfile.TemporaryDirectory(prefix="bench-upload-", dir=args.dir) as tmp, moto_server() as server:
+    load_before = os.getloadavg()
+    print(f"load average {load_before[0]:.1f} (1 min) on {os.cpu_count()} CPUs: other jobs on the machine show here")
+    with tempfile.TemporaryDirectory(prefix="bench-upload-", dir=args.dir) as tmp, \
+            server_from_args(args, Path(tmp)) as server:
         work = Path(tmp)
         path = work / f"test-{args.size_mb}MiB.bin"
         started = time.perf_counter()
         digest = make_test_file(path, size)
         print(f"test file: {path} ({args.size_mb} MiB, written in {time.perf_counter() - started:.1f} s)")
-        print(f"S3 server: moto {machine()['moto']} at {server.endpoint_url}")
-        # A fresh moto server is slow on its first large object (its heap grows page by page), so
+        print(f"S3 server: {server.describe()}")
+        # A fresh server is slow on its first large object (its heap grows page by page), so
         # an untimed upload comes first; otherwise whichever tool goes first pays for it.
         started = time.perf_counter()
         server.client().create_bucket(Bucket="warm-up")
         server.client().upload_file(str(path), "warm-up", "warm-up")
         server.client().delete_object(Bucket="warm-up", Key="warm-up")
-        print(f"warm-up upload (untimed, in-process boto3): {time.perf_counter() - started:.1f} s")
+        print(f"warm-up upload (untimed, in-process boto3, straight to the server): "
+              f"{time.perf_counter() - started:.1f} s")
         width = max(len(name) for name in tools)
         for run in range(args.repeat):
             order = list(tools) if run % 2 == 0 else list(reversed(tools))  # who goes first alternates
@@ -189,8 +193,10 @@ def main(argv=None) -> int:
         ratio = s["mib_per_s"] / baseline["mib_per_s"] if baseline else float("nan")
         s["ratio_vs_boto3"] = ratio
         rows.append([name, s["seconds"], s["mib_per_s"], s["peak_rss_mib"], s["ru_maxrss_mib"], f"{ratio:.2f}x"])
-    print()
-    print(f"{args.size_mb} MiB upload, median of {args.repeat} run(s); peak RSS is the maximum over runs")
+    load_after = os.getloadavg()
+    where = f"{args.server}" + (f", link {args.link.label}" if args.link else ", no link")
+    print(f"\nload average at the end: {load_after[0]:.1f} (1 min), {load_after[1]:.1f} (5 min)")
+    print(f"{args.size_mb} MiB upload on {where}, median of {args.repeat} run(s); peak RSS is the maximum over runs")
     print_table(header, rows)
     verdict = None
     if S3FILESFS in summary:
@@ -204,6 +210,8 @@ def main(argv=None) -> int:
     saved = write_results("upload", {
         "argv": sys.argv[1:], "size_bytes": size, "sha256": digest, "repeat": args.repeat,
         "target_bytes": TARGET_BYTES, "pass": verdict, "summary": summary, "runs": runs,
+        "server": args.server, "link": str(args.link) if args.link else None,
+        "load_average": {"start": load_before, "end": load_after},
     })
     print(f"results: {saved.relative_to(BENCH_DIR.parent)}")
     return 0 if verdict in (True, None) else 1

@@ -4,7 +4,9 @@ Benchmarks are not tests. Each one runs the tool under test and a plain-boto3 ba
 processes against the same S3 server, and reports the ratio between them together with the peak
 resident memory of the tool's process tree. This module owns the parts every benchmark shares:
 
-* ``moto_server()``: a moto server on a free loopback port (``tests/s3server.py``'s ``MotoServer``);
+* ``add_server_options()`` / ``server_from_args()``: ``--server moto|localstack`` and ``--link
+  LATENCY,RATE``, the S3 server to run on and the simulated link every tool goes through
+  (``servers.py``, ``link.py``);
 * ``make_test_file()``: a large file of incompressible-looking bytes, written quickly;
 * ``upload_command()``: the boto3 ``upload_file`` baseline, as a command of its own;
 * ``run_measured()``: run a command, sample the resident memory of it and its children every
@@ -38,17 +40,36 @@ MIB = 1024 * 1024
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.s3server import MotoServer  # noqa: E402  (needs the repository root on sys.path)
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from link import LinkSpec  # noqa: E402
+from servers import SERVERS, s3_server  # noqa: E402  (needs the repository root on sys.path)
 
 
-@contextlib.contextmanager
-def moto_server():
-    """A running moto server (data in memory, spilled to temp files), stopped on exit."""
-    server = MotoServer().start()
+def add_server_options(parser) -> None:
+    """``--server`` and ``--link``: the same for every benchmark."""
+    parser.add_argument("--server", choices=SERVERS, default="moto",
+                        help="S3 server: moto (the tests' server) or localstack (ranged GETs read only the range, "
+                             "as on S3; needs bench/setup-localstack.sh) (default moto)")
+    parser.add_argument("--link", type=_link_spec, metavar="LATENCY,RATE",
+                        help="run every tool (boto3 too) through one simulated link (bench/link.py), e.g. "
+                             "30ms,25MBps: that time to first byte on every response and that rate cap per "
+                             "connection and direction (MB = 10^6 bytes)")
+
+
+def _link_spec(text: str) -> LinkSpec:
+    import argparse
+
     try:
-        yield server
-    finally:
-        server.stop()
+        return LinkSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def server_from_args(args, scratch_dir: Path | None = None):
+    """The context manager of the server (and link) the options ask for; yields a ``servers.Served``."""
+    return s3_server(args.server, link=args.link, scratch_dir=scratch_dir)
 
 
 def upload_command(file: Path, endpoint_url: str, bucket: str, key: str) -> list[str]:
