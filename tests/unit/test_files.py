@@ -1,7 +1,8 @@
 """FileService over each store: the OpenAI Files semantics of DESIGN §2.1 and the seed's own suite.
 
-Every test runs on the local store, on moto's in-process mock and on a real moto server, and ends
-by checking that bucket and table agree wherever the state should be consistent.
+Every test runs on the local store, on moto's in-process mock and on a real moto server, each with
+its metadata on SQLite and on PostgreSQL, and ends by checking that bucket and table agree wherever
+the state should be consistent.
 """
 
 import io
@@ -235,7 +236,7 @@ def test_streamed_writes_of_any_size_and_buffer_type_round_trip(backend):
 
 def test_a_second_service_on_the_same_store_sees_the_files(backend):
     created = upload(backend.service, b"persisted", "p.txt")
-    again = FileService(MetadataStore(backend.service.metadata.path), backend.service.blobs, clock=backend.clock)
+    again = FileService(MetadataStore(backend.service.metadata.location), backend.service.blobs, clock=backend.clock)
     assert again.retrieve(created.id) == created
     assert content_of(again, created.id) == b"persisted"
     assert_clean(again)
