@@ -1,8 +1,8 @@
 """FileService over each store: the OpenAI Files semantics of DESIGN §2.1 and the seed's own suite.
 
-Every test runs on the local store, on moto's in-process mock and on a real moto server, each with
-its metadata on SQLite and on PostgreSQL, and ends by checking that bucket and table agree wherever
-the state should be consistent.
+Every test runs on the local store, on moto's in-process mock and on a real moto server with its
+metadata on SQLite, and on the local store and the moto server with its metadata on PostgreSQL, and
+ends by checking that bucket and table agree wherever the state should be consistent.
 """
 
 import io
