@@ -395,3 +395,27 @@ def test_object_keys_honour_the_prefix(s3_server, tmp_path):
     assert sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]) == [
         "file-" + "f" * 32, f"team/files/deeper/{'file-' + '0' * 32}"]
     assert_clean(service)
+
+
+def test_a_role_that_may_use_the_seeds_table_but_not_alter_it(postgres_server, tmp_path, caplog):
+    """Llama Stack's role owns ``openai_files``; ours may read and write it and create tables beside it,
+    but not index it: the store works all the same, and says that listings lack their index."""
+    seed = postgres_server.new_role()
+    with MetadataTarget.postgres(seed).plain() as conn:
+        conn.execute(SEED_DDL["postgres"])
+    ours = postgres_server.new_role()
+    with postgres_server.connect() as admin:
+        admin.execute(f"GRANT USAGE, CREATE ON SCHEMA {seed.user} TO {ours.user}")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {seed.user}.openai_files TO {ours.user}")
+        admin.execute(f"ALTER ROLE {ours.user} SET search_path = {seed.user}")
+    with caplog.at_level("WARNING", logger="s3filesfs.metadata"):
+        service = FileService(MetadataStore(ours), LocalBlobStore(tmp_path / "store"), clock=Clock())
+    assert "could not add index s3filesfs_openai_files_order to table openai_files" in caplog.text
+    created = service.create(io.BytesIO(b"shared"), "shared.txt", "assistants")
+    with MetadataTarget.postgres(seed).plain() as conn:
+        public = conn.query(f"SELECT id FROM openai_files WHERE {SEED_PUBLIC_ROWS['postgres']}")
+        assert [row["id"] for row in public] == [created.id]
+        assert conn.index_columns() == []  # the seed's table, untouched
+    assert [f.id for f in service.list().data] == [created.id]
+    assert_clean(service)
+    service.metadata.close()
