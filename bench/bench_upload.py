@@ -6,7 +6,8 @@ Starts one moto server, writes a test file, then runs each tool ``--repeat`` tim
 subprocess (alternating which goes first), timing it and tracking its peak resident memory. Every
 run is checked: the object must exist with the file's size, or the benchmark stops. Prints a table
 of medians, the throughput ratio (s3filesfs / boto3; above 1 means s3filesfs is faster) and a
-PASS/FAIL line for the target of issue 2: the upload process stays under 200 MB of resident memory.
+PASS/FAIL line for the memory target: the upload process stays under 200 MB of resident memory for
+any file size, because an upload streams its parts and never holds the file in memory.
 Results go to ``bench/results/upload-<time>.json``.
 """
 

@@ -8,10 +8,12 @@ one place (``Cli.invoke``): 0 ok, 1 the user can fix it, 2 usage, 3 storage fail
 """
 
 import codecs
+import contextlib
 import itertools
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config, logs, stdio
+from . import __version__, config, logs, stdio, user_units
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .errors import (
     EXIT_INTERRUPTED,
@@ -32,16 +34,20 @@ from .errors import (
     UserError,
     internal_error,
 )
-from .files import open_service
+from .files import ORPHAN_GRACE, open_service
 from .fs import records as staged_records  # no mfusepy: the mount's staged uploads, for status and retry
 from .model import LIST_LIMIT_MAX, PURPOSES, is_file_id
 from .runtime_dir import ensure_private, is_private
 from .stopping import stopped_by
+from .upkeep import HEAD_WORKERS, UPLOAD_GRACE, Action
+from .upkeep import rebuild as rebuild_from_bucket
+from .upkeep import repair as repair_store
 
 log = logging.getLogger(__name__)
 
-PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads larger than this
+PROGRESS_THRESHOLD = 8 * 1024 * 1024  # show a bar for uploads and downloads of this size or more
 # Commands that change the store: when their reader goes away they still finish, and exit 141.
+# (`rebuild --apply` and `check --repair` say so at run time, in ctx.meta["changes_store"].)
 CHANGES_STORE = {"upload", "rm", "gc", "retry"}
 
 
@@ -64,7 +70,8 @@ class Cli(click.Group):
             click.echo(f"error: {logs.redact(internal_error(exc).message)} (run with --debug for details)",
                        err=True)
             ctx.exit(4)
-        if ctx.invoked_subcommand in CHANGES_STORE and stdio.stdout_lost():
+        changed = ctx.invoked_subcommand in CHANGES_STORE or ctx.meta.get("changes_store")
+        if changed and stdio.stdout_lost():
             # The work is done, but not every line reporting it reached the reader.
             ctx.exit(EXIT_OUTPUT_LOST)
         return result
@@ -219,8 +226,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
     with stopped_by(signal.SIGTERM, signal.SIGHUP):
         for path in paths:
             try:
-                created = _upload_one(service, path, purpose, expires_after, filename,
-                                      progress=state.verbosity > logs.QUIET)
+                created = _upload_one(service, path, purpose, expires_after, filename, state.verbosity)
             except S3FilesError as exc:
                 click.echo(f"error: {path}: {logs.redact(exc.message)}", err=True)
                 failures.append(exc)
@@ -239,7 +245,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         sys.exit(failures[0].exit_code)
 
 
-def _upload_one(service, path, purpose, expires_after, filename, progress=True):
+def _upload_one(service, path, purpose, expires_after, filename, verbosity=logs.NORMAL):
     if path == "-":
         return service.create(sys.stdin.buffer, filename, purpose, expires_after)
     try:
@@ -249,10 +255,10 @@ def _upload_one(service, path, purpose, expires_after, filename, progress=True):
     with body:
         size = os.fstat(body.fileno()).st_size
         name = filename or Path(path).name
-        if size < PROGRESS_THRESHOLD or not progress or not sys.stderr.isatty():
+        bar = _progress_bar(size, name, verbosity)
+        if bar is None:
             return service.create(body, name, purpose, expires_after)
-        with click.progressbar(length=size, label=name, file=sys.stderr, show_pos=False,
-                               show_percent=True, show_eta=True) as bar:
+        with bar:
             return service.create(body, name, purpose, expires_after, progress=bar.update)
 
 
@@ -306,34 +312,52 @@ def cat(state, file_id, output, force):
     """Write a file's content to standard output (or -o PATH).
 
     Binary content is not written to a terminal unless --force is given (as curl does). If the
-    reader goes away (| head), the rest is not read.
+    reader goes away (| head), the rest is not read. A large file shows a progress bar on standard
+    error when that is a terminal and the content goes elsewhere (-o PATH, a pipe, a file).
     """
-    _, chunks = state.store.content(_checked_id(file_id))
-    if output is None:
-        if sys.stdout.isatty() and not force:
-            chunks = iter(chunks)
-            first = next(chunks, b"")
-            if _looks_binary(first):
-                raise UserError(f"{file_id} holds binary data, which can upset a terminal: "
-                                "use -o PATH, redirect the output, or add --force")
-            chunks = itertools.chain([first], chunks)
-        out = sys.stdout.buffer
-        for chunk in chunks:
-            out.write(chunk)
-            if stdio.stdout_lost():
-                break  # the reader has what it wanted
-        out.flush()
-        return
-    partial = Path(f"{output}.part")
-    try:
-        with open(partial, "wb") as out:
+    file, chunks = state.store.content(_checked_id(file_id))
+    to_terminal = output is None and sys.stdout.isatty()
+    if to_terminal and not force:
+        chunks = iter(chunks)
+        first = next(chunks, b"")
+        if _looks_binary(first):
+            raise UserError(f"{file_id} holds binary data, which can upset a terminal: "
+                            "use -o PATH, redirect the output, or add --force")
+        chunks = itertools.chain([first], chunks)
+    # A bar only where it cannot mix with the content: not when the content goes to the terminal.
+    bar = None if to_terminal else _progress_bar(file.bytes, file.filename, state.verbosity)
+    with bar or contextlib.nullcontext():
+        if output is None:
+            out = sys.stdout.buffer
             for chunk in chunks:
                 out.write(chunk)
-        os.replace(partial, output)
-    except OSError as exc:  # the output path, not the store: the user can fix it
-        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
+                if bar is not None:
+                    bar.update(len(chunk))
+                if stdio.stdout_lost():
+                    break  # the reader has what it wanted
+            out.flush()
+            return
+        partial = Path(f"{output}.part")
+        try:
+            with open(partial, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            os.replace(partial, output)
+        except OSError as exc:  # the output path, not the store: the user can fix it
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _progress_bar(size: int, label: str, verbosity: int):
+    """A progress bar on standard error for a transfer of ``size`` bytes, as ``upload`` shows one:
+    when that is a terminal and the transfer is large; else None."""
+    if size < PROGRESS_THRESHOLD or verbosity <= logs.QUIET or not sys.stderr.isatty():
+        return None
+    return click.progressbar(length=size, label=label, file=sys.stderr, show_pos=False,
+                             show_percent=True, show_eta=True)
 
 
 @main.command()
@@ -375,22 +399,199 @@ def gc(state, as_json):
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report (and what --repair did) as JSON.")
+@click.option("--repair", is_flag=True,
+              help="Then put right what is found: rows whose object is gone are removed, objects without a row "
+                   "registered from their metadata, open multipart uploads aborted.")
+@click.option("--delete-orphans", is_flag=True,
+              help="With --repair: delete objects without a row (those without metadata too) instead.")
+@click.option("--grace", type=click.IntRange(min=ORPHAN_GRACE), default=ORPHAN_GRACE, show_default=True,
+              metavar="SECONDS", help="With --repair: leave rows and objects younger than this alone.")
+@click.option("--upload-grace", type=click.IntRange(min=ORPHAN_GRACE), default=UPLOAD_GRACE, show_default=True,
+              metavar="SECONDS", help="With --repair: leave multipart uploads open for less than this alone.")
 @pass_state
-def check(state, as_json):
-    """Compare the table with the bucket; exit 1 if they disagree."""
-    report = state.store.check()
-    if as_json:
-        _print_json(report.to_dict())
-    else:
+def check(state, as_json, repair, delete_orphans, grace, upload_grace):
+    """Compare the table with the bucket; exit 1 if they disagree.
+
+    With --repair, then put right what was found, printing each action: exit 0 if everything
+    was, 1 if something was left as it is (younger than its grace, being uploaded, an object
+    without metadata and no --delete-orphans, a size that differs); if a repair failed, the rest
+    are still done and the exit status is the failure's (3: the store failed).
+
+    Also warns (on standard error, and under "warnings" with --json) about rows whose purpose the
+    `purposes` setting leaves out; a warning alone does not change the exit status.
+    """
+    ctx = click.get_current_context()
+    if not repair:
+        for name in ("delete_orphans", "grace", "upload_grace"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--{name.replace('_', '-')} works with --repair")
+    service = state.store
+    report = service.check()
+    if state.verbosity > logs.QUIET:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    if not as_json:
         click.echo("bucket and table agree" if report.clean else "bucket and table disagree:")
         for label, ids in (("row without object", report.rows_without_objects),
                            ("object without row", report.objects_without_rows),
                            ("size differs", report.size_mismatches)):
             for file_id in ids:
                 click.echo(f"  {label}: {file_id}")
-    if not report.clean:
+    if not repair:
+        if as_json:
+            _print_json(report.to_dict())
+        if not report.clean:
+            sys.exit(1)
+        return
+    ctx.meta["changes_store"] = True
+    actions: list[dict] = []
+    failures: list[S3FilesError] = []
+
+    def show(action: Action) -> None:
+        if action.error is not None:
+            failures.append(action.error)
+        if as_json:
+            actions.append(action.to_dict())
+        else:
+            click.echo(f"{action.action}: {action.id}" + (f" ({action.detail})" if action.detail else ""))
+
+    counts = repair_store(service, report, show, grace=grace, upload_grace=upload_grace,
+                          delete_orphans=delete_orphans)
+    if as_json:
+        _print_json({**report.to_dict(), "repair": {"actions": actions, "counts": dict(sorted(counts.items()))}})
+    else:
+        done = [f"{counts[name]} {name}" for name in ("abandoned", "removed row", "registered", "deleted object",
+                                                      "aborted upload") if counts[name]]
+        click.echo("repair: " + (", ".join(done) or "nothing to do") +
+                   (f"; {counts['left']} left as they are" if counts["left"] else "") +
+                   (f"; {counts['failed']} failed" if counts["failed"] else ""))
+    if failures:
+        sys.exit(failures[0].exit_code)
+    if counts["left"]:
         sys.exit(1)
+
+
+class _ReaderGone(Exception):
+    """A dry run's reader went away: nothing more to say, so nothing more to do."""
+
+
+@main.command()
+@click.option("--apply", is_flag=True, help="Register the files (without it: only say what would be done).")
+@click.option("--unlabelled-purpose", type=click.Choice(PURPOSES),
+              help="Register objects that carry no metadata (written by the seed) under this purpose: named "
+                   "by their id, created when the store says they were written.")
+@click.option("--workers", type=click.IntRange(1, 64), default=HEAD_WORKERS, show_default=True,
+              help="Objects whose metadata is read at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the actions and counts as one JSON document.")
+@pass_state
+def rebuild(state, apply, unlabelled_purpose, workers, as_json):
+    """Rebuild the table from the bucket: every object written here gets its row back.
+
+    Objects carry their name, purpose, creation and expiry times as metadata, so a lost or new
+    database gets every row back as it was. Objects written by the seed carry none: they are
+    listed, and registered only with --unlabelled-purpose. Rows already there are left as they
+    are, so running it again changes nothing. A dry run unless --apply is given.
+    """
+    ctx = click.get_current_context()
+    if apply:
+        ctx.meta["changes_store"] = True
+    service = state.store
+    progress = _Progress(enabled=state.verbosity > logs.QUIET and sys.stderr.isatty())
+    out = _JsonStream(apply) if as_json else None
+    failures: list[S3FilesError] = []
+
+    def show(action: Action) -> None:
+        if action.error is not None:
+            failures.append(action.error)
+        progress.clear()
+        if out is not None:
+            out.item(action.to_dict())
+        else:
+            click.echo(_rebuild_line(action))
+        if not apply and stdio.stdout_lost():
+            raise _ReaderGone
+
+    counts = None
+    try:
+        counts = rebuild_from_bucket(service, show, apply=apply, unlabelled_purpose=unlabelled_purpose,
+                                     workers=workers, progress=progress.update)
+    except _ReaderGone:
+        return
+    finally:
+        progress.clear()
+        if out is not None:
+            out.end(counts)
+    if out is None:
+        click.echo(_rebuild_summary(counts, apply, unlabelled_purpose))
+    if failures:
+        sys.exit(failures[0].exit_code)
+
+
+def _rebuild_line(action: Action) -> str:
+    file = action.file
+    if file is not None:
+        verb = "registered" if action.action == "register" else "would register"
+        return f"{verb} {file.id}  {file.purpose}  {_human_size(file.bytes)}  {file.filename}"
+    return f"{action.action} {action.id}: {action.detail}"
+
+
+def _rebuild_summary(counts, apply: bool, unlabelled_purpose) -> str:
+    registered = counts["register"] if apply else counts["would register"]
+    parts = [f"{counts['objects']} object(s)", f"{registered} {'registered' if apply else 'to register'}",
+             f"{counts['present']} already in the table"]
+    for name in ("unlabelled", "unreadable", "under way", "vanished", "failed"):
+        if counts[name]:
+            parts.append(f"{counts[name]} {name}")
+    summary = "rebuild: " + ", ".join(parts)
+    if counts["unlabelled"]:
+        summary += "; --unlabelled-purpose PURPOSE registers the objects without metadata"
+    if not apply and registered:
+        summary += "; run again with --apply to register"
+    return summary
+
+
+class _Progress:
+    """A one-line count on a terminal's standard error, redrawn at most five times a second."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._shown = False
+        self._last = 0.0
+
+    def update(self, counts) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        ahead = counts["register"] + counts["would register"]
+        click.echo(f"\rrebuild: {counts['objects']} listed, {counts['checked']} looked at, {ahead} to register"
+                   f", {counts['present']} present", err=True, nl=False)
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            click.echo("\r\033[K", err=True, nl=False)
+            self._shown = False
+
+
+class _JsonStream:
+    """One JSON document written as it grows: ``{"apply", "actions": [...], "counts"}``, so a
+    bucket of millions is reported without holding the report in memory."""
+
+    def __init__(self, apply: bool):
+        self._first = True
+        click.echo(f'{{\n  "apply": {json.dumps(apply)},\n  "actions": [', nl=False)
+
+    def item(self, data: dict) -> None:
+        click.echo(("\n    " if self._first else ",\n    ") + json.dumps(data, ensure_ascii=False), nl=False)
+        self._first = False
+
+    def end(self, counts) -> None:
+        """Close the document; counts None means the run failed (the error goes to stderr)."""
+        tail = json.dumps(dict(sorted(counts.items())) if counts is not None else None)
+        click.echo(("\n  " if not self._first else "") + f'],\n  "counts": {tail},\n  "complete": '
+                   f"{json.dumps(counts is not None)}\n}}")
 
 
 @main.group(name="config")
@@ -451,35 +652,55 @@ def daemon(state, watch_dir, delete, listen, api_key_env, socket_path):
     sys.exit(DaemonService(state.settings).run())
 
 
+def _staging_folders(state, given: str | None) -> list[Path]:
+    """The folder given, or every staging folder a mount of this data folder has used."""
+    if given:
+        return [Path(given).expanduser()]
+    return staged_records.known_folders(state.settings.data_dir, state.settings.staging_dir)
+
+
+def _waiting(state, folders: list[Path]) -> list:
+    return [r for folder in folders for r in staged_records.waiting(folder, state.service.location)]
+
+
+STAGING_DIR_OPTION = click.option("--staging-dir", type=click.Path(file_okay=False),
+                                  help="Look only in this staging folder (default: every one a mount used).")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@STAGING_DIR_OPTION
 @pass_state
-def status(state, as_json):
+def status(state, as_json, staging_dir):
     """Show what the daemon is doing; without a daemon, the journal's counts. Exit 1 if none runs."""
     _, info = _running_daemon(state)
-    staged = [r.to_dict() for r in staged_records.waiting(state.settings.staging_dir)]
+    folders = _staging_folders(state, staging_dir)
+    staged = [r.to_dict() for r in _waiting(state, folders)]
+    uploading = [{**r.to_dict(), "state": "uploading", "error": None}
+                 for folder in folders for r in staged_records.in_progress(folder)]
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
-                         "counts": {"journal": counts}, "staged": staged})
+                         "counts": {"journal": counts}, "staged": staged, "uploading": uploading})
         else:
             click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
             click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
-            _print_staged(staged)
+            _print_staged(staged, uploading)
         sys.exit(1)
     if as_json:
-        _print_json({"running": True, **info, "staged": staged})
+        _print_json({"running": True, **info, "staged": staged, "uploading": uploading})
     else:
         click.echo("\n".join(status_lines(info)))
-        _print_staged(staged)
+        _print_staged(staged, uploading)
 
 
-def _drop_staged(service, folder: Path, names: tuple[str, ...], as_json: bool) -> None:
+def _drop_staged(service, folders: list[Path], names: tuple[str, ...], as_json: bool) -> None:
     dropped, missing = [], []
     for name in names:
         purpose, _, filename = name.partition("/")
-        found = staged_records.drop(service, folder, purpose, filename) if filename else []
+        found = [r for folder in folders for r in staged_records.drop(service, folder, purpose, filename)
+                 ] if filename else []
         dropped.extend(found)
         if not found:
             missing.append(name)
@@ -492,7 +713,10 @@ def _drop_staged(service, folder: Path, names: tuple[str, ...], as_json: bool) -
         raise NotStaged(missing)
 
 
-def _print_staged(staged: list[dict]) -> None:
+def _print_staged(staged: list[dict], uploading: list[dict]) -> None:
+    if uploading:
+        click.echo(f"uploading:  {len(uploading)} file(s) closed in the mount, being uploaded "
+                   f"({_human_size(sum(item['bytes'] for item in uploading))})")
     if not staged:
         return
     complete = sum(1 for item in staged if item["state"] != "interrupted")
@@ -513,13 +737,16 @@ def _print_staged(staged: list[dict]) -> None:
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached (for systemd); log to stderr.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount (needs user_allow_other).")
 @click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
+@click.option("--write-back", is_flag=True, default=None,
+              help="close() returns once the data is safe in staging; uploads follow in the background.")
 @click.option("--staging-dir", type=click.Path(file_okay=False), help="Where written files wait for upload.")
 @click.option("--staging-max-mb", type=click.IntRange(1), help="Cap of the staging folder (default 10240).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log of the background mount.")
 @pass_state
-def mount(state, mountpoint, foreground, allow_other, read_only, staging_dir, staging_max_mb, log_file):
+def mount(state, mountpoint, foreground, allow_other, read_only, write_back, staging_dir, staging_max_mb, log_file):
     """Mount the Files store at MOUNTPOINT: one folder per purpose, by-id/ and index.jsonl."""
-    state.flags.update(mount_staging_dir=staging_dir, mount_staging_max_mb=staging_max_mb, mount_log_file=log_file)
+    state.flags.update(mount_staging_dir=staging_dir, mount_staging_max_mb=staging_max_mb, mount_log_file=log_file,
+                       mount_write_back=write_back)
     from .fs import mount as mounting
 
     settings = state.settings  # bad config fails here, in the foreground, before any child starts
@@ -551,8 +778,9 @@ def umount(state, mountpoint):
               help="Also register interrupted files (their writer or the mount stopped before close()).")
 @click.option("--drop", "drops", multiple=True, metavar="PURPOSE/FILENAME",
               help="Discard this staged upload instead of uploading it (repeatable); uploads nothing else.")
+@STAGING_DIR_OPTION
 @pass_state
-def retry(state, names, as_json, include_interrupted, drops):
+def retry(state, names, as_json, include_interrupted, drops, staging_dir):
     """Register what the mount could not (kept in staging). Exit 3 if some still fail.
 
     Without names, registers the complete files (whose close() was reached but whose upload
@@ -560,11 +788,16 @@ def retry(state, names, as_json, include_interrupted, drops):
     named. With --drop, discard the named uploads instead: the bytes are deleted from staging and
     the store is left as it is. Exit 1 if a name is not waiting.
     """
+    folders = _staging_folders(state, staging_dir)
     if drops:
-        _drop_staged(state.service, state.settings.staging_dir, drops, as_json)
+        _drop_staged(state.service, folders, drops, as_json)
         return
     wanted = [_staged_name(name) for name in names] or None
-    done, failing = staged_records.retry(state.service, state.settings.staging_dir, wanted, include_interrupted)
+    done, failing = [], []
+    for folder in folders:
+        registered, still_failing = staged_records.retry(state.service, folder, wanted, include_interrupted)
+        done += registered
+        failing += still_failing
     tried = {(f.purpose, f.filename) for f in done} | {(r.purpose, r.filename) for r, _ in failing}
     missing = [f"{p}/{n}" for p, n in wanted or () if (p, n) not in tried]
     if as_json:
@@ -577,7 +810,7 @@ def retry(state, names, as_json, include_interrupted, drops):
             click.echo(f"still failing: {record.purpose}/{record.filename}: {exc.message}", err=True)
         if not done and not failing:
             click.echo("nothing to retry")
-        interrupted = [r for r in staged_records.waiting(state.settings.staging_dir) if r.interrupted]
+        interrupted = [r for r in _waiting(state, folders) if r.interrupted]
         if interrupted and not wanted:
             click.echo(f"{len(interrupted)} interrupted file(s) left in staging (`s3filesfs status` lists them; "
                        "name one, or --include-interrupted, to register it)", err=True)
@@ -585,6 +818,154 @@ def retry(state, names, as_json, include_interrupted, drops):
         raise NotStaged(missing)
     if failing:
         sys.exit(3)
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+
+@main.group(name="service")
+def service_group():
+    """Run the mount or the daemon as a systemd user service."""
+
+
+@service_group.command(name="install")
+@click.option("--mount", "mountpoint", type=click.Path(file_okay=False, readable=False),
+              help="Install a unit that mounts the store at MOUNTPOINT (s3filesfs-mount).")
+@click.option("--daemon", "with_daemon", is_flag=True, help="Install the sync daemon's unit (s3filesfs-daemon).")
+@click.option("--name", help="Name the unit (another name installs a second mount).")
+@click.option("--enable", is_flag=True, help="Then reload systemd, enable the unit(s) and start them now.")
+@click.option("--force", is_flag=True,
+              help="Replace a unit file this command did not write, or move a mount unit to a new mountpoint.")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED, metavar="[-- OPTIONS...]")
+@click.pass_context
+def service_install(ctx, mountpoint, with_daemon, name, enable, force, options):
+    """Write systemd user units for the mount and/or the daemon (in ~/.config/systemd/user/).
+
+    A unit runs this installation by its absolute path (a virtualenv needs no activating), with the
+    global options given before `service` (s3filesfs --config FILE service install --daemon).
+    Options after `--` are the mount's or the daemon's (service install --mount ~/S3Mount --
+    --write-back). Running it again updates the units.
+    """
+    state = ctx.find_object(State)
+    if not mountpoint and not with_daemon:
+        raise click.UsageError("say what to install: --mount MOUNTPOINT, --daemon, or both")
+    if mountpoint and with_daemon and (name or options):
+        raise click.UsageError("--name and options after -- are for one unit: install the mount and the daemon "
+                               "one at a time")
+    _ = state.settings  # a configuration that does not load fails now, not when the service starts
+    command = [*user_units.program(), *_given_options(ctx.find_root())]
+    docs = user_units.source_tree()
+    units = []
+    if mountpoint:
+        params, words = _spelled_out(ctx, mount, [mountpoint, *options])
+        target = Path(_absolute(params["mountpoint"]))
+        units.append(user_units.mount_unit(command, target, words, user_units.unit_name(name or user_units.MOUNT_UNIT),
+                                           docs))
+    if with_daemon:
+        _, words = _spelled_out(ctx, daemon, list(options))
+        units.append(user_units.daemon_unit(command, words, user_units.unit_name(name or user_units.DAEMON_UNIT),
+                                            docs))
+    for unit in units:
+        what = user_units.install(unit, force)
+        click.echo(f"{what} {user_units.unit_dir() / unit.filename}, which runs: {shlex.join(unit.runs)}")
+    from .fs import mount as mounting
+
+    busy = [u.mountpoint for u in units if u.mountpoint is not None and mounting.mounted_here(u.mountpoint)]
+    names = " ".join(unit.name for unit in units)
+    start = f"systemctl --user daemon-reload && systemctl --user enable --now {names}"
+    if not enable:
+        for target in busy:
+            click.echo(f"note: {target} is mounted now; unmount it (s3filesfs umount {target}) before starting the "
+                       "service, which would find it in use", err=True)
+        click.echo(f"to start {'it' if len(units) == 1 else 'them'} now and at every login:\n  {start}")
+        return
+    problem = user_units.user_manager()
+    if problem:
+        raise user_units.UnitError(f"{problem}, so nothing was enabled or started; in a session that has one, run: "
+                                   f"{start}")
+    if busy:
+        raise user_units.UnitError(f"{busy[0]} is mounted now (the quick start leaves it mounted): unmount it "
+                                   f"(s3filesfs umount {busy[0]}), then run: {start}")
+    user_units.systemctl("daemon-reload")
+    user_units.systemctl("enable", "--now", *(unit.filename for unit in units))
+    click.echo(f"enabled and started {names}: systemctl --user status {names}")
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _given_options(root: click.Context) -> list[str]:
+    """The global options given on the command line or by environment variable, spelled out for a
+    unit (the service sees neither this shell's environment nor its folder: paths made absolute)."""
+    words: list[str] = []
+    for param in root.command.params:
+        if not isinstance(param, click.Option) or param.name not in root.params:
+            continue
+        if root.get_parameter_source(param.name) not in (click.core.ParameterSource.COMMANDLINE,
+                                                          click.core.ParameterSource.ENVIRONMENT):
+            continue
+        words += _option_words(param, root.params[param.name])
+    return words
+
+
+def _spelled_out(ctx: click.Context, command: click.Command, args: list[str]) -> tuple[dict, list[str]]:
+    """``args`` parsed as ``command`` parses them (a mistake is a usage error now, not a failing
+    service later), and its options spelled out again for a unit, paths made absolute."""
+    sub = command.make_context(command.name, args, parent=ctx.find_root())  # errors name `s3filesfs mount`
+    words: list[str] = []
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name == "foreground":
+            continue
+        if sub.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE:
+            words += _option_words(param, sub.params[param.name])
+    return sub.params, words
+
+
+def _option_words(param: click.Option, value) -> list[str]:
+    if param.is_flag:
+        return [param.opts[0]] if value else []
+    return [param.opts[0], _absolute(value) if isinstance(param.type, click.Path) else str(value)]
+
+
+@service_group.command(name="show")
+def service_show():
+    """Print the units `service install` wrote, each with its state."""
+    units = user_units.installed()
+    if not units:
+        click.echo(f"no s3filesfs units in {user_units.unit_dir()} (`s3filesfs service install --mount ~/S3Mount` "
+                   "or `--daemon` writes one)")
+        return
+    problem = user_units.user_manager()
+    for index, (name, path) in enumerate(units):
+        if index:
+            click.echo()
+        click.echo(f"# {path}")
+        click.echo(f"# state: {user_units.state(name) if problem is None else 'unknown: ' + problem}")
+        click.echo(path.read_text(), nl=False)
+
+
+@service_group.command(name="uninstall")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--force", is_flag=True, help="Also remove a unit file this command did not write.")
+def service_uninstall(names, force):
+    """Stop, disable and remove units `service install` wrote (all of them unless named)."""
+    targets = [user_units.unit_name(name) for name in names] or [name for name, _ in user_units.installed()]
+    if not targets:
+        click.echo(f"no s3filesfs units in {user_units.unit_dir()}")
+        return
+    paths = [user_units.removable(name, force) for name in targets]  # all checked before any is touched
+    problem = user_units.user_manager()
+    if problem is None:
+        user_units.systemctl("disable", "--now", *(path.name for path in paths))
+    for path in paths:
+        user_units.remove(path)
+        click.echo(f"removed {path}")
+    if problem is None:
+        user_units.systemctl("daemon-reload")
+    else:
+        click.echo(f"{problem}, so nothing was stopped; where one runs them, stop them with: systemctl --user stop "
+                   + " ".join(targets), err=True)
 
 
 def _staged_name(name: str) -> tuple[str, str]:

@@ -97,6 +97,10 @@ class Settings:
     mount_staging_max_mb: int = 10240
     mount_log_file: Path | None = None  # None: <data_dir>/mount.log
     mount_refresh_seconds: float = 1.0
+    mount_write_back: bool = False  # close() returns once the data is durable in staging
+    mount_read_ahead_mb: int = 128  # memory that all files being read share for parts fetched ahead
+    # Expired files removed by the mount and the daemon every this many seconds; 0 turns it off.
+    expiry_interval_seconds: float = 3600.0
     # Where the settings came from, for messages.
     source: str = "defaults"
 
@@ -224,14 +228,15 @@ _SECTIONS = {"metadata_store": {"type", "backend", "table_name", *METADATA_STORE
              "upload": {"part_size_mb", "concurrency"}}
 _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_retries"}
 _SECTIONS["api"] = {"socket", "listen", "api_key_env"}
-_SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds"}
-_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount") for key in _SECTIONS[section]}
+_SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds", "write_back", "read_ahead_mb"}
+_SECTIONS["expiry"] = {"interval_seconds"}
+_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount", "expiry") for key in _SECTIONS[section]}
 _SCALAR_KEYS -= {f"metadata_store_{key}" for key in ("type", *METADATA_STORE_KEYS["postgres"])}
 
 
 def _file_key(name: str) -> tuple[str | None, str]:
     """A Settings field's place in the file: ``("upload", "part_size_mb")`` or ``(None, "region")``."""
-    for section in ("upload", "sync", "api", "mount"):
+    for section in ("upload", "sync", "api", "mount", "expiry"):
         if name.startswith(f"{section}_") and name[len(section) + 1:] in _SECTIONS[section]:
             return section, name[len(section) + 1:]
     return None, name
@@ -451,8 +456,15 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     _check_metadata_store(v, where)
     if "mount_staging_max_mb" in v:
         v["mount_staging_max_mb"] = _as_int(v["mount_staging_max_mb"], "mount.staging_max_mb", where, 1, 1 << 30)
+    if "mount_write_back" in v:
+        v["mount_write_back"] = _as_bool(v["mount_write_back"], "mount.write_back", where)
     if "mount_refresh_seconds" in v:
         v["mount_refresh_seconds"] = _as_seconds(v["mount_refresh_seconds"], "mount.refresh_seconds", where, 0.0, 3600)
+    if "mount_read_ahead_mb" in v:
+        v["mount_read_ahead_mb"] = _as_int(v["mount_read_ahead_mb"], "mount.read_ahead_mb", where, 1, 1 << 20)
+    if "expiry_interval_seconds" in v:
+        v["expiry_interval_seconds"] = _as_seconds(v["expiry_interval_seconds"], "expiry.interval_seconds", where,
+                                                   0.0, 7 * 24 * 3600)
     return Settings(**v)
 
 

@@ -12,7 +12,10 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 * **delete** removes the object, then the row; a missing object is not an error;
 * a row whose object has vanished is treated as gone: reading it removes the row and answers
   not-found. Rows younger than ``ORPHAN_GRACE`` are spared, because the seed server writes its row
-  *before* its object and may simply not have finished;
+  *before* its object and may simply not have finished: such a row is hidden from listings instead
+  (noted in ``s3filesfs_missing``, so every process on the database hides it), shown again once a
+  read finds its object, and deleted by the first listing after the grace if its object is still
+  missing then;
 * expired files are invisible and removed on touch or by ``gc``;
 * listings are ordered by ``(created_at, id)``, so files created in the same second are never
   skipped or repeated across pages.
@@ -25,11 +28,12 @@ import contextlib
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .blobs import BlobStore, BlobWriter
+from .blobs import BlobInfo, BlobStore, BlobWriter, UploadInfo
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
 from .metadata import MetadataStore
 from .model import (
@@ -51,11 +55,13 @@ ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may re
 
 @dataclass
 class CheckReport:
-    """What ``check()`` found: rows without objects, objects without rows, sizes that differ."""
+    """What ``check()`` found: rows without objects, objects without rows, sizes that differ; and
+    warnings, about what is consistent but may trouble others sharing the store (not a disagreement)."""
 
     rows_without_objects: list[str] = field(default_factory=list)
     objects_without_rows: list[str] = field(default_factory=list)
     size_mismatches: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -67,6 +73,7 @@ class CheckReport:
             "rows_without_objects": self.rows_without_objects,
             "objects_without_rows": self.objects_without_rows,
             "size_mismatches": self.size_mismatches,
+            "warnings": self.warnings,
         }
 
 
@@ -81,6 +88,32 @@ def object_metadata(file: FileObject) -> dict[str, str]:
         "created-at": str(file.created_at),
         "expires-at": str(file.expires_at),
     }
+
+
+def file_from_object(info: BlobInfo) -> FileObject | None:
+    """The file an object's metadata describes (the inverse of ``object_metadata``), its size the
+    object's; None for an object that carries none of it (the seed writes none). ValueError,
+    saying what is wrong, for metadata that is there but unusable."""
+    labels = info.metadata
+    missing = [name for name in ("filename", "purpose", "created-at", "expires-at") if name not in labels]
+    if len(missing) == 4:
+        return None
+    if missing:
+        raise ValueError(f"x-amz-meta-{missing[0]} is missing")
+    try:
+        filename = urllib.parse.unquote(labels["filename"], errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("x-amz-meta-filename is not percent-encoded UTF-8") from None
+    if labels["purpose"] not in PURPOSES:
+        raise ValueError(f"x-amz-meta-purpose {labels['purpose']!r} is not a purpose")
+    try:
+        created_at = int(labels["created-at"])
+        expires_at = None if labels["expires-at"] == "None" else int(labels["expires-at"])
+    except ValueError:
+        raise ValueError(f"x-amz-meta-created-at/expires-at are not whole seconds "
+                         f"({labels['created-at']!r}, {labels['expires-at']!r})") from None
+    return FileObject(id=info.key, filename=filename or DEFAULT_FILENAME, purpose=labels["purpose"], bytes=info.size,
+                      created_at=created_at, expires_at=expires_at)
 
 
 class PendingFile:
@@ -98,7 +131,11 @@ class PendingFile:
         return self._file
 
     def write(self, data: bytes) -> None:
-        self._writer.write(data)
+        try:
+            self._writer.write(data)
+        except BaseException:
+            self.abort()  # a writer that failed is done for: account for what it may have left
+            raise
 
     @property
     def begun(self) -> bool:
@@ -171,6 +208,11 @@ class FileService:
                     self._blobs.ensure_ready()
                     self._ready = True
         return self._blobs
+
+    @property
+    def location(self) -> str:
+        """Where the bodies go (``s3://bucket/prefix at endpoint``), without touching the store."""
+        return self._blobs.location
 
     def recheck_storage(self) -> None:
         """Check the blob store again on next use (re-creating the bucket if configured).
@@ -261,6 +303,7 @@ class FileService:
             if row is None:
                 raise InvalidRequest(f"after: no file '{after}' to continue from", "after")
             cursor = (int(row["created_at"]), row["id"])
+        self._settle_missing()
         rows = self.metadata.page(
             now=self.now(), limit=limit + 1, descending=order == "desc", purpose=purpose, after=cursor
         )
@@ -280,21 +323,59 @@ class FileService:
         """The file and its bytes ``start..end`` (end exclusive) as a stream of chunks."""
         file = self.retrieve(file_id)
         try:
-            return file, self.blobs.stream(file_id, start, end)
+            chunks = self.blobs.stream(file_id, start, end)
         except BlobMissing:
             raise self._vanished(file) from None
+        if end is None or end > start:  # (an empty range asks the store nothing)
+            self._found(file_id)
+        return file, chunks
 
     def read(self, file_id: str, offset: int, length: int) -> bytes:
         file = self.retrieve(file_id)
         try:
-            return self.blobs.read(file_id, offset, length)
+            data = self.blobs.read(file_id, offset, length)
+        except BlobMissing:
+            raise self._vanished(file) from None
+        if length > 0:
+            self._found(file_id)
+        return data
+
+    def read_body(self, file: FileObject, offset: int, length: int) -> bytes:
+        """Like ``read``, for a file already looked up (a reader holding it open): one ranged GET,
+        no lookup of its row (the bytes of an id never change)."""
+        try:
+            return self.blobs.read(file.id, offset, length)
         except BlobMissing:
             raise self._vanished(file) from None
 
     def _vanished(self, file: FileObject) -> NotFound:
+        """A read found no object: delete the row if it is past the grace, else hide it."""
         if self.now() - file.created_at >= ORPHAN_GRACE:
             self.metadata.delete(file.id)
+        else:
+            self.metadata.missing_add(file.id, self.now())
         return NotFound(file.id)
+
+    def _found(self, file_id: str) -> None:
+        """A read found the object: a row hidden for want of it is listed again."""
+        if self.metadata.is_missing(file_id):
+            self.metadata.missing_remove(file_id)
+
+    def _settle_missing(self) -> None:
+        """Hidden rows past the grace: deleted if their object is still missing, else shown again.
+        One look per row, once; a store that does not answer leaves them hidden until it does."""
+        for file_id, has_row in self.metadata.missing_due(self.now() - ORPHAN_GRACE):
+            if not has_row:  # deleted meanwhile (by us or by another server): only the note is left
+                self.metadata.missing_remove(file_id)
+                continue
+            try:
+                found = self.blobs.head(file_id) is not None
+            except S3FilesError:
+                return
+            if found:
+                self.metadata.missing_remove(file_id)
+            else:
+                self.metadata.delete(file_id)
 
     def changes(self) -> int:
         """A token that moves when another process (or connection) changed the table."""
@@ -380,10 +461,15 @@ class FileService:
             raise failures[0]
         return reaped
 
-    def gc(self) -> builtins.list[str]:  # builtins: FileService.list shadows the type here
-        """Remove every expired file; returns their ids. One failure does not stop the rest."""
+    def gc(self, before_each: Callable[[], bool] | None = None) -> builtins.list[str]:  # builtins: see list()
+        """Remove every expired file; returns their ids. One failure does not stop the rest.
+
+        ``before_each`` is asked before each removal; False stops the sweep there (the expiry
+        timer renews its lease with it)."""
         removed, failures = [], []
         for file_id in self.metadata.expired(self.now()):
+            if before_each is not None and not before_each():
+                break
             try:
                 self._remove(file_id)
                 removed.append(file_id)
@@ -392,6 +478,64 @@ class FileService:
         if failures and not removed:
             raise failures[0]
         return removed
+
+    # --- upkeep: the steps of rebuild, repair and expiry, which upkeep.py orchestrates ---------
+
+    def objects(self) -> Iterator[BlobInfo]:
+        """Every object under a file id, streamed from the listing (metadata not filled in)."""
+        return (info for info in self.blobs.keys() if is_file_id(info.key))
+
+    def has_row(self, file_id: str) -> bool:
+        """True if ``file_id`` has a row, expired or not."""
+        return self.metadata.get(file_id) is not None
+
+    def describe_object(self, file_id: str) -> BlobInfo | None:
+        """The object of ``file_id`` with its metadata and time, or None if there is none."""
+        return self.blobs.head(file_id)
+
+    def uploads_under_way(self) -> set[str]:
+        """Ids recorded as being uploaded: their objects and open uploads are not ours to judge."""
+        return {intent["id"] for intent in self.metadata.intents()}
+
+    def restore(self, file: FileObject) -> bool:
+        """Register ``file``, whose object is already in the store, unless its id has a row (which
+        is left as it is); True if the row was added."""
+        return self.metadata.insert_missing(file.to_row())
+
+    def drop_row_without_object(self, file_id: str, grace: float = ORPHAN_GRACE) -> str:
+        """Remove ``file_id``'s row if its object is gone and the row is ``grace`` seconds old or
+        more (younger, the seed may still be writing the object). Says what it found:
+        ``removed``, ``young``, ``has object`` (it arrived meanwhile) or ``gone`` (no row now)."""
+        row = self.metadata.get(file_id)
+        if row is None:
+            return "gone"
+        if self.now() - int(row["created_at"] or 0) < grace:
+            return "young"
+        if self.blobs.head(file_id) is not None:
+            return "has object"
+        self.metadata.delete(file_id)
+        return "removed"
+
+    def delete_object_without_row(self, file_id: str) -> bool:
+        """Delete the object of ``file_id`` unless it has a row (by now); True if deleted."""
+        if self.metadata.get(file_id) is not None:
+            return False
+        self.blobs.delete(file_id)
+        return True
+
+    def open_uploads(self) -> Iterator[UploadInfo]:
+        """Uploads to file ids begun and never completed or aborted, streamed."""
+        return (upload for upload in self.blobs.open_uploads() if is_file_id(upload.key))
+
+    def abort_upload(self, upload: UploadInfo) -> None:
+        self.blobs.abort_upload(upload)
+
+    def hold_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds`` from now; False if another holds it."""
+        return self.metadata.take_lease(name, holder, self.clock(), seconds)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.metadata.release_lease(name, holder)
 
     def check(self) -> CheckReport:
         """Compare the table with the store, both ways."""
@@ -404,6 +548,14 @@ class FileService:
             elif row["bytes"] is not None and int(row["bytes"]) != objects[file_id]:
                 report.size_mismatches.append(file_id)
         report.objects_without_rows = sorted(set(objects) - set(rows))
+        foreign = Counter(str(row["purpose"]) for row in rows.values() if row["purpose"] not in self.purposes)
+        if foreign:
+            # A Llama Stack server that knows fewer purposes fails its whole listing on one such row.
+            found = ", ".join(f"{purpose} ({count})" for purpose, count in sorted(foreign.items()))
+            report.warnings.append(
+                f"the table holds files whose purpose the purposes setting ({', '.join(self.purposes)}) does not "
+                f"include: {found}; a Llama Stack server sharing the table that does not know these purposes "
+                "fails to list any file (see 'purposes' in docs/configuration.md)")
         return report
 
 

@@ -18,6 +18,7 @@ class SilentProxy:
         self.upstream = ("127.0.0.1", upstream_port)
         self.port = free_port()
         self.silent = False
+        self.accepted = 0  # connections made to it so far
         self._server = socket.create_server(("127.0.0.1", self.port))
         self._sockets: list[socket.socket] = []
         self._closed = False
@@ -34,6 +35,7 @@ class SilentProxy:
             except OSError:
                 return
             self._sockets.append(client)
+            self.accepted += 1
             try:
                 upstream = socket.create_connection(self.upstream)
             except OSError:

@@ -16,6 +16,16 @@ class BlobInfo:
     key: str
     size: int
     metadata: dict[str, str] = field(default_factory=dict)
+    modified: float | None = None  # when the object was written (S3's LastModified), epoch seconds
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """An upload begun and never completed or aborted (an open S3 multipart upload)."""
+
+    key: str
+    upload_id: str
+    initiated: float  # epoch seconds
 
 
 class BlobWriter(ABC):
@@ -70,9 +80,19 @@ class BlobStore(ABC):
 
     @abstractmethod
     def keys(self) -> Iterator[BlobInfo]:
-        """Every object in the store (its metadata not filled in)."""
+        """Every object in the store (its metadata not filled in), streamed: a listing of
+        millions of objects is never held in memory at once."""
 
     def abort_unfinished(self, key: str) -> int:
         """Remove what writers of ``key`` that never finished left in the store (S3: its
         incomplete multipart uploads); returns how many. Other keys are never touched."""
         return 0
+
+    def open_uploads(self) -> Iterator[UploadInfo]:
+        """Every upload begun and neither completed nor aborted, streamed. A store whose writers
+        leave nothing behind that outlives them (the local store) has none."""
+        return iter(())
+
+    def abort_upload(self, upload: UploadInfo) -> None:
+        """Abort one of ``open_uploads()``; one that has ended meanwhile is not an error."""
+        return None  # a store without open uploads has none to abort

@@ -87,14 +87,14 @@ class LocalBlobStore(BlobStore):
 
     def head(self, key: str) -> BlobInfo | None:
         try:
-            size = self._path(key).stat().st_size
+            st = self._path(key).stat()
         except FileNotFoundError:
             return None
         try:
             metadata = json.loads((self._meta / f"{key}.json").read_text())
         except (FileNotFoundError, ValueError):
             metadata = {}
-        return BlobInfo(key, size, metadata)
+        return BlobInfo(key, st.st_size, metadata, st.st_mtime)
 
     def delete(self, key: str) -> None:
         for path in (self._path(key), self._meta / f"{key}.json"):
@@ -117,14 +117,16 @@ class LocalBlobStore(BlobStore):
 
     def keys(self) -> Iterator[BlobInfo]:
         try:
-            entries = list(os.scandir(self._objects))
+            entries = os.scandir(self._objects)
         except FileNotFoundError:
             return
-        for entry in entries:
-            try:
-                yield BlobInfo(entry.name, entry.stat().st_size)
-            except FileNotFoundError:
-                continue  # deleted while we listed
+        with entries:  # read as it goes, never the whole folder at once
+            for entry in entries:
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue  # deleted while we listed
+                yield BlobInfo(entry.name, st.st_size, modified=st.st_mtime)
 
 
 class _LocalWriter(BlobWriter):

@@ -33,7 +33,7 @@ from ..errors import (
     StorageError,
     StorageUnavailable,
 )
-from . import BlobInfo, BlobStore, BlobWriter
+from . import BlobInfo, BlobStore, BlobWriter, UploadInfo
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,8 @@ class S3BlobStore(BlobStore):
                 response = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
         except BlobMissing:
             return None
-        return BlobInfo(key, response["ContentLength"], dict(response.get("Metadata", {})))
+        return BlobInfo(key, response["ContentLength"], dict(response.get("Metadata", {})),
+                        _epoch(response.get("LastModified")))
 
     def delete(self, key: str) -> None:
         try:
@@ -279,7 +280,31 @@ class S3BlobStore(BlobStore):
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix) :]
                     if "/" not in key:  # deeper keys are not ours
-                        yield BlobInfo(key, item["Size"])
+                        yield BlobInfo(key, item["Size"], modified=_epoch(item.get("LastModified")))
+
+    def open_uploads(self) -> Iterator[UploadInfo]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        with self.errors():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    key = upload["Key"][len(self.prefix):]
+                    if "/" not in key:  # deeper keys are not ours
+                        yield UploadInfo(key, upload["UploadId"], _epoch(upload.get("Initiated")) or 0.0)
+
+    def abort_upload(self, upload: UploadInfo) -> None:
+        with self.errors(upload.key):
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.prefix + upload.key,
+                                                   UploadId=upload.upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise
+                # completed or aborted meanwhile: nothing left to abort
+
+
+def _epoch(when) -> float | None:
+    """A boto3 timestamp (an aware datetime) as epoch seconds."""
+    return when.timestamp() if when is not None else None
 
 
 class _S3Writer(BlobWriter):

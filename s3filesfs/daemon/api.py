@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, InvalidRequest, S3FilesError, internal_error
 from ..runtime_dir import ensure_private
+from . import schema
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,28 @@ def _error(status: int, message: str, error_type: str, param=None, code=None) ->
     return JSONResponse(body, status_code=status)
 
 
+# RFC 5987 attr-char: what may stand unencoded in ``filename*=UTF-8''…`` (besides letters and digits).
+_ATTR_CHARS = "!#$&+-.^_`|~"
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the file's name, as the seed sends it, spelled for every client (RFC 6266).
+
+    ``filename="…"`` alone for a plain ASCII name; otherwise that parameter carries an ASCII stand-in
+    (each other character an underscore: old clients, and no quote, backslash or line break can end
+    the header early) and ``filename*=UTF-8''…`` the exact name, percent-encoded (RFC 5987).
+    """
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe=_ATTR_CHARS)
+    return header
+
+
 def create_app(service, status: Callable[[], dict], api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="s3filesfs", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="s3filesfs", description="The OpenAI Files API over an S3 bucket, plus the daemon's status.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    schema.install(app, bearer_key=api_key is not None)
 
     if api_key is not None:
         expected = f"Bearer {api_key}".encode()
@@ -71,26 +93,29 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
         log.exception("internal error in the API")
         return JSONResponse(internal_error(exc).to_openai(), status_code=500)
 
-    @app.get("/v1/files")
+    @app.get("/v1/files", responses={200: {"model": schema.OpenAIFileList}, **schema.errors(400, 502, 503)})
     def list_files(after: str | None = None, limit: int | None = None, order: str | None = None,
                    purpose: str | None = None):
         return service.list(after=after, limit=limit, order=order, purpose=purpose).to_openai()
 
-    @app.get("/v1/files/{file_id}")
+    @app.get("/v1/files/{file_id}", responses={200: {"model": schema.OpenAIFile}, **schema.errors(404, 502, 503)})
     def retrieve(file_id: str):
         return service.retrieve(file_id).to_openai()
 
-    @app.get("/v1/files/{file_id}/content")
+    @app.get("/v1/files/{file_id}/content", response_class=StreamingResponse,
+             responses={**schema.CONTENT, **schema.errors(404, 502, 503)})
     def content(file_id: str):
         file, chunks = service.content(file_id)
         return StreamingResponse(chunks, media_type="application/octet-stream",
-                                 headers={"Content-Length": str(file.bytes)})
+                                 headers={"Content-Length": str(file.bytes),
+                                          "Content-Disposition": content_disposition(file.filename)})
 
-    @app.delete("/v1/files/{file_id}")
+    @app.delete("/v1/files/{file_id}",
+                responses={200: {"model": schema.OpenAIFileDeleted}, **schema.errors(404, 502, 503)})
     def delete(file_id: str):
         return service.delete(file_id)
 
-    @app.post("/v1/files")
+    @app.post("/v1/files", responses={200: {"model": schema.OpenAIFile}, **schema.errors(400, 502, 503)})
     def upload(file: UploadFile = File(...), purpose: str = Form(...),
                anchor: str | None = Form(None, alias="expires_after[anchor]"),
                seconds: str | None = Form(None, alias="expires_after[seconds]")):
@@ -99,7 +124,7 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
             expires_after = {"anchor": anchor, "seconds": seconds}
         return service.create(file.file, file.filename, purpose, expires_after).to_openai()
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses={200: {"description": "What the daemon is doing (see docs/daemon.md)"}})
     def get_status():
         return status()
 
@@ -166,6 +191,11 @@ class ApiServer:
 
     def start(self) -> None:
         self.thread.start()
+
+    @property
+    def serving(self) -> bool:
+        """True once uvicorn accepts connections on the socket (and until its thread ends)."""
+        return bool(self.server.started) and self.thread.is_alive()
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -16,10 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, sdnotify
 from ..errors import ConfigError, S3FilesError
 from ..files import open_service
+from ..upkeep import ExpiryTimer, start_expiry_timer
 from .api import ApiServer, bind_tcp, bind_unix, create_app
+from .client import DaemonClient
 from .journal import Journal
 from .uploader import Uploader
 from .watcher import Watcher
@@ -27,6 +29,7 @@ from .watcher import Watcher
 log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 60.0  # the safety-net scan for missed events and failed uploads
+HEALTH_TIMEOUT = 10.0  # the watchdog's own request to the socket; a daemon this slow misses a ping
 
 
 class DaemonService:
@@ -48,6 +51,7 @@ class DaemonService:
         self._servers: list[ApiServer] = []
         self._stop = threading.Event()
         self._rescanner: threading.Thread | None = None
+        self._expiry: ExpiryTimer | None = None
         self._owns_socket = False  # never remove the socket of another daemon that refused us
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -82,6 +86,7 @@ class DaemonService:
             server.start()
         self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
         self._rescanner.start()
+        self._expiry = start_expiry_timer(self.service, self.settings.expiry_interval_seconds)
         log.info("watching %s; API on %s", self.root, self.socket_path)
 
     def reconcile(self) -> int:
@@ -107,6 +112,8 @@ class DaemonService:
     def stop(self) -> bool:
         """Stop watching, then uploading, then serving. True if every upload ended in time."""
         self._stop.set()
+        if self._expiry is not None:
+            self._expiry.stop()
         self.watcher.stop()
         clean = self.uploader.stop(self.grace)
         for server in self._servers:
@@ -128,8 +135,13 @@ class DaemonService:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
+            # Under systemd (Type=notify): ready once every socket serves; a watchdog ping for as
+            # long as the daemon answers its own socket.
+            sdnotify.ready_when(lambda: all(server.serving for server in self._servers),
+                                lambda: f"watching {self.root}; API on {self.socket_path}", healthy=self._answers)
             while not stop.wait(1.0):
                 pass
+            sdnotify.stopping()
         finally:
             clean = self.stop() if self.started_at else True  # (a failed start already stopped)
             for sig, handler in previous.items():
@@ -137,6 +149,9 @@ class DaemonService:
         if not clean:
             log.warning("some uploads did not finish in time; the next start completes them")
         return 0
+
+    def _answers(self) -> bool:
+        return DaemonClient(self.socket_path, timeout=HEALTH_TIMEOUT).status() is not None
 
     # --- status ------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from ..model import FileObject, check_name
 from .namespace import BY_ID, INDEX, Namespace, parse
 from .reader import Reader
 from .staging import StagedFile, Staging, State
+from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ IO_SIZE = 1024 * 1024  # st_blksize: `cp` and `cat` move 1 MiB per call instead 
 XATTRS = ("user.openai.file_id", "user.openai.purpose", "user.openai.created_at", "user.openai.expires_at")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 PF_EXITING = 0x4  # a task's flags while it exits (include/linux/sched.h)
+STOP_GRACE = 60.0  # how long an unmount waits for background uploads
 
 
 class Caller:
@@ -100,7 +102,7 @@ class Opened:
 
 class MountCore:
     def __init__(self, service: FileService, staging: Staging, refresh_seconds: float = 1.0,
-                 read_only: bool = False):
+                 read_only: bool = False, write_back: bool = False):
         self.service = service
         self.staging = staging
         self.namespace = Namespace(service, refresh_seconds)
@@ -113,6 +115,9 @@ class MountCore:
         self._staged: dict[tuple[str, str], StagedFile] = {}  # paths being written or kept local
         self._last_opened: dict[str, str] = {}  # path -> the id it named when last opened to read
         self._writers: dict[int, tuple[int, int]] = {}  # handle -> (thread, process) that opened it to write
+        self._wrote: set[int] = set()  # handles that changed their file: only their writer's death matters
+        # Write-back mode: closes return once the data is durable in staging; uploads run here.
+        self._write_back = WriteBack(self._uploaded_in_background) if write_back else None
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -258,10 +263,9 @@ class MountCore:
         Shared if the path is already being written; else a new one that replaces ``base`` and,
         with ``copy``, starts from its content (copy-on-write).
         """
-        with self._lock:
-            staged = self._staged.get((purpose, name))
-            if staged is not None and staged.attach():
-                return staged
+        staged = self._attached(purpose, name)
+        if staged is not None:
+            return staged
         fresh = self.staging.new_file(self.service, purpose, name, base.id if base else None)
         if copy and base is not None:
             fresh.start_from(base)
@@ -277,12 +281,26 @@ class MountCore:
             fresh.finish()
         return winner
 
+    def _attached(self, purpose: str, name: str) -> StagedFile | None:
+        """The path's staged file with one more handle on it, if it has one still in use."""
+        with self._lock:
+            staged = self._staged.get((purpose, name))
+            return staged if staged is not None and staged.attach() else None
+
     def _open_staged(self, staged: StagedFile, flags: int, caller: Caller) -> Opened:
-        if flags & WRITE_FLAGS and flags & os.O_TRUNC:
-            staged.truncate(0)
+        """A handle on ``staged``, which has been attached for it (and is detached again if this fails)."""
+        truncating = bool(flags & WRITE_FLAGS and flags & os.O_TRUNC)
+        if truncating:
+            try:
+                staged.truncate(0)
+            except BaseException:
+                self._detach(staged)
+                raise
         fh = self._new_handle(staged)
         if flags & WRITE_FLAGS:
             self._writers[fh] = (caller.thread, caller.process)
+        if truncating:
+            self._wrote.add(fh)
         # A write-only descriptor (`cp`, `dd`, a `>` redirect) can neither read nor mmap, so caching
         # what it writes only costs: with direct_io each write reaches staging in one copy. A
         # descriptor that can read goes through the page cache (a shared writable mmap works),
@@ -293,11 +311,7 @@ class MountCore:
         where = self._writable(path, "create")
         base = self.namespace.find(where.purpose, where.name)
         staged = self._stage(where.purpose, where.name, base, copy=False)
-        try:
-            return self._open_staged(staged, flags, caller)
-        except BaseException:
-            self._detach(staged)
-            raise
+        return self._open_staged(staged, flags, caller)
 
     def open(self, path: str, flags: int, caller: Caller) -> Opened:
         where = self._parse(path)
@@ -315,10 +329,7 @@ class MountCore:
             raise NotPermitted(f"{path} is not a file")
         if writing:
             self._writable(path, "open for writing")
-        with self._lock:
-            staged = self._staged.get((where.purpose, where.name))
-            if staged is not None and not staged.attach():
-                staged = None
+        staged = self._attached(where.purpose, where.name)
         if staged is None and not writing:
             file = self.namespace.lookup(where.purpose, where.name)
             # The kernel caches pages per path; keep them only while the path still names the
@@ -331,11 +342,7 @@ class MountCore:
         if staged is None:
             base = self.namespace.lookup(where.purpose, where.name)
             staged = self._stage(where.purpose, where.name, base, copy=not flags & os.O_TRUNC)
-        try:
-            return self._open_staged(staged, flags, caller)
-        except BaseException:
-            self._detach(staged)
-            raise
+        return self._open_staged(staged, flags, caller)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         handle = self._handles[fh]
@@ -347,14 +354,12 @@ class MountCore:
         handle = self._handles[fh]
         if not isinstance(handle, StagedFile):
             raise NotPermitted("the file was not opened for writing")
+        self._wrote.add(fh)
         return handle.write(data, offset)
 
     def truncate(self, path: str, length: int) -> None:
         where = self._writable(path, "truncate")
-        with self._lock:
-            staged = self._staged.get((where.purpose, where.name))
-            if staged is not None and not staged.attach():
-                staged = None
+        staged = self._attached(where.purpose, where.name)
         if staged is None:
             base = self.namespace.lookup(where.purpose, where.name)
             if length == base.bytes:
@@ -388,9 +393,10 @@ class MountCore:
             return
         signal_number = caller.killed_by()
         if signal_number is not None:
-            staged.writer_died(f"was killed (signal {signal_number})")
+            if fh in self._wrote:  # one that only had it open changed nothing: its death neither
+                staged.writer_died(f"was killed (signal {signal_number})")
             return
-        staged.closed_by_writer()
+        staged.closed_by_writer(defer=self._write_back is not None)
         self._show(staged)
 
     def fsync(self, fh: int, caller: Caller) -> None:
@@ -404,6 +410,7 @@ class MountCore:
         with self._lock:
             handle = self._handles.pop(fh, None)
             self._writers.pop(fh, None)
+            self._wrote.discard(fh)
         if isinstance(handle, Reader):
             handle.close()
         elif isinstance(handle, StagedFile):
@@ -424,7 +431,10 @@ class MountCore:
                 del self._staged[key]
 
     def _after_settling(self, staged: StagedFile, state: State, report: bool) -> None:
-        if state in (State.WRITING, State.CLOSED) and staged.opens == 0:
+        if state in (State.WRITING, State.CLOSED) and staged.opens == 0 and self._write_back is not None:
+            if not staged.temporary:
+                self._write_back.submit(staged)  # registered behind the close; settled when done
+        elif state in (State.WRITING, State.CLOSED) and staged.opens == 0:
             # Changed after its writer's last close (a shared mmap written back at unmap), or a
             # temporary name renamed to a real one: nobody can change it now, so register it.
             try:
@@ -440,6 +450,14 @@ class MountCore:
                 if state in (State.DISCARDED, State.KEPT):
                     staged.finish()
         elif state in (State.DISCARDED, State.KEPT):
+            staged.finish()
+
+    def _uploaded_in_background(self, staged: StagedFile) -> None:
+        self._show(staged)
+        with self._lock:
+            state = staged.settle()
+            self._off_path_if_done(staged, state)
+        if state in (State.DISCARDED, State.KEPT):
             staged.finish()
 
     def _show(self, staged: StagedFile) -> None:
@@ -479,12 +497,20 @@ class MountCore:
         target = self._writable(new, "rename into")
         if (source.purpose, source.name) == (target.purpose, target.name):
             return
-        with self._lock:
-            staged = self._staged.pop((source.purpose, source.name), None)
-            displaced = self._staged.pop((target.purpose, target.name), None)
-            displaced_idle = displaced.unlink() if displaced is not None else False
-            if staged is not None:
-                self._staged[(target.purpose, target.name)] = staged
+        while True:
+            # A source that does not exist is refused before the target is touched.
+            with self._lock:
+                being_written = (source.purpose, source.name) in self._staged
+            file = None if being_written else self.namespace.lookup(source.purpose, source.name)
+            with self._lock:
+                staged = self._staged.pop((source.purpose, source.name), None)
+                if staged is None and file is None:
+                    continue  # finished with meanwhile: look it up again
+                displaced = self._staged.pop((target.purpose, target.name), None)
+                displaced_idle = displaced.unlink() if displaced is not None else False
+                if staged is not None:
+                    self._staged[(target.purpose, target.name)] = staged
+            break
         replaced = self.namespace.find(target.purpose, target.name)
         if displaced is not None:
             if displaced_idle:
@@ -496,7 +522,7 @@ class MountCore:
         if staged is not None:
             self._rename_staged(staged, target, replaced)
             return
-        file = self.namespace.lookup(source.purpose, source.name)
+        assert file is not None
         renamed = self.service.rename(file.id, target.name, target.purpose)
         self.namespace.renamed(renamed)
         if replaced is not None and replaced.id != file.id:
@@ -511,10 +537,10 @@ class MountCore:
             try:
                 self.namespace.renamed(self.service.rename(staged.replaces, target.name, target.purpose))
             except NotFound:
-                staged.replaces = None
+                staged.replacing(None)
         if replaced is not None and replaced.id != staged.replaces:
             if staged.replaces is None:
-                staged.replaces = replaced.id  # replaced once the new content is registered
+                staged.replacing(replaced.id)  # replaced once the new content is registered
             else:
                 self._delete(replaced.id)
         if was_temporary and not staged.temporary:
@@ -529,11 +555,14 @@ class MountCore:
     def files_being_written(self) -> list[str]:
         """Paths open for writing whose content is not registered yet: what a stop waits for."""
         with self._lock:
-            return [f"{purpose}/{name}" for (purpose, name), staged in self._staged.items()
-                    if staged.opens > 0 and staged.waiting]
+            open_ = [f"{purpose}/{name}" for (purpose, name), staged in self._staged.items()
+                     if staged.opens > 0 and staged.waiting]
+        return open_ + (self._write_back.pending() if self._write_back is not None else [])
 
     def stop(self) -> None:
         """Unmounted: keep anything written but not registered for `retry`; drop the rest."""
+        if self._write_back is not None:
+            self._write_back.stop(STOP_GRACE)  # what it has not uploaded by then: the next mount's
         with self._lock:
             left = list(self._staged.values())
             self._staged.clear()

@@ -23,8 +23,10 @@ import threading
 import time
 from pathlib import Path
 
+from .. import sdnotify
 from ..errors import S3FilesError, StorageError, UserError
 from ..files import FileService
+from ..upkeep import start_expiry_timer
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +102,20 @@ def pid_file(runtime_dir: Path, mountpoint: Path) -> Path:
 
 def run(service: FileService, settings, mountpoint: Path, allow_other: bool = False, read_only: bool = False) -> None:
     """Mount in this process until unmounted."""
+    from . import reader, records
     from .core import MountCore
     from .ops import FUSE, S3FilesOperations  # loads libfuse
     from .staging import Staging
+    from .writeback import resume
 
     _tune_process()
     mountpoint = prepare(mountpoint)
     _ = service.blobs  # a missing bucket or bad credentials fail here, before anything is mounted
     staging = Staging(settings.staging_dir, settings.mount_staging_max_mb * 1024 * 1024)
     staging.claim(service)
-    core = MountCore(service, staging, settings.mount_refresh_seconds, read_only)
+    records.remember(settings.data_dir, staging.folder)
+    reader.configure(settings.mount_read_ahead_mb * 1024 * 1024)
+    core = MountCore(service, staging, settings.mount_refresh_seconds, read_only, settings.mount_write_back)
     operations = S3FilesOperations(core)
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
     pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -126,6 +132,14 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # Started after the signals are blocked: a thread that could take SIGTERM would let libfuse
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
+    start_expiry_timer(service, 0 if read_only else settings.expiry_interval_seconds)  # stopped at exit
+    if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
+        threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
+    # Under systemd (Type=notify): ready once libfuse has called init, and a watchdog ping for as
+    # long as the mountpoint answers statfs (which always reaches this process).
+    sdnotify.ready_when(lambda: operations.started_serving,
+                        lambda: f"serving {service.location} at {mountpoint}",
+                        healthy=lambda: os.statvfs(mountpoint) is not None)
     try:
         FUSE(operations, str(mountpoint), foreground=True, nothreads=False, raw_fi=True, **options)
     except RuntimeError as exc:
@@ -134,6 +148,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
             raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
     finally:
         pid_path.unlink(missing_ok=True)
+    sdnotify.stopping(f"unmounted {mountpoint}")
     log.info("unmounted %s", mountpoint)
 
 
@@ -166,6 +181,7 @@ def _stop_gracefully_on_signals(core, mountpoint: Path) -> None:
         received = signal.sigwait(signals)
         deadline = time.monotonic() + STOP_GRACE
         waiting = core.files_being_written()
+        sdnotify.stopping(f"stopping: waiting for {len(waiting)} file(s) being written" if waiting else "stopping")
         if waiting:
             log.info("%s: waiting up to %.0f s for %d file(s) being written: %s", signal.Signals(received).name,
                      STOP_GRACE, len(waiting), ", ".join(waiting[:5]))

@@ -1,139 +1,296 @@
-"""Reading committed files through the mount: one streamed GET per sequential run, read ahead.
+"""Reading committed files through the mount: ranged GETs in parallel, read ahead within one budget.
 
-A sequential reader (``cat``, ``cp`` out, pandas scanning a CSV) is served from a single streamed
-GET that a background thread reads up to ``WINDOW`` bytes ahead of it, so the store is read while
-the kernel consumes, with one request per file instead of one per range. A read that jumps
-elsewhere is one exact ranged GET; if reading then goes on from there, a new stream starts at that
-point. Memory per open file is bounded by ``WINDOW`` plus ``KEEP_BEHIND``, whatever the file size.
+S3 answers each request after tens of milliseconds and sends one connection's bytes at a bounded
+rate, so a reader is fast only with several requests in flight. A ``Reader`` (one open file) keeps
+a few *runs*: stretches of the file being read in order. A run begins with one small GET
+(``FIRST_PART``: a ``head -c 100`` or a ``file`` probe costs no more) and, while reading goes on
+in order, fetches ahead of the reader: the more it has read, the further ahead (``AHEAD_FACTOR``
+times what it read, at most ``MAX_AHEAD``), in parts of a ``PARTS_AHEAD``th of that distance (at
+least ``FIRST_PART``, at most ``MAX_PART``), each part one ranged GET, several running at once. A
+read that lands nowhere near a run (a jump) starts a new small run there, so random reads stay
+exact: one GET of the bytes asked for (at least ``FIRST_PART``).
+
+Two things are shared by every open file of the process, so that memory and connections do not
+grow with the number of files open:
+
+* ``ReadBudget``: the bytes that parts may hold, fetched or on their way (``mount.read_ahead_mb``).
+  Reading ahead only takes what the budget has room for, and no reader more than an equal share of
+  it (its parts are sized to that share); a reader whose share is used up reads ahead again as it
+  reads what it holds. The part a read is waiting for is never
+  refused (so nothing can deadlock on the budget): it may overshoot the budget by at most one small
+  part per read in progress.
+* ``Fetcher``: one pool of worker threads that runs the GETs, the parts a read is waiting for
+  before the ones fetched ahead.
+
+A GET that fails fails the read that needs its bytes, with the store's error (the kernel gets its
+errno); the run is given up, so reading again starts afresh. Closing a reader cancels its queued
+GETs and gives its budget back (a GET already running gives its part back when it ends).
 """
 
 from __future__ import annotations
 
-import collections
+import itertools
+import queue
 import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 
 from ..errors import S3FilesError, internal_error
 from ..files import FileService
 from ..model import FileObject
 
-WINDOW = 16 * 1024 * 1024  # read ahead of the reader at most this much
-KEEP_BEHIND = 1024 * 1024  # the kernel may ask again just behind the front; keep that much
-MIN_RANDOM_READ = 128 * 1024
+KiB, MiB = 1024, 1024 * 1024
+FIRST_PART = 256 * KiB  # a run's first GET: what a probe or a random read costs
+MAX_PART = 8 * MiB  # parts grow up to this (the part size of boto3's download_file)
+AHEAD_FACTOR = 4  # a run reads ahead this many times what it has read so far...
+MAX_AHEAD = 128 * MiB  # ...up to this: 16 GETs of MAX_PART in flight
+PARTS_AHEAD = 4  # ...in parts of a quarter of that (and of the reader's share): several GETs at once
+FORWARD_GAP = 1 * MiB  # a read this far past a run's end still continues it (the kernel's reads overtake)
+KEEP_BEHIND = 1 * MiB  # the kernel may ask again just behind the furthest read; keep that much
+MAX_RUNS = 4  # runs kept per open file: interleaved sequential readers of one descriptor
+DEFAULT_BUDGET = 128 * MiB  # mount.read_ahead_mb
+WORKERS = 16  # with the upload workers (2 x upload.concurrency) fits the S3 client's 24 connections
 
 
-class _Stream:
-    """One GET from ``start`` to the end of the file, fetched ahead by its own thread."""
+class ReadBudget:
+    """Bytes the process's read parts may hold, shared fairly by the readers that hold some."""
 
-    def __init__(self, service: FileService, file: FileObject, start: int):
-        self._cond = threading.Condition()
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self.start = start  # offset of the first byte still held
-        self.end = start  # offset just past the last byte received
-        self._front = start  # where the reader is: the window is measured from here
-        self._error: BaseException | None = None
-        self._done = False
-        self._closed = False
-        thread = threading.Thread(target=self._fetch, args=(service, file, start), daemon=True,
-                                  name=f"read-{file.id[-6:]}")
-        thread.start()
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held: dict[object, int] = {}
+        self.used = 0
+        self.peak = 0
 
-    def _fetch(self, service: FileService, file: FileObject, start: int) -> None:
-        chunks = None
-        try:
-            _, chunks = service.content(file.id, start)
-            for chunk in chunks:
-                with self._cond:
-                    while self.end - self._front >= WINDOW and not self._closed:
-                        self._cond.wait()
-                    if self._closed:
-                        return
-                    self._chunks.append(chunk)
-                    self.end += len(chunk)
-                    self._cond.notify_all()
-        except BaseException as exc:  # handed to the reader, which raises it in its own thread
-            with self._cond:
-                self._error = exc
-        finally:
-            if chunks is not None and hasattr(chunks, "close"):
-                chunks.close()  # releases the HTTP connection of a stream given up early
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
+    def try_take(self, owner: object, size: int) -> bool:
+        """Take ``size`` bytes for ``owner`` if the budget and the owner's share have room."""
+        with self._lock:
+            holders = len(self._held) + (owner not in self._held)
+            if self.used + size > self.limit or self._held.get(owner, 0) + size > self.limit // holders:
+                return False
+            self._add(owner, size)
+            return True
 
-    def read(self, offset: int, size: int) -> bytes | None:
-        """Bytes ``offset..offset+size`` (fewer at the end of the file), or None if this stream
-        cannot serve them (behind what it holds, or too far ahead)."""
-        with self._cond:
-            if offset < self.start or offset > self.end + WINDOW:
-                return None
-            self._front = max(self._front, offset)
-            self._forget_before(offset - KEEP_BEHIND)
-            while self.end < offset + size and not self._done:
-                self._cond.wait()
-            if self._error is not None and self.end < offset + size:
-                error = self._error
-                raise error if isinstance(error, S3FilesError) else internal_error(error)
-            return self._slice(offset, min(offset + size, self.end))
+    def share(self, owner: object) -> int:
+        """What ``owner`` may hold: an equal part of the budget among the readers holding some."""
+        with self._lock:
+            return self.limit // (len(self._held) + (owner not in self._held))
 
-    def _forget_before(self, offset: int) -> None:
-        while self._chunks and self.start + len(self._chunks[0]) <= offset:
-            self.start += len(self._chunks.popleft())
-            self._cond.notify_all()  # room in the window
+    def take(self, owner: object, size: int) -> None:
+        """Take ``size`` bytes whatever is left: for the part a read is waiting for."""
+        with self._lock:
+            self._add(owner, size)
 
-    def _slice(self, begin: int, stop: int) -> bytes:
-        pieces, position = [], self.start
-        for chunk in self._chunks:
-            chunk_end = position + len(chunk)
-            if chunk_end > begin and position < stop:
-                pieces.append(chunk[max(begin - position, 0):stop - position])
-            if chunk_end >= stop:
-                break
-            position = chunk_end
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    def give(self, owner: object, size: int) -> None:
+        with self._lock:
+            left = self._held.pop(owner) - size
+            if left:
+                self._held[owner] = left
+            self.used -= size
 
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._chunks.clear()
-            self._cond.notify_all()
+    def held_by(self, owner: object) -> int:
+        with self._lock:
+            return self._held.get(owner, 0)
+
+    def _add(self, owner: object, size: int) -> None:
+        self._held[owner] = self._held.get(owner, 0) + size
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+
+class Fetcher:
+    """A pool of worker threads, started on first use; urgent work goes before the rest."""
+
+    def __init__(self, workers: int = WORKERS):
+        self.workers = workers
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._started = 0
+
+    def submit(self, urgent: bool, work: Callable[[], bytes]) -> Future:
+        future: Future = Future()
+        self._queue.put((0 if urgent else 1, next(self._order), future, work))
+        with self._lock:
+            if self._started < self.workers:
+                self._started += 1
+                threading.Thread(target=self._work, daemon=True, name=f"read-{self._started}").start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, work = self._queue.get()
+            if future.set_running_or_notify_cancel():  # else cancelled while queued: its reader is done
+                try:
+                    future.set_result(work())
+                except BaseException as exc:  # handed to the read that needs these bytes
+                    future.set_exception(exc)
+            # An idle worker must not keep the last part it fetched (and its bytes) alive.
+            del future, work
+
+
+_shared_lock = threading.Lock()
+_shared: tuple[ReadBudget, Fetcher] | None = None
+
+
+def configure(budget_bytes: int) -> None:
+    """Set the process's read-ahead budget (the mount does, from ``mount.read_ahead_mb``)."""
+    global _shared
+    with _shared_lock:
+        _shared = (ReadBudget(budget_bytes), _shared[1] if _shared else Fetcher())
+
+
+def shared() -> tuple[ReadBudget, Fetcher]:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = (ReadBudget(DEFAULT_BUDGET), Fetcher())
+        return _shared
+
+
+class _Part:
+    """One ranged GET: the bytes ``offset..end``, once its future is done."""
+
+    __slots__ = ("offset", "end", "future")
+
+    def __init__(self, offset: int, end: int, future: Future):
+        self.offset, self.end, self.future = offset, end, future
+
+
+class _Run:
+    """Consecutive parts from ``start`` to ``end``, read in order from ``origin`` up to ``front``."""
+
+    def __init__(self, origin: int):
+        self.origin = origin
+        self.start = self.end = origin
+        self.front = origin  # just past the furthest byte read
+        self.parts: deque[_Part] = deque()
+
+    def continues(self, offset: int) -> bool:
+        return self.start <= offset <= self.end + FORWARD_GAP
 
 
 class Reader:
-    def __init__(self, service: FileService, file: FileObject):
+    def __init__(self, service: FileService, file: FileObject, budget: ReadBudget | None = None,
+                 fetcher: Fetcher | None = None):
         self.service = service
         self.file = file
+        shared_budget, shared_fetcher = shared() if budget is None or fetcher is None else (budget, fetcher)
+        self._budget = budget or shared_budget
+        self._fetcher = fetcher or shared_fetcher
         self._lock = threading.Lock()
-        self._stream: _Stream | None = None
-        self._next_offset = 0  # where a sequential reader reads next
+        self._runs: list[_Run] = []  # the most recently read last
+        self._closed = False
 
     def read(self, size: int, offset: int) -> bytes:
         total = self.file.bytes
         if offset >= total or size <= 0:
             return b""
-        size = min(size, total - offset)
+        stop = min(offset + size, total)
         with self._lock:
-            stream = self._stream
-            sequential = offset == self._next_offset
-            self._next_offset = offset + size
-            if stream is None and sequential:
-                stream = self._stream = _Stream(self.service, self.file, offset)
-        if stream is not None:
-            data = stream.read(offset, size)
-            if data is not None:
-                return data
-            if sequential:  # the stream is behind or far off: start over from here
-                with self._lock:
-                    stream.close()
-                    stream = self._stream = _Stream(self.service, self.file, offset)
-                data = stream.read(offset, size)
-                if data is not None:
-                    return data
-        # A jump: one exact GET (at least MIN_RANDOM_READ, which the kernel's next read may want).
-        length = max(size, min(MIN_RANDOM_READ, total - offset))
-        return self.service.read(self.file.id, offset, length)[:size]
+            run = None if self._closed else self._run_for(offset, stop)
+            parts = [] if run is None else [p for p in run.parts if p.end > offset and p.offset < stop]
+        if run is None:  # read after close
+            return self._get(offset, stop - offset)
+        try:
+            pieces = [_slice(part.future.result(), offset - part.offset, stop - part.offset) for part in parts]
+        except CancelledError:  # the run was given up under this read (closed, or pushed out by others)
+            return self._get(offset, stop - offset)
+        except BaseException as exc:
+            with self._lock:
+                if run in self._runs:  # given up: reading again starts afresh
+                    self._runs.remove(run)
+                    self._drop(run)
+            if isinstance(exc, S3FilesError):
+                raise
+            raise internal_error(exc) from exc
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def close(self) -> None:
         with self._lock:
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
+            self._closed = True
+            for run in self._runs:
+                self._drop(run)
+            self._runs.clear()
+
+    # --- runs (under self._lock) -----------------------------------------------------------------
+
+    def _run_for(self, offset: int, stop: int) -> _Run:
+        """The run this read continues, brought up to date, or a new one."""
+        run = next((r for r in reversed(self._runs) if r.continues(offset)), None)
+        if run is None:
+            return self._start_run(offset, stop)
+        self._runs.remove(run)
+        self._runs.append(run)
+        self._follow(run, offset, stop)
+        return run
+
+    def _start_run(self, offset: int, stop: int) -> _Run:
+        """A read nowhere near a run: one small GET from here; no reading ahead until it goes on."""
+        if len(self._runs) >= MAX_RUNS:
+            self._drop(self._runs.pop(0))
+        run = _Run(offset)
+        run.front = stop
+        self._extend(run, stop)
+        self._runs.append(run)
+        return run
+
+    def _follow(self, run: _Run, offset: int, stop: int) -> None:
+        run.front = max(run.front, stop)
+        self._forget(run, min(offset, run.front - KEEP_BEHIND))
+        if stop > run.end:
+            self._extend(run, stop)
+        self._read_ahead(run)
+
+    def _extend(self, run: _Run, stop: int) -> None:
+        """Request up to ``stop`` now, for a read waiting there: a small part (at least what the
+        read needs, at least ``FIRST_PART``), taken from the budget whatever is left in it."""
+        end = min(self.file.bytes, max(stop, run.end + FIRST_PART))
+        self._budget.take(self, end - run.end)
+        self._add_part(run, end, urgent=True)
+
+    def _read_ahead(self, run: _Run) -> None:
+        """Request parts until the run reaches ``AHEAD_FACTOR`` times what it read ahead of the
+        reader, in parts of a ``PARTS_AHEAD``th of that and of this reader's share of the budget (so
+        that several GETs run at once), as far as the budget lets it."""
+        total = self.file.bytes
+        ahead = min(MAX_AHEAD, AHEAD_FACTOR * (run.front - run.origin))
+        goal = min(total, run.front + ahead)
+        part = max(FIRST_PART, min(MAX_PART, min(ahead, self._budget.share(self)) // PARTS_AHEAD))
+        while run.end < goal:
+            size = min(part, total - run.end)
+            if not self._budget.try_take(self, size):
+                return  # no room now: reading ahead goes on at a later read, as parts are read
+            self._add_part(run, run.end + size, urgent=False)
+
+    def _add_part(self, run: _Run, end: int, urgent: bool) -> None:
+        offset = run.end
+        future = self._fetcher.submit(urgent, lambda: self._get(offset, end - offset))
+        run.parts.append(_Part(offset, end, future))
+        run.end = end
+
+    def _forget(self, run: _Run, before: int) -> None:
+        """Drop the parts that end at or before ``before``: read, and far enough behind."""
+        while len(run.parts) > 1 and run.parts[0].end <= before:
+            self._release(run.parts.popleft())
+        run.start = run.parts[0].offset if run.parts else run.end
+
+    def _drop(self, run: _Run) -> None:
+        while run.parts:
+            self._release(run.parts.popleft())
+        run.start = run.end
+
+    def _release(self, part: _Part) -> None:
+        """Cancel the part's GET if it has not begun; its bytes go back to the budget once it ends."""
+        part.future.cancel()
+        size = part.end - part.offset
+        part.future.add_done_callback(lambda _: self._budget.give(self, size))
+
+    def _get(self, offset: int, length: int) -> bytes:
+        return self.service.read_body(self.file, offset, length)
+
+
+def _slice(data: bytes, begin: int, stop: int) -> bytes:
+    begin = max(begin, 0)
+    return data if begin == 0 and stop >= len(data) else data[begin:stop]

@@ -34,6 +34,7 @@ from ..model import FileObject, is_temporary_name, new_file_id
 log = logging.getLogger(__name__)
 
 INCOMPLETE = ("interrupted", "writing")
+FOLDERS_FILE = "staging-folders"  # in the data folder: every staging folder a mount has used
 
 
 @dataclass
@@ -48,6 +49,7 @@ class StagedRecord:
     error: str | None
     bytes: int
     uploading_id: str | None = None
+    store: str | None = None  # where it is to be registered (records of older mounts have none)
 
     @property
     def interrupted(self) -> bool:
@@ -65,7 +67,7 @@ class StagedRecord:
     def to_dict(self) -> dict:
         return {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
                 "state": "interrupted" if self.interrupted else "failed", "error": self.reason,
-                "bytes": self.bytes, "uploading_id": self.uploading_id}
+                "bytes": self.bytes, "uploading_id": self.uploading_id, "store": self.store}
 
 
 def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> int | None:
@@ -130,19 +132,54 @@ def records(folder: Path) -> list[StagedRecord]:
             size = data.stat().st_size if data.exists() else int(raw.get("bytes") or 0)
             found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
                                       replaces=raw.get("replaces"), state=raw.get("state", "failed"),
-                                      error=raw.get("error"), bytes=size, uploading_id=raw.get("uploading_id")))
+                                      error=raw.get("error"), bytes=size, uploading_id=raw.get("uploading_id"),
+                                      store=raw.get("store")))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable staging record %s: %s", path, exc)
     return found
 
 
-def waiting(folder: Path) -> list[StagedRecord]:
-    """Uploads no running mount has: failed or interrupted ones, oldest first.
+def waiting(folder: Path, store: str | None = None) -> list[StagedRecord]:
+    """Uploads no running mount has: failed or interrupted ones, oldest first; with ``store``,
+    only those meant for it (a staging folder may have served mounts of other stores).
 
     Temporary names (an editor's swap file a dead mount left) are never uploaded.
     """
     return [r for r in records(folder) if not is_temporary_name(r.filename)
-            and r.state not in ("registered", "unlinked") and not _held(folder, r.token)]
+            and r.state not in ("registered", "unlinked") and not _held(folder, r.token)
+            and (store is None or r.store in (None, store))]
+
+
+def in_progress(folder: Path) -> list[StagedRecord]:
+    """Files a running mount has closed and is registering, or trying again to (in write-back
+    mode, its queue)."""
+    return [r for r in records(folder) if not is_temporary_name(r.filename)
+            and r.state in ("closed", "uploading", "failed") and _held(folder, r.token)]
+
+
+def remember(data_dir: Path, folder: Path) -> None:
+    """Note a mount's staging folder, so that `status` and `retry` find what it keeps wherever
+    it is (``--staging-dir``)."""
+    listing = Path(data_dir) / FOLDERS_FILE
+    known = known_folders(data_dir)
+    if Path(folder).resolve() not in known:
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        with open(listing, "a") as out:
+            out.write(f"{Path(folder).resolve()}\n")
+
+
+def known_folders(data_dir: Path, default: Path | None = None) -> list[Path]:
+    """``default`` and every staging folder a mount has used that still exists, each once."""
+    found = [Path(default).resolve()] if default is not None else []
+    try:
+        lines = (Path(data_dir) / FOLDERS_FILE).read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        folder = Path(line.strip())
+        if line.strip() and folder.is_dir() and folder not in found:
+            found.append(folder)
+    return found
 
 
 def _held(folder: Path, token: str) -> bool:
@@ -197,7 +234,7 @@ def retry(service: FileService, folder: Path, names: list[tuple[str, str]] | Non
     """
     service.reap_abandoned()
     done, failing = [], []
-    for record in waiting(folder):
+    for record in waiting(folder, service.location):
         if not _selected(record, names, include_interrupted):
             continue
         with _claimed(folder, record.token) as claimed:
@@ -253,7 +290,7 @@ def drop(service: FileService, folder: Path, purpose: str, filename: str) -> lis
     """
     service.reap_abandoned()
     dropped = []
-    for record in waiting(folder):
+    for record in waiting(folder, service.location):
         if (record.purpose, record.filename) != (purpose, filename):
             continue
         with _claimed(folder, record.token) as claimed:

@@ -95,7 +95,7 @@ class Staging:
     def _recover(self, service: FileService) -> None:
         for record in records(self.folder):
             if record.state in ("registered", "unlinked") or (
-                    record.state in ("writing", "closed") and is_temporary_name(record.filename)):
+                    record.state != "uploading" and is_temporary_name(record.filename)):
                 discard(self.folder, record.token)  # nothing to keep: registered, removed, or a swap file
                 continue
             if record.state == "uploading" and finish_registered(service, self.folder, record):
@@ -241,14 +241,16 @@ class StagedFile:
     def _settle_if_idle(self) -> State:
         if self.opens == 0 and self.state in _SETTLED:
             self.kept_as = self.state.value
-            self.state = State.DISCARDED if self._staging_was_full else _SETTLED[self.state]
+            self.state = State.DISCARDED if self._nothing_to_keep else _SETTLED[self.state]
         return self.state
 
     @property
-    def _staging_was_full(self) -> bool:
-        """Cut short by a full staging disk: keeping the part written would keep it full and fail
-        every other write too. The writer was told (its write and close failed) and still has it."""
-        return self.state == State.INTERRUPTED and isinstance(self.failure, NoSpace)
+    def _nothing_to_keep(self) -> bool:
+        """A failed or interrupted file that is not kept for `retry`: a temporary name (never
+        uploaded under it, and `status` and `retry` never list it, so a record would stay forever),
+        or cut short by a full staging disk (keeping the part written would keep it full and fail
+        every other write too; the writer was told, its write and close failed, and still has it)."""
+        return self.temporary or (self.state == State.INTERRUPTED and isinstance(self.failure, NoSpace))
 
     def unlink(self) -> bool:
         """Taken off its path: never uploaded. True if no handle is left (discard it now)."""
@@ -331,7 +333,18 @@ class StagedFile:
         if previous == State.REGISTERED:  # the first change since the last upload: a new file
             self.created_at = int(time.time())
             self.uploading_id = None
+        if previous in (State.REGISTERED, State.CLOSED, State.FAILED):
+            # Saved before the bytes change: a crash from now on leaves the file interrupted (no
+            # close covers them yet), not `closed`/`failed`, which `retry` would register.
             self._save()
+
+    def _start_over(self) -> None:
+        """Cut to nothing (an ``O_TRUNC`` open): an incomplete content no longer matters."""
+        with self._lock:
+            if self.state != State.INTERRUPTED:
+                return
+            self.state, self.failure = State.WRITING, None
+        self._save()
 
     def _interrupted(self, failure: S3FilesError) -> None:
         with self._lock:
@@ -416,6 +429,8 @@ class StagedFile:
 
     def truncate(self, length: int) -> None:
         with self.io:
+            if length == 0:
+                self._start_over()
             if length == 0 and self._base is not None:
                 self._base, self.size = None, 0  # nothing of the old content survives: no copy
             self._copy_base()
@@ -436,14 +451,18 @@ class StagedFile:
 
     # --- closing and uploading -----------------------------------------------------------------
 
-    def closed_by_writer(self) -> None:
+    def closed_by_writer(self, defer: bool = False) -> None:
         """The writer's own close: what it wrote is complete. Register it (a temporary name waits
-        to be renamed). Raises what made it fail: the close reports it."""
+        to be renamed; with ``defer``, write-back, it is made durable in staging and registered
+        later). Raises what made it fail: the close reports it."""
         with self.io:
             if self.state == State.INTERRUPTED:
                 raise self.failure  # type: ignore[misc]
             if self.temporary:
                 self._move(State.WRITING, to=State.CLOSED)
+                return
+            if defer:
+                self.synced()
                 return
             if self._move(State.WRITING, State.CLOSED, State.FAILED, to=State.UPLOADING):
                 self._upload()
@@ -481,6 +500,17 @@ class StagedFile:
             if self.temporary:
                 return
             if self._move(State.WRITING, State.CLOSED, to=State.UPLOADING):
+                self._upload()
+
+    def upload_when_idle(self) -> None:
+        """Write-back: register what the last close covered, once no handle is left (one that is
+        open may be writing: its own last release submits the file again). An earlier failure is
+        tried again. Raises what made it fail."""
+        with self.io:  # held from here, no write can start before the upload is done
+            with self._lock:
+                idle = self.opens == 0
+            if idle and not self.temporary and self._move(State.WRITING, State.CLOSED, State.FAILED,
+                                                          to=State.UPLOADING):
                 self._upload()
 
     def _upload(self) -> None:
@@ -543,6 +573,14 @@ class StagedFile:
             self.purpose, self.filename = purpose, filename
             self._save()
 
+    def replacing(self, file_id: str | None) -> None:
+        """The registered file this one replaces once uploaded is now ``file_id`` (renamed onto a
+        name that shows another file, or the one it replaced is gone). Recorded at once: `retry`
+        after a crash must replace the same file, or the name would show two."""
+        with self.io:
+            self.replaces = file_id
+            self._save()
+
     # --- end of life -------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -554,7 +592,7 @@ class StagedFile:
                 self._move(State.CLOSED, to=State.FAILED)
                 self.failure = StorageError("the mount stopped before this file was uploaded")
             with self._lock:
-                if self.state in (State.FAILED, State.INTERRUPTED) and not self._staging_was_full:
+                if self.state in (State.FAILED, State.INTERRUPTED) and not self._nothing_to_keep:
                     self.kept_as, self.state = self.state.value, State.KEPT
                 else:
                     self.state = State.DISCARDED
@@ -590,7 +628,7 @@ class StagedFile:
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
                   "state": self.kept_as if self.state == State.KEPT else self.state.value,
                   "error": self.failure.message if self.failure else None,
-                  "bytes": self.size, "uploading_id": self.uploading_id}
+                  "bytes": self.size, "uploading_id": self.uploading_id, "store": self.service.location}
         held = write_record(self.staging.folder, self.token, record, hold=self.state != State.KEPT)
         if self._record_fd is not None:
             os.close(self._record_fd)

@@ -10,7 +10,9 @@ for every commit of another connection (another process, a Llama Stack server) a
 PostgreSQL: a pool of connections per process (the pool keys of the seed's ``sql_postgres``
 backend), each write in a transaction of its own. ``data_version`` is built from the server's
 statistics: the rows inserted, updated and deleted in ``openai_files`` by anyone
-(``pg_stat_user_tables``), less the rows this store changed itself. Every write of ours asks the
+(``pg_stat_user_tables``), less the rows this store changed itself, plus those of
+``s3filesfs_missing`` by anyone, this store included (a read that hides a row reloads the listing of
+the mount that read it). Every write of ours asks the
 server to publish its statistics before the commit returns (``pg_stat_force_next_flush``, PostgreSQL
 15 and later), so the token moves at once for other s3filesfs processes, does not move for our own
 writes, and moves for other programs (a Llama Stack server) once the server publishes their
@@ -31,7 +33,7 @@ from sqlalchemy.pool import QueuePool
 
 from ..errors import StorageError, StorageUnavailable
 from .location import PostgresLocation
-from .schema import TABLE
+from .schema import MISSING, TABLE
 
 # Seconds to wait for a PostgreSQL server to accept a connection before calling it unreachable.
 CONNECT_TIMEOUT = 10
@@ -60,6 +62,12 @@ class Engine:
 
     def writing(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection in a transaction, committed when the block ends, rolled back if it fails."""
+        raise NotImplementedError
+
+    def writing_visibly(self) -> contextlib.AbstractContextManager[Connection]:
+        """Like ``writing``, but what it changes moves this process's own ``data_version`` too (as if
+        another process had written it): for the notes that hide a row from every listing, the
+        mount's own included."""
         raise NotImplementedError
 
     def schema_transaction(self) -> contextlib.AbstractContextManager[Connection]:
@@ -129,17 +137,28 @@ class SqliteEngine(Engine):
                 self._writer = self.engine.connect()
             yield self._writer
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(conn: Connection) -> Iterator[Connection]:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[Connection]:
-        with self._writer_connection() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.exec_driver_sql("COMMIT")
-            except BaseException:
-                with contextlib.suppress(SQLAlchemyError):
-                    conn.exec_driver_sql("ROLLBACK")
-                raise
+        with self._writer_connection() as conn, self._transaction(conn):
+            yield conn
+
+    @contextlib.contextmanager
+    def writing_visibly(self) -> Iterator[Connection]:
+        # Through a connection of the pool, not the writer: the writer's data_version then moves.
+        with self.reading() as conn, self._transaction(conn):
+            yield conn
 
     @contextlib.contextmanager
     def schema_transaction(self) -> Iterator[Connection]:
@@ -216,6 +235,15 @@ class PostgresEngine(Engine):
         version = self.engine.dialect.server_version_info
         return version is not None and version >= (15,)
 
+    @contextlib.contextmanager
+    def writing_visibly(self) -> Iterator[Connection]:
+        # Rows of s3filesfs_missing count in data_version as anyone's, ours included: published at
+        # once (before the first statement, which may fail), never subtracted.
+        with self.writing() as conn:
+            if self._publishes_own_statistics():
+                conn.execute(text("SELECT pg_stat_force_next_flush()"))
+            yield conn
+
     def files_changed(self, conn: Connection, rows: int) -> None:
         if rows and self._publishes_own_statistics():
             # Published when this session goes idle after the commit, before the commit returns.
@@ -225,9 +253,9 @@ class PostgresEngine(Engine):
     def data_version(self) -> int:
         with self.reading() as conn:
             changed = conn.execute(
-                text("SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
-                     "WHERE relid = to_regclass(:table)"),
-                {"table": TABLE},
+                text("SELECT sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables "
+                     "WHERE relid IN (to_regclass(:table), to_regclass(:missing))"),
+                {"table": TABLE, "missing": MISSING},
             ).scalar()
         with self._own_lock:
             return int(changed or 0) - self._own_rows

@@ -16,7 +16,20 @@ the ``s3filesfs_`` prefix.
 
 import logging
 
-from sqlalchemy import JSON, BigInteger, Column, Connection, Index, Integer, MetaData, String, Table, inspect, text
+from sqlalchemy import (
+    DOUBLE_PRECISION,
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    inspect,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -85,6 +98,28 @@ intents = Table(
     Column("id", String, primary_key=True),
     Column("owner", String),
     Column("started_at", WIDE_INTEGER),
+)
+
+
+# Rows whose object a read found missing while the row was too young to delete (the seed writes its
+# row before its object): hidden from listings at once, in every process, until a read finds the
+# object again or the row is old enough to delete.
+MISSING = "s3filesfs_missing"
+missing = Table(
+    MISSING,
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("seen_at", WIDE_INTEGER),
+)
+
+# Leases: a named job that one process at a time may do on a shared database (the expiry sweep).
+# ``expires_at`` is epoch seconds with a fraction; a holder renews its lease before it lapses.
+leases = Table(
+    "s3filesfs_leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("holder", String),
+    Column("expires_at", DOUBLE_PRECISION),
 )
 
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import JSON, and_, func, or_, select
-from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from ..errors import FileTooLarge, StorageError
 from . import schema
 from .engines import Engine, PostgresEngine, SqliteEngine
 from .location import PostgresLocation
-from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, intents, journal, openai_files
+from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, intents, journal, leases, missing, openai_files
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
@@ -83,11 +83,27 @@ class MetadataStore:
     # --- openai_files ------------------------------------------------------------------------
 
     def insert(self, row: dict) -> None:
+        self._insert(row)
+
+    def insert_missing(self, row: dict) -> bool:
+        """Insert ``row`` unless a row with its id is there already (then it is left as it is);
+        True if it was inserted."""
+        try:
+            self._insert(row)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return False
+            raise
+        return True
+
+    def _insert(self, row: dict) -> None:
         values = {name: row[name] for name in FILE_COLUMNS}
         try:
             with self._errors("insert"), self._engine.writing() as conn:
                 conn.execute(openai_files.insert(), {**values, "owner_principal": "",
                                                      "access_attributes": JSON.NULL})
+                # (An insert refused on its key is counted by the PostgreSQL server but not here:
+                # the token then moves once more, a needless reload of a listing, nothing worse.)
                 self._engine.files_changed(conn, 1)
         except StorageError as exc:
             if isinstance(exc.__cause__, DataError) and (values["bytes"] or 0) > INTEGER_MAX:
@@ -102,6 +118,7 @@ class MetadataStore:
         with self._errors("delete"), self._engine.writing() as conn:
             deleted = conn.execute(openai_files.delete().where(openai_files.c.id == file_id)).rowcount
             self._engine.files_changed(conn, deleted)
+            conn.execute(missing.delete().where(missing.c.id == file_id))
         return deleted > 0
 
     def page(
@@ -113,9 +130,11 @@ class MetadataStore:
         purpose: str | None = None,
         after: tuple[int, str] | None = None,
     ) -> list[dict]:
-        """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``."""
+        """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``; rows
+        noted as missing their object are left out."""
         c = openai_files.c
-        query = select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now))
+        query = select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now),
+                                     c.id.not_in(select(missing.c.id)))
         if purpose is not None:
             query = query.where(c.purpose == purpose)
         if after is not None:
@@ -146,6 +165,33 @@ class MetadataStore:
                 openai_files.update().where(openai_files.c.id == file_id).values(**fields)).rowcount
             self._engine.files_changed(conn, changed)
         return changed > 0
+
+    # --- s3filesfs_missing: rows hidden because their object was not found ----------------------
+    #
+    # Written so that this process's own data_version moves too (``writing_visibly``): the mount
+    # reloads its listing even when its own read hid a row.
+
+    def missing_add(self, file_id: str, seen_at: int) -> None:
+        with self._errors("note missing object"), contextlib.suppress(IntegrityError), \
+                self._engine.writing_visibly() as conn:
+            conn.execute(missing.insert(), {"id": file_id, "seen_at": seen_at})
+
+    def missing_remove(self, file_id: str) -> None:
+        with self._errors("forget missing object"), self._engine.writing_visibly() as conn:
+            conn.execute(missing.delete().where(missing.c.id == file_id))
+
+    def is_missing(self, file_id: str) -> bool:
+        return bool(self._rows("look up missing object", select(missing.c.id).where(missing.c.id == file_id)))
+
+    def missing_due(self, created_before: int) -> list[tuple[str, bool]]:
+        """``(id, has_row)`` of every hidden row created at or before ``created_before``, and of
+        every note whose row is gone: what is old enough to settle."""
+        f = openai_files.c
+        query = (select(missing.c.id, f.id.label("row_id"))
+                 .select_from(missing.outerjoin(openai_files, f.id == missing.c.id))
+                 .where(or_(f.id.is_(None), f.created_at <= created_before))
+                 .order_by(missing.c.id))
+        return [(row["id"], row["row_id"] is not None) for row in self._rows("list missing objects", query)]
 
     # --- s3filesfs_intents: uploads under way ---------------------------------------------------
 
@@ -199,3 +245,40 @@ class MetadataStore:
         return self._rows("journal failures",
                           select(c.path, c.purpose, c.error, c.attempts, c.updated_at)
                           .where(c.state == "failed").order_by(c.updated_at.desc(), c.path).limit(limit))
+
+    # --- s3filesfs_leases: one process at a time ----------------------------------------------
+
+    def take_lease(self, name: str, holder: str, now: float, seconds: float) -> bool:
+        """Hold the lease ``name`` until ``now + seconds``: take it if it is free or has lapsed,
+        renew it if ``holder`` has it. False if another holder has it.
+
+        One conditional UPDATE (or, for a lease never taken, one INSERT that the primary key lets
+        only one process win), so two processes can never both succeed. Each is a transaction of its
+        own: a failed INSERT ends its transaction on PostgreSQL.
+        """
+        until = now + seconds
+        c = leases.c
+        with self._errors("take lease"):
+            with self._engine.writing() as conn:
+                taken = conn.execute(
+                    leases.update().where(c.name == name, or_(c.expires_at < now, c.holder == holder))
+                    .values(holder=holder, expires_at=until)).rowcount
+            if taken:
+                return True
+            try:
+                with self._engine.writing() as conn:
+                    conn.execute(leases.insert(), {"name": name, "holder": holder, "expires_at": until})
+            except IntegrityError:
+                return False  # held by someone else (or taken by them just now)
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once, if ``holder`` has it, so another process need not wait."""
+        with self._errors("release lease"), self._engine.writing() as conn:
+            conn.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder)
+                         .values(expires_at=0))
+
+    def lease(self, name: str) -> dict | None:
+        rows = self._rows("read lease", select(leases.c.name, leases.c.holder, leases.c.expires_at)
+                          .where(leases.c.name == name))
+        return rows[0] if rows else None

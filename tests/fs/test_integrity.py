@@ -114,3 +114,27 @@ def test_a_full_staging_disk_fails_the_write_and_the_close_and_registers_nothing
     small.write_bytes(b"fits\n")
     time.sleep(0.1)
     assert_registered(m, small, b"fits\n", "assistants")
+
+
+def test_status_and_retry_find_a_staging_folder_given_on_the_command_line(fuse):
+    """The mount was started with --staging-dir and nothing else knows that folder: status and
+    retry still find what it keeps (each mount notes its folder in the data folder)."""
+    m = Mount("local")  # --staging-dir only: no config or environment names the folder
+    try:
+        m.start()
+        name = unique("flagged", ".bin")
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(m / "batch" / name), "5000"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+        writer.kill()
+        writer.wait(10)
+        assert m.stop() == 0
+        assert m.staging != m.data_dir / "staging"
+        entries = [e for e in staged(m) if e["filename"] == name]
+        assert [(e["state"], e["bytes"]) for e in entries] == [("interrupted", 5000)]
+        m.cli("retry", f"batch/{name}")
+        assert staged(m) == []
+        assert [r["bytes"] for r in rows_named(m, name, "batch")] == [5000]
+    finally:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)

@@ -1,14 +1,18 @@
 """Reading through the mount: byte-exact content at any offset, with tools and plain calls, while
 the file is renamed under the reader, and by id."""
 
+import errno
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 import threading
+import time
 
 import pytest
 
+from tests.fs.mounting import Mount
 from tests.helpers import unique, wait_for
 
 SHOWN = 3.0
@@ -214,3 +218,119 @@ def test_replaced_elsewhere_reads_the_new_content(mount, files):
     wait_for(lambda: os.getxattr(path, "user.openai.file_id") == new.id.encode(), 2.5, "the new id under the name")
     assert path.read_bytes() == b"B" * 50_000
     assert os.stat(path).st_size == 50_000
+
+
+# --- many readers, one budget; a store failing mid-read ------------------------------------------
+
+class BudgetMount(Mount):
+    """A mount whose read-ahead budget is set through the environment (``mount.read_ahead_mb``)."""
+
+    def __init__(self, *args, read_ahead_mb: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_ahead_mb = read_ahead_mb
+
+    @property
+    def env(self) -> dict:
+        return {**super().env, "S3FILESFS_MOUNT_READ_AHEAD_MB": str(self.read_ahead_mb)}
+
+
+def _started(m: Mount):
+    try:
+        return m.start()
+    except BaseException:
+        m.stop()
+        shutil.rmtree(m.root, ignore_errors=True)
+        raise
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@pytest.fixture
+def small_budget_mount(s3_server, fuse):
+    m = _started(BudgetMount("s3", s3_server, read_ahead_mb=16))
+    yield m
+    m.stop()
+    shutil.rmtree(m.root, ignore_errors=True)
+
+
+def test_eight_readers_at_once_share_one_read_ahead_budget(small_budget_mount):
+    """Eight files read at once, each by a reader slower than the store: what is fetched ahead for
+    all of them together stays within the 16 MiB budget, where a window per file would hold most of
+    the 96 MiB."""
+    m = small_budget_mount
+    rng = random.Random(5)
+    files = [(m.plant(unique(f"many{n}", ".bin"), "vision", body), body)
+             for n, body in enumerate(rng.randbytes(12 * MiB) for _ in range(8))]
+    wait_for(lambda: {f.filename for f, _ in files} <= set(os.listdir(m / "vision")), SHOWN, "the files listed")
+    warm = m / "vision" / files[0][0].filename
+    assert warm.read_bytes()[:MiB] == files[0][1][:MiB]  # the mount's first GETs: threads, client
+    pid = m.process.pid
+    start = _rss_mib(pid)
+    peak, stop, failures = [start], threading.Event(), []
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib(pid))
+            stop.wait(0.01)
+
+    def read(file, body):
+        got = bytearray()
+        with open(m / "vision" / file.filename, "rb", buffering=0) as reader:
+            while chunk := reader.read(256 * 1024):
+                got += chunk
+                time.sleep(0.04)
+        if bytes(got) != body:
+            failures.append(file.filename)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    readers = [threading.Thread(target=read, args=pair) for pair in files[1:]]
+    readers.append(threading.Thread(target=read, args=files[0]))
+    try:
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(120)
+    finally:
+        stop.set()
+        sampler.join()
+    assert not failures
+    # About 10 MiB here; with a budget large enough for every file, about 65.
+    assert peak[0] - start < 16 + 20, f"the mount grew from {start} MiB to {peak[0]} MiB"
+    for f, _ in files:
+        m.service().delete(f.id)  # give the session's in-memory S3 server its memory back
+
+
+@pytest.fixture
+def outage_mount(own_s3_server, fuse):
+    m = _started(Mount("s3", own_s3_server))
+    yield m
+    if own_s3_server.process is None:
+        own_s3_server.start()  # the mount stops cleanly whatever the test left
+    m.stop()
+    shutil.rmtree(m.root, ignore_errors=True)
+
+
+def test_a_get_failing_mid_read_is_eio_at_the_read_that_needs_it(outage_mount, own_s3_server):
+    m = outage_mount
+    body = random.Random(9).randbytes(24 * MiB)
+    planted = m.plant(unique("outage", ".bin"), "vision", body)
+    listed(m, "vision", planted.filename)
+    got = bytearray()
+    with open(m / "vision" / planted.filename, "rb", buffering=0) as reader:
+        while len(got) < 2 * MiB:
+            got += reader.read(256 * 1024)
+        own_s3_server.stop()
+        with pytest.raises(OSError) as failure:
+            while chunk := reader.read(256 * 1024):
+                got += chunk
+    assert failure.value.errno == errno.EIO, failure.value
+    # What was fetched before the store went away was read, byte for byte; the rest was not.
+    assert 2 * MiB <= len(got) < len(body)
+    assert bytes(got) == body[:len(got)]

@@ -97,6 +97,14 @@ def local_backend(tmp_path, clock):
     backend.service.metadata.close()
 
 
+@pytest.fixture
+def server_backend(s3_server, tmp_path, clock):
+    """A bucket of the real moto server, with the metadata on SQLite."""
+    backend = server_service(s3_server, clock, MetadataTarget.sqlite(tmp_path / "files.db"))
+    yield backend
+    backend.service.metadata.close()
+
+
 # PostgreSQL runs under the local store and the real S3 server; moto's in-process mock would only
 # repeat the latter's metadata work, at a third more of the suite's PostgreSQL time.
 COMBINATIONS = [(store, "sqlite") for store in BACKENDS] + [("local", "postgres"), ("moto_server", "postgres")]

@@ -146,7 +146,7 @@ def test_upload_list_info_cat_rm_on_the_local_store(samples, tmp_path):
     assert gone.returncode == 1
     assert gone.stderr.decode().strip() == f"error: File '{ids[0]}' not found"
     assert json.loads(ok("check", "--json")) == {"clean": True, "rows_without_objects": [],
-                                                 "objects_without_rows": [], "size_mismatches": []}
+                                                 "objects_without_rows": [], "size_mismatches": [], "warnings": []}
     # The files really are in the embedded store under the data folder.
     objects = tmp_path / "data" / "s3filesfs" / "local" / "objects"
     assert sorted(p.name for p in objects.iterdir()) == [ids[2]]
@@ -228,6 +228,37 @@ def test_check_exits_1_when_bucket_and_table_disagree(samples, tmp_path):
     report = run("check", "--json")
     assert report.returncode == 1
     assert json.loads(report.stdout)["rows_without_objects"] == [file_id]
+
+
+def test_check_warns_about_purposes_outside_the_setting_without_failing(samples):
+    """A store shared with a Llama Stack server that knows only assistants and batch: `check` under
+    that restriction points at the rows such a server could not list, and still agrees."""
+    ok("upload", samples / "a.txt", "-p", "assistants")
+    ok("upload", samples / "b.jsonl", "-p", "user_data")
+    ok("upload", samples / "b.jsonl", "-p", "user_data")
+    ok("upload", samples / "a.txt", "-p", "vision")
+    restricted = {"S3FILESFS_PURPOSES": "assistants,batch"}
+    result = run("check", env=restricted)
+    assert result.returncode == 0
+    assert result.stdout.decode() == "bucket and table agree\n"
+    warning = ("warning: the table holds files whose purpose the purposes setting (assistants, batch) does not "
+               "include: user_data (2), vision (1); a Llama Stack server sharing the table that does not know "
+               "these purposes fails to list any file (see 'purposes' in docs/configuration.md)\n")
+    assert result.stderr.decode() == warning
+    report = run("check", "--json", env=restricted)
+    assert report.returncode == 0 and report.stderr.decode() == warning
+    assert json.loads(report.stdout) == {"clean": True, "rows_without_objects": [], "objects_without_rows": [],
+                                         "size_mismatches": [], "warnings": [warning[len("warning: "):-1]]}
+    quiet = run("-q", "check", "--json", env=restricted)
+    assert (quiet.returncode, quiet.stderr) == (0, b"")
+    assert json.loads(quiet.stdout)["warnings"] == [warning[len("warning: "):-1]]
+    # Unrestricted, nothing to say; with a disagreement as well, the exit status is the disagreement's.
+    assert run("check").stderr == b""
+    stray = json.loads(ok("upload", samples / "a.txt", "-p", "evals", "--json"))["id"]
+    (Path(os.environ["XDG_DATA_HOME"]) / "s3filesfs" / "local" / "objects" / stray).unlink()
+    both = run("check", env=restricted)
+    assert both.returncode == 1 and "evals (1)" in both.stderr.decode()
+    assert both.stdout.decode().splitlines() == ["bucket and table disagree:", f"  row without object: {stray}"]
 
 
 # --- exit codes -------------------------------------------------------------------------------
@@ -685,3 +716,66 @@ def test_postgresql_that_cannot_be_reached_or_refuses_the_password_exits_3(postg
     assert f"metadata database {database.format(port=location.port)} failed (open)" in stderr
     assert "password authentication failed" in stderr
     assert wrong not in stderr and location.password not in stderr and "Traceback" not in stderr
+
+
+def run_with_stderr_on_terminal(*args, stdout_path: Path | None = None) -> tuple[int, str]:
+    """Run the command with standard error on a pseudo-terminal (and standard output there too, or
+    into ``stdout_path``): (exit code, what the terminal showed)."""
+    master, slave = pty.openpty()
+    stdout = open(stdout_path, "wb") if stdout_path else slave
+    process = subprocess.Popen([str(SCRIPT), *map(str, args)], stdout=stdout, stderr=slave,
+                               stdin=subprocess.DEVNULL, env=dict(os.environ))
+    os.close(slave)
+    if stdout_path:
+        stdout.close()
+    shown = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process has closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(master)
+    return process.wait(timeout=60), shown.decode("utf-8", "replace")
+
+
+def percentages(shown: str) -> list[int]:
+    return [int(n) for n in re.findall(r"(\d+)%", shown)]
+
+
+def test_large_downloads_show_progress_on_a_terminal_that_does_not_get_the_content(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(cli.PROGRESS_THRESHOLD + 1024 * 1024))
+    # upload shows the same bar, which `cat` mirrors.
+    code, shown = run_with_stderr_on_terminal("upload", big, "-p", "batch", stdout_path=tmp_path / "id")
+    assert code == 0 and "big.bin" in shown and percentages(shown)[-1] == 100
+    big_id = (tmp_path / "id").read_text().strip()
+    small_id = ok("upload", "-", "--filename", "small.bin", "-p", "batch", stdin=os.urandom(4096)).strip()
+
+    # cat -o: the bar, frame by frame up to 100%, labelled with the file's name; the file arrives whole.
+    code, shown = run_with_stderr_on_terminal("cat", big_id, "-o", tmp_path / "copy.bin")
+    assert code == 0
+    assert (tmp_path / "copy.bin").read_bytes() == big.read_bytes()
+    assert "big.bin" in shown and shown.count("\r") >= 5
+    seen = percentages(shown)
+    assert seen[-1] == 100 and seen == sorted(seen) and len(set(seen)) >= 5, seen
+
+    # cat into a file (or a pipe) while standard error is a terminal: the same bar.
+    code, shown = run_with_stderr_on_terminal("cat", big_id, stdout_path=tmp_path / "redirected.bin")
+    assert code == 0 and (tmp_path / "redirected.bin").read_bytes() == big.read_bytes()
+    assert "big.bin" in shown and percentages(shown)[-1] == 100
+
+    # No bar: for a small file, with -q, or when the content itself goes to the terminal.
+    assert run_with_stderr_on_terminal("cat", small_id, "-o", tmp_path / "small.bin") == (0, "")
+    assert run_with_stderr_on_terminal("-q", "cat", big_id, "-o", tmp_path / "quiet.bin") == (0, "")
+    assert (tmp_path / "quiet.bin").read_bytes() == big.read_bytes()
+    text = b"".join(b"line %07d of a long text file\n" % n for n in range(330_000))
+    assert len(text) > cli.PROGRESS_THRESHOLD
+    text_id = ok("upload", "-", "--filename", "long.txt", "-p", "batch", stdin=text).strip()
+    code, shown = run_with_stderr_on_terminal("cat", text_id)
+    assert code == 0 and shown.replace("\r\n", "\n") == text.decode()
+    # Nor when standard error is not a terminal: a redirected cat prints nothing but the content.
+    result = run("cat", big_id, "-o", tmp_path / "piped.bin")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")

@@ -355,6 +355,8 @@ def test_flags_alone_select_s3(tmp_path):
     ("bucket_name: files\nauto_create_bucket: maybe\n", "auto_create_bucket must be true or false"),
     ("upload:\n  part_size_mb: 2\n", "upload.part_size_mb must be between 5 and 512"),
     ("upload:\n  concurrency: lots\n", "upload.concurrency must be a whole number"),
+    ("mount:\n  read_ahead_mb: 0\n", "mount.read_ahead_mb must be between 1 and"),
+    ("mount:\n  readahead_mb: 64\n", "unknown key 'mount.readahead_mb' (did you mean 'mount.read_ahead_mb'?)"),
     ("- bucket_name\n", "the file must hold a mapping of keys"),
     ("bucket_name: [files\n", "not readable YAML"),
 ])
@@ -382,6 +384,14 @@ def test_bad_environment_values_fail_the_same_way(monkeypatch, variable, value, 
         config.load()
     assert str(raised.value).startswith("config error: ")
     assert expected in str(raised.value)
+
+
+def test_read_ahead_budget_from_the_file_and_the_environment(config_file, monkeypatch):
+    assert config.load().mount_read_ahead_mb == 128
+    config_file("mount:\n  read_ahead_mb: 64\n")
+    assert config.load().mount_read_ahead_mb == 64
+    monkeypatch.setenv("S3FILESFS_MOUNT_READ_AHEAD_MB", "32")
+    assert config.load().mount_read_ahead_mb == 32
 
 
 def test_bad_flag_fails_the_same_way():
@@ -444,7 +454,8 @@ def test_masked_is_in_the_files_own_layout_and_loads_back(config_file, tmp_path,
     assert shown["api"] == {"socket": str(tmp_path / "run" / "s3filesfs" / "api.sock"), "listen": None,
                             "api_key_env": None}
     assert shown["mount"] == {"staging_dir": str(tmp_path / "data" / "staging"), "staging_max_mb": 10240,
-                              "log_file": str(tmp_path / "data" / "mount.log"), "refresh_seconds": 0.5}
+                              "log_file": str(tmp_path / "data" / "mount.log"), "refresh_seconds": 0.5,
+                              "write_back": False, "read_ahead_mb": 128}
     assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "data" / "s3-team-files.db")}
     assert not [key for key in shown if "_" in key and key.split("_")[0] in ("upload", "sync", "api", "mount")]
     # Written back as a config file, it loads to the same settings (the masked secret aside).
@@ -606,3 +617,30 @@ def test_run_yaml_pointing_at_a_kv_backend_is_refused(tmp_path, monkeypatch):
     path = write(tmp_path / "run.yaml", RUN_YAML_POSTGRES.replace("backend: sql_default", "backend: kv_default"))
     with pytest.raises(ConfigError, match="metadata_store.type 'kv_postgres' is not supported"):
         config.load(path)
+
+
+def test_expiry_interval_from_the_file_the_environment_and_config_show(config_file, monkeypatch):
+    assert config.load().expiry_interval_seconds == 3600
+    config_file("""
+        expiry:
+          interval_seconds: 0  # off
+    """)
+    settings = config.load()
+    assert settings.expiry_interval_seconds == 0
+    assert settings.masked()["expiry"] == {"interval_seconds": 0}
+    monkeypatch.setenv("S3FILESFS_EXPIRY_INTERVAL_SECONDS", "90")
+    assert config.load().expiry_interval_seconds == 90
+    for bad, complaint in (("-1", "expiry.interval_seconds must be between 0 and 604800 (got -1)"),
+                           ("soon", "expiry.interval_seconds must be a number (got 'soon')")):
+        monkeypatch.setenv("S3FILESFS_EXPIRY_INTERVAL_SECONDS", bad)
+        with pytest.raises(ConfigError) as raised:
+            config.load()
+        assert complaint in str(raised.value)
+    monkeypatch.delenv("S3FILESFS_EXPIRY_INTERVAL_SECONDS")
+    config_file("""
+        expiry:
+          interval: 60
+    """)
+    with pytest.raises(ConfigError) as raised:
+        config.load()
+    assert "unknown key 'expiry.interval' (did you mean 'expiry.interval_seconds'?)" in str(raised.value)

@@ -12,11 +12,11 @@ import urllib.parse
 
 import pytest
 
-from s3filesfs.errors import InvalidPurpose, InvalidRequest, NotFound, StorageError
+from s3filesfs.errors import InvalidPurpose, InvalidRequest, NotFound, StorageError, StorageUnavailable
 from s3filesfs.files import ORPHAN_GRACE, FileService
-from s3filesfs.metadata import MetadataStore
+from s3filesfs.metadata import MetadataStore, PostgresLocation
 from s3filesfs.model import EXPIRES_AFTER_MAX, NO_EXPIRY_SECONDS, PURPOSES
-from tests.unit.stores import EPOCH, assert_clean
+from tests.unit.stores import EPOCH, MetadataTarget, assert_clean
 
 MIB = 1024 * 1024
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
@@ -395,22 +395,112 @@ def test_read_of_an_object_deleted_out_of_band_also_reaps_it(backend):
     assert_clean(service)
 
 
-def test_young_row_without_object_is_not_reaped(backend):
-    """The seed writes its row before its object: a fresh row may be waiting for its body."""
+def listed(service) -> list[str]:
+    return [f.id for f in service.list(order="asc").data]
+
+
+def plain(service):
+    """A plain connection to the service's metadata database, as another program would open one."""
+    location = service.metadata.location
+    return MetadataTarget("postgres" if isinstance(location, PostgresLocation) else "sqlite", location).plain()
+
+
+def notes(service) -> list[str]:
+    """The rows noted as missing their object, read straight from the table."""
+    with plain(service) as db:
+        return [row["id"] for row in db.query("SELECT id FROM s3filesfs_missing ORDER BY id")]
+
+
+def test_young_row_without_object_is_hidden_at_once_and_kept(backend):
+    """The seed writes its row before its object: a fresh row may be waiting for its body. A read
+    that finds no body hides the row from every listing, and keeps it."""
     service = backend.service
+    kept = upload(service, b"kept", "kept.txt").id
+    backend.clock.advance(1)
     file_id = upload(service, b"arriving", "late.txt").id
     backend.remove_object(file_id)
     backend.clock.advance(ORPHAN_GRACE - 1)
+    assert listed(service) == [kept, file_id]  # nobody has looked yet
     with pytest.raises(NotFound):
         service.content(file_id)
+    assert listed(service) == [kept]
+    assert service.list(purpose="assistants").data == [service.retrieve(kept)]
     with pytest.raises(NotFound):
         service.read(file_id, 0, 10)
-    assert row_of(service, file_id) is not None
-    assert [f.id for f in service.list().data] == [file_id]
+    assert row_of(service, file_id) is not None and notes(service) == [file_id]
     assert service.check().rows_without_objects == [file_id]
-    # The body arrives: the file is whole again.
+    # Hidden for every process on the database: another service, with its own connections.
+    other = FileService(MetadataStore(service.metadata.location), service.blobs, clock=backend.clock)
+    assert listed(other) == [kept]
+    # The body arrives: the first read that finds it lists the file again, everywhere.
     backend.plant_object(file_id, b"arriving")
-    assert content_of(service, file_id) == b"arriving"
+    assert content_of(other, file_id) == b"arriving"
+    assert listed(service) == [kept, file_id] and notes(service) == []
+    assert_clean(service)
+
+
+def test_hidden_row_is_deleted_by_the_first_listing_after_the_grace(backend):
+    service = backend.service
+    file_id = upload(service, b"lost", "lost.txt").id
+    backend.remove_object(file_id)
+    backend.clock.advance(10)
+    with pytest.raises(NotFound):
+        service.read(file_id, 0, 4)
+    backend.clock.advance(ORPHAN_GRACE - 11)
+    assert listed(service) == [] and row_of(service, file_id) is not None  # still within the grace
+    backend.clock.advance(1)
+    assert listed(service) == []
+    assert row_of(service, file_id) is None and notes(service) == []
+    assert_clean(service)
+
+
+def test_hidden_row_whose_body_arrived_is_listed_again_after_the_grace(backend):
+    """Nobody reads it again: the listing after the grace looks once, finds the body, shows it."""
+    service = backend.service
+    file_id = upload(service, b"slow", "slow.txt").id
+    backend.remove_object(file_id)
+    with pytest.raises(NotFound):
+        service.content(file_id)
+    backend.plant_object(file_id, b"slow")
+    assert listed(service) == []
+    backend.clock.advance(ORPHAN_GRACE)
+    assert listed(service) == [file_id] and notes(service) == []
+    assert content_of(service, file_id) == b"slow"
+    assert_clean(service)
+
+
+def test_a_store_that_does_not_answer_keeps_the_row_hidden(backend, monkeypatch):
+    service = backend.service
+    file_id = upload(service).id
+    backend.remove_object(file_id)
+    with pytest.raises(NotFound):
+        service.content(file_id)
+    backend.clock.advance(ORPHAN_GRACE)
+
+    def unreachable(key):
+        raise StorageUnavailable("S3 endpoint URL is unreachable")
+
+    monkeypatch.setattr(service.blobs, "head", unreachable)
+    assert listed(service) == []  # the listing itself still answers
+    assert row_of(service, file_id) is not None and notes(service) == [file_id]
+    monkeypatch.undo()
+    assert listed(service) == [] and row_of(service, file_id) is None
+    assert_clean(service)
+
+
+def test_a_hidden_row_deleted_by_anyone_leaves_no_note(backend):
+    service = backend.service
+    ours, theirs = upload(service).id, upload(service).id
+    for file_id in (ours, theirs):
+        backend.remove_object(file_id)
+        with pytest.raises(NotFound):
+            service.content(file_id)
+    assert notes(service) == sorted([ours, theirs])
+    assert service.delete(ours)["deleted"] is True
+    assert notes(service) == [theirs]
+    with plain(service) as db:  # a seed server deletes only its row
+        db.execute("DELETE FROM openai_files WHERE id = ?", [theirs])
+    assert listed(service) == [] and notes(service) == []
     assert_clean(service)
 
 
@@ -678,6 +768,21 @@ def test_check_reports_rows_without_objects_and_objects_without_rows(backend):
     backend.remove_object(stray)
     service.metadata.delete(bodiless)
     assert_clean(service)
+
+
+def test_check_warns_about_purposes_outside_the_configured_set(backend):
+    wide = backend.service
+    for purpose in ("assistants", "batch", "user_data", "fine-tune", "fine-tune"):
+        upload(wide, purpose=purpose)
+    assert wide.check().warnings == []
+    narrow = FileService(wide.metadata, wide.blobs, purposes=("assistants", "batch"), clock=backend.clock)
+    report = narrow.check()
+    assert report.clean  # consistent: a warning is not a disagreement
+    assert len(report.warnings) == 1
+    assert "fine-tune (2), user_data (1)" in report.warnings[0]
+    assert "(assistants, batch)" in report.warnings[0]
+    assert report.to_dict()["warnings"] == report.warnings
+    assert_clean(narrow)
 
 
 def test_check_reports_a_size_that_differs(backend):

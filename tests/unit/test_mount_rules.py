@@ -4,6 +4,7 @@ The behaviour through a real mount is in ``tests/fs``; these pin the rules thems
 """
 
 import errno
+import io
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,26 @@ def test_data_version_moves_for_a_change_by_another_program(metadata_db):
         assert seed.execute("DELETE FROM openai_files WHERE id = ?", [row["id"]]) == 1
     wait_for(lambda: ours.data_version() != moved, timeout=20, what="data_version to move again")
     ours.close()
+
+
+# --- the listing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", ["the mount itself", "another process"])
+def test_the_mounts_listing_drops_a_file_whose_object_a_read_found_missing(tmp_path, metadata_db, reader):
+    """A read that finds no object hides the young row from the mount's next listing, whether the
+    mount read it (its own write moves the change counter all the same) or another process did."""
+    from s3filesfs.files import open_service
+    from s3filesfs.fs.namespace import Namespace
+
+    settings = config.load(flags={"data_dir": str(tmp_path / "data"), **metadata_db.settings_values()})
+    mount_service, other_service = open_service(settings), open_service(settings)
+    kept = mount_service.create(io.BytesIO(b"kept"), "kept.txt", "assistants")
+    gone = mount_service.create(io.BytesIO(b"gone"), "gone.txt", "assistants")
+    namespace = Namespace(mount_service, refresh_seconds=0)
+    assert sorted(name for name, _ in namespace.names("assistants")) == ["gone.txt", "kept.txt"]
+    (settings.local_store_dir / "objects" / gone.id).unlink()
+    with pytest.raises(NotFound):
+        (mount_service if reader == "the mount itself" else other_service).content(gone.id)
+    assert [name for name, _ in namespace.names("assistants")] == ["kept.txt"]
+    assert [f.id for f in namespace.ids()] == [kept.id]

@@ -354,10 +354,12 @@ def test_seed_row_waiting_for_its_object_is_spared_then_readable(seed_bucket):
     seed_upload(client, bucket, db, file_id, b"in flight", with_object=False)
     with pytest.raises(NotFound):
         service.content(file_id)
-    assert [f.id for f in service.list().data] == [file_id]  # the row is kept
+    assert service.list().data == []  # hidden, as the seed would have it (it drops the row)
+    assert service.retrieve(file_id).id == file_id  # but the row is kept
     client.put_object(Bucket=bucket, Key=file_id, Body=b"in flight")
     _, chunks = service.content(file_id)
     assert b"".join(chunks) == b"in flight"
+    assert [f.id for f in service.list().data] == [file_id]  # found: listed again
     assert_clean(service)
 
 

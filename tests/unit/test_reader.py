@@ -1,0 +1,278 @@
+"""The mount's Reader over a FileService on the real moto server: which ranged GETs it makes, how
+many at once, what its reads return, and how it keeps to the budget that all readers share.
+
+The store is the real S3 store, seen through ``WatchedStore``, which records every ranged GET (its
+range, and how many were running at once) and can add a delay before each answer, as S3's time to
+first byte does, or fail the GETs that touch a given byte.
+"""
+
+import gc
+import hashlib
+import io
+import random
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+from s3filesfs.blobs import BlobStore
+from s3filesfs.errors import StorageUnavailable
+from s3filesfs.files import FileService
+from s3filesfs.fs.reader import FIRST_PART, MAX_PART, Fetcher, ReadBudget, Reader
+from tests.helpers import wait_for
+
+KiB, MiB = 1024, 1024 * 1024
+READ = 128 * KiB  # what the kernel asks for at a time
+
+
+class WatchedStore(BlobStore):
+    """The real store behind the service, with every ``read`` (one ranged GET) recorded."""
+
+    def __init__(self, inner: BlobStore, delay: float = 0.0):
+        self.inner, self.delay = inner, delay
+        self.location = inner.location
+        self.ranges: list[tuple[int, int]] = []  # (offset, length) in the order they started
+        self.running = self.most_running = 0
+        self.fail_at: int | None = None  # a GET whose range holds this byte fails
+        self._lock = threading.Lock()
+
+    def read(self, key, offset, length):
+        with self._lock:
+            self.ranges.append((offset, length))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            time.sleep(self.delay)
+            if self.fail_at is not None and offset <= self.fail_at < offset + length:
+                raise StorageUnavailable("S3 endpoint is unreachable: connection refused")
+            return self.inner.read(key, offset, length)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def ensure_ready(self):
+        self.inner.ensure_ready()
+
+    def writer(self, key, metadata):
+        return self.inner.writer(key, metadata)
+
+    def stream(self, key, start=0, end=None):
+        return self.inner.stream(key, start, end)
+
+    def head(self, key):
+        return self.inner.head(key)
+
+    def delete(self, key):
+        self.inner.delete(key)
+
+    def keys(self):
+        return self.inner.keys()
+
+
+@pytest.fixture
+def bodies(server_backend):
+    """Files on the moto server, created once per test as asked: ``bodies(size, ...)``."""
+    service = server_backend.service
+
+    def make(*sizes):
+        rng = random.Random(sum(sizes))
+        made = []
+        for size in sizes:
+            data = rng.randbytes(size)
+            made.append((service.create(io.BytesIO(data), "r.bin", "assistants"), data))
+        return made
+
+    return make
+
+
+@pytest.fixture
+def watched(server_backend):
+    """A service on the same table and bucket whose GETs are recorded (and 20 ms late, like S3)."""
+    store = WatchedStore(server_backend.service.blobs, delay=0.02)
+    return FileService(server_backend.service.metadata, store), store
+
+
+def read_all(reader: Reader, size: int, step: int = READ, pause: float = 0.0) -> bytes:
+    got, offset = bytearray(), 0
+    while offset < size:
+        chunk = reader.read(step, offset)
+        assert chunk, f"short read at {offset}"
+        got += chunk
+        offset += len(chunk)
+        if pause:
+            time.sleep(pause)
+    return bytes(got)
+
+
+def test_a_sequential_read_is_served_by_ranged_gets_in_flight_at_once(bodies, watched):
+    (file, data), = bodies(24 * MiB + 321)
+    service, store = watched
+    budget = ReadBudget(128 * MiB)
+    reader = Reader(service, file, budget, Fetcher(16))
+    assert read_all(reader, file.bytes) == data
+    reader.close()
+    # One GET per part, the parts back to back from the first byte to the last, none twice.
+    position = 0
+    for offset, length in sorted(store.ranges):
+        assert offset == position, store.ranges
+        position += length
+    assert position == file.bytes
+    sizes = [length for offset, length in store.ranges if offset + length < file.bytes]  # the last is cut
+    assert sizes[0] == FIRST_PART, "a run starts with one small GET"
+    assert sizes == sorted(sizes) and sizes[-1] > 4 * FIRST_PART, "parts grow as the reader goes on"
+    assert max(sizes) <= MAX_PART
+    assert store.most_running >= 4, f"at most {store.most_running} GET(s) ran at once"
+    wait_for(lambda: budget.used == 0, 5, "the budget given back")
+
+
+def test_a_probe_costs_one_small_get(bodies, watched):
+    (file, data), = bodies(6 * MiB)
+    service, store = watched
+    reader = Reader(service, file, ReadBudget(64 * MiB), Fetcher(4))
+    assert reader.read(100, 0) == data[:100]
+    assert reader.read(4096, 100) == data[100:4196]  # `file` reads a little more: still that GET
+    time.sleep(0.2)  # time for any read-ahead to have started
+    reader.close()
+    assert store.ranges == [(0, FIRST_PART)]
+
+
+def test_a_jump_restarts_small_and_grows_again(bodies, watched):
+    (file, data), = bodies(20 * MiB)
+    service, store = watched
+    reader = Reader(service, file, ReadBudget(64 * MiB), Fetcher(8))
+    assert read_all(reader, 2 * MiB) == data[:2 * MiB]
+    assert max(length for _, length in store.ranges) > FIRST_PART
+    requested = max(offset + length for offset, length in store.ranges)
+    jump = 15 * MiB + 7
+    assert requested < jump, "the jump lands past what was read ahead"
+    assert reader.read(READ, jump) == data[jump:jump + READ]
+    assert [r for r in store.ranges if r[0] >= jump] == [(jump, FIRST_PART)], "one small GET from there"
+    offset = jump + READ
+    while offset < jump + 3 * MiB:  # reading on from there grows again
+        assert reader.read(READ, offset) == data[offset:offset + READ]
+        offset += READ
+    after = [n for o, n in store.ranges if o >= jump and o + n < file.bytes]  # the file's last part is cut
+    assert after[0] == FIRST_PART and after == sorted(after) and after[-1] > FIRST_PART, after
+    reader.close()
+
+
+def test_random_reads_are_exact_and_cost_one_get_each(bodies, watched):
+    (file, data), = bodies(16 * MiB + 5)
+    service, store = watched
+    reader = Reader(service, file, ReadBudget(64 * MiB), Fetcher(8))
+    rng = random.Random(3)
+    # Far apart, so that no read continues the run of another.
+    offsets = rng.sample(range(0, file.bytes - 2 * MiB, 3 * MiB), 5)
+    for offset in offsets:
+        length = rng.choice([1, 4096, READ + 3, 600 * KiB])
+        before = len(store.ranges)
+        assert reader.read(length, offset) == data[offset:offset + length]
+        new = store.ranges[before:]
+        assert len(new) == 1 and new[0][0] == offset, new
+        assert new[0][1] >= min(length, file.bytes - offset)
+    reader.close()
+    tail = Reader(service, file, ReadBudget(64 * MiB), Fetcher(8))
+    assert tail.read(100, file.bytes - 10) == data[-10:]
+    assert store.ranges[-1] == (file.bytes - 10, 10), "nothing is asked for past the end"
+    assert tail.read(100, file.bytes) == b""
+    tail.close()
+
+
+def test_eight_readers_keep_to_one_budget(bodies, watched):
+    files = bodies(*[8 * MiB + n for n in range(8)])
+    service, store = watched
+    budget = ReadBudget(16 * MiB)
+    fetcher = Fetcher(16)
+    failures, read_ahead = [], []
+
+    def read(file, data):
+        reader = Reader(service, file, budget, fetcher)
+        try:
+            # A consumer slower than the store: what was fetched ahead waits in the budget.
+            if read_all(reader, file.bytes, pause=0.003) != data:
+                failures.append(file.id)
+        finally:
+            reader.close()
+
+    threads = [threading.Thread(target=read, args=pair) for pair in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures
+    # Reading ahead never passes the budget; a read waiting for its own bytes may take one small
+    # part beyond it (never refused, so that no reader can wait forever on the others).
+    assert 8 * MiB < budget.peak <= budget.limit + 8 * FIRST_PART, budget.peak / MiB
+    read_ahead = [length for _, length in store.ranges if length > FIRST_PART]
+    assert read_ahead, "the readers read ahead within the budget"
+    assert max(read_ahead) <= budget.limit // 2, "no reader takes more than a fair share"
+    assert store.most_running >= 4
+    wait_for(lambda: budget.used == 0, 5, "every reader's budget given back")
+
+
+def test_a_failed_get_fails_the_read_that_needs_its_bytes(bodies, watched):
+    (file, data), = bodies(12 * MiB)
+    service, store = watched
+    store.fail_at = 6 * MiB
+    reader = Reader(service, file, ReadBudget(64 * MiB), Fetcher(8))
+    offset = 0
+    with pytest.raises(StorageUnavailable) as failure:
+        while offset < file.bytes:
+            assert reader.read(READ, offset) == data[offset:offset + READ]
+            offset += READ
+    failed = next(o for o, n in store.ranges if o <= store.fail_at < o + n)
+    # The failing part was asked for long before it was needed; the reads before it got their
+    # bytes, and the error came with the first read that needed bytes of that part.
+    assert failed < offset + READ and offset < failed + READ, (failed, offset)
+    assert offset >= 4 * MiB
+    assert failure.value.errno == 5  # EIO at the kernel
+    store.fail_at = None  # the store is back: reading again starts afresh
+    assert reader.read(READ, offset) == data[offset:offset + READ]
+    reader.close()
+
+
+def test_closing_a_reader_mid_stream_gives_its_budget_back(bodies, server_backend):
+    (file, data), = bodies(16 * MiB)
+    store = WatchedStore(server_backend.service.blobs, delay=0.3)
+    service = FileService(server_backend.service.metadata, store)
+    budget = ReadBudget(64 * MiB)
+    reader = Reader(service, file, budget, Fetcher(1))  # one worker: the parts read ahead wait their turn
+    assert read_all(reader, 2 * MiB) == data[:2 * MiB]
+    assert budget.held_by(reader) >= 6 * MiB, "several MiB were asked for ahead of the reader"
+    started = len(store.ranges)
+    reader.close()
+    wait_for(lambda: budget.used == 0, 2, "the closed reader's budget given back")
+    time.sleep(0.7)  # had the waiting GETs not been cancelled, two more would have run by now
+    assert len(store.ranges) <= started + 1, "only a GET already taken by the worker may still run"
+    assert reader.read(100, 5) == data[5:105]  # a read after close is still answered, directly
+
+
+def test_readers_share_the_process_budget_and_pool_by_default(server_backend, bodies):
+    (file, data), = bodies(300 * KiB)
+    first, second = (Reader(server_backend.service, file) for _ in range(2))
+    assert first._budget is second._budget and first._fetcher is second._fetcher
+    assert first.read(MiB, 0) == data
+    first.close()
+    second.close()
+
+
+def test_nothing_fetched_is_kept_once_its_reader_is_closed(bodies, watched):
+    """The pool's idle workers hold no part they fetched: the bytes go with their reader."""
+    (file, data), = bodies(16 * MiB)
+    service, store = watched
+    budget = ReadBudget(64 * MiB)
+    fetcher = Fetcher(16)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        reader = Reader(service, file, budget, fetcher)
+        assert hashlib.sha256(read_all(reader, file.bytes)).digest() == hashlib.sha256(data).digest()
+        reader.close()
+        wait_for(lambda: budget.used == 0, 5, "the budget given back")
+        del reader
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 2 * MiB, f"{(after - before) / MiB:.1f} MiB still held after the close"
