@@ -94,11 +94,12 @@ class State:
             # Wherever the secrets came from (file, environment, boto3's own variables), no log
             # line or message may show them.
             key_env = settings.api_api_key_env
-            logs.protect(settings.aws_secret_access_key, settings.aws_session_token,
+            logs.protect(settings.aws_secret_access_key, settings.aws_session_token, settings.metadata_store_password,
                          os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"),
+                         os.environ.get("PGPASSWORD"),
                          os.environ.get(key_env) if key_env else None)
             log.debug("settings from %s: %s backend, database %s", settings.source, settings.backend,
-                      settings.metadata_path)
+                      settings.database)
             self._settings = settings
         return self._settings
 
@@ -283,7 +284,7 @@ def ls(state, purpose, limit, order, after, as_json):
       s3filesfs ls --json | jq -r '.data[].id'
     """
     client, info = _running_daemon(state)
-    if info is not None and info.get("database") != str(state.settings.metadata_path):
+    if info is not None and info.get("database") != state.settings.database:
         client = None  # that daemon serves another store (other config or --db-path): read ours
     if client is not None:
         page = client.list(after=after, limit=limit, order=order, purpose=purpose)

@@ -26,9 +26,10 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .metadata import PostgresLocation
 from .model import PURPOSES
 
-SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "metadata_store_password")
 SSE_MODES = ("AES256", "aws:kms")
 SEED_ENV = {
     "bucket_name": "S3_BUCKET_NAME",
@@ -61,6 +62,16 @@ class Settings:
     endpoint_url: str | None = None
     auto_create_bucket: bool = False
     db_path: Path | None = None  # metadata_store.db_path; None: a default under data_dir
+    # metadata_store of type postgres: the Llama Stack sql_postgres backend's keys.
+    metadata_store_type: str = "sqlite"  # or "postgres"
+    metadata_store_host: str = "localhost"
+    metadata_store_port: int = 5432
+    metadata_store_db: str = "llamastack"
+    metadata_store_user: str | None = None
+    metadata_store_password: str | None = field(default=None, repr=False)
+    metadata_store_pool_size: int = 5
+    metadata_store_max_overflow: int = 10
+    metadata_store_pool_recycle: int = -1
     # Extensions.
     aws_session_token: str | None = None
     prefix: str = ""
@@ -118,7 +129,25 @@ class Settings:
         return self.mount_log_file or self.data_dir / "mount.log"
 
     @property
+    def metadata_location(self) -> Path | PostgresLocation:
+        """What ``MetadataStore`` opens: the SQLite file or the PostgreSQL database."""
+        if self.metadata_store_type != "postgres":
+            return self.metadata_path
+        return PostgresLocation(
+            host=self.metadata_store_host, port=self.metadata_store_port, db=self.metadata_store_db,
+            user=self.metadata_store_user or "", password=self.metadata_store_password,
+            pool_size=self.metadata_store_pool_size, max_overflow=self.metadata_store_max_overflow,
+            pool_recycle=self.metadata_store_pool_recycle,
+        )
+
+    @property
+    def database(self) -> str:
+        """The metadata database for messages and status: a path or ``postgresql://user@host:port/db``."""
+        return str(self.metadata_location)
+
+    @property
     def metadata_path(self) -> Path:
+        """The SQLite file of the metadata (when ``metadata_store.type`` is sqlite)."""
         if self.db_path is not None:
             return self.db_path
         if self.backend == "local":
@@ -149,13 +178,24 @@ class Settings:
             elif isinstance(value, tuple):
                 value = list(value)
             if f.name == "db_path":
-                shown["metadata_store"] = {"type": "sqlite", "db_path": value}
+                shown["metadata_store"] = self._shown_metadata_store()
+                continue
+            if f.name.startswith("metadata_store_"):
                 continue
             section, key = _file_key(f.name)
             if section:
                 shown.setdefault(section, {})[key] = value
             else:
                 shown[key] = value
+        return shown
+
+    def _shown_metadata_store(self) -> dict:
+        if self.metadata_store_type != "postgres":
+            return {"type": "sqlite", "db_path": str(self.metadata_path)}
+        shown: dict = {"type": "postgres"}
+        for key in POSTGRES_KEY_ORDER:
+            value = getattr(self, f"metadata_store_{key}")
+            shown[key] = "********" if key == "password" and value else value
         return shown
 
 
@@ -178,12 +218,20 @@ def masked_url(url: str) -> str:
 # --- reading ---------------------------------------------------------------------------------
 
 _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"db_path", "source", "upload_part_size_mb", "upload_concurrency"}
-_SECTIONS = {"metadata_store": {"type", "db_path", "backend", "table_name"}, "upload": {"part_size_mb", "concurrency"}}
+# metadata_store keys by engine type, besides "type" itself; "backend" and "table_name" (a newer
+# run.yaml's reference to storage.backends) are resolved or ignored before these are read.
+POSTGRES_KEY_ORDER = ("host", "port", "db", "user", "password", "pool_size", "max_overflow", "pool_recycle")
+METADATA_STORE_KEYS = {"sqlite": {"db_path"}, "postgres": set(POSTGRES_KEY_ORDER)}
+METADATA_STORE_TYPES = {"sqlite": "sqlite", "sql_sqlite": "sqlite", "postgres": "postgres", "sql_postgres": "postgres"}
+_SECTIONS = {"metadata_store": {"type", "backend", "table_name", *METADATA_STORE_KEYS["sqlite"],
+                                *METADATA_STORE_KEYS["postgres"]},
+             "upload": {"part_size_mb", "concurrency"}}
 _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_retries"}
 _SECTIONS["api"] = {"socket", "listen", "api_key_env"}
 _SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds", "write_back", "read_ahead_mb"}
 _SECTIONS["expiry"] = {"interval_seconds"}
 _SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount", "expiry") for key in _SECTIONS[section]}
+_SCALAR_KEYS -= {f"metadata_store_{key}" for key in ("type", *METADATA_STORE_KEYS["postgres"])}
 
 
 def _file_key(name: str) -> tuple[str | None, str]:
@@ -280,11 +328,7 @@ def _flatten(raw: dict, where: str | None) -> dict:
                 if sub not in _SECTIONS[key]:
                     raise _unknown(where, f"{key}.{sub}", {f"{key}.{s}" for s in _SECTIONS[key]})
             if key == "metadata_store":
-                engine = value.get("type", "sqlite")
-                if engine not in ("sqlite", "sql_sqlite"):
-                    raise _fail(where, f"metadata_store.type '{engine}' is not supported (use sqlite)")
-                if value.get("db_path"):
-                    flat["db_path"] = value["db_path"]
+                flat.update(_flatten_metadata_store(value, where))
             else:
                 for sub, sub_value in value.items():
                     flat[f"{key}_{sub}"] = sub_value
@@ -292,6 +336,26 @@ def _flatten(raw: dict, where: str | None) -> dict:
             flat[key] = value
         else:
             raise _unknown(where, key, _SCALAR_KEYS | set(_SECTIONS))
+    return flat
+
+
+def _flatten_metadata_store(section: dict, where: str | None) -> dict:
+    """``metadata_store`` (or the storage.backends entry it names) to Settings fields."""
+    engine = METADATA_STORE_TYPES.get(str(section.get("type", "sqlite")))
+    if engine is None:
+        raise _fail(where, f"metadata_store.type '{section['type']}' is not supported "
+                           "(use sqlite or postgres; sql_sqlite and sql_postgres in storage.backends)")
+    other = "postgres" if engine == "sqlite" else "sqlite"
+    for key in section:
+        if key in METADATA_STORE_KEYS[other] - METADATA_STORE_KEYS[engine]:
+            raise _fail(where, f"metadata_store.{key} is for type {other}, not {engine}")
+    flat: dict = {"metadata_store_type": engine}
+    if engine == "sqlite":
+        if section.get("db_path"):
+            flat["db_path"] = section["db_path"]
+    else:
+        flat.update({f"metadata_store_{key}": section[key] for key in METADATA_STORE_KEYS["postgres"]
+                     if key in section})
     return flat
 
 
@@ -389,6 +453,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     if "stall_timeout_seconds" in v:
         v["stall_timeout_seconds"] = _as_seconds(v["stall_timeout_seconds"], "stall_timeout_seconds", where, 1.0, 3600)
     _check_daemon(v, where)
+    _check_metadata_store(v, where)
     if "mount_staging_max_mb" in v:
         v["mount_staging_max_mb"] = _as_int(v["mount_staging_max_mb"], "mount.staging_max_mb", where, 1, 1 << 30)
     if "mount_write_back" in v:
@@ -401,6 +466,32 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
         v["expiry_interval_seconds"] = _as_seconds(v["expiry_interval_seconds"], "expiry.interval_seconds", where,
                                                    0.0, 7 * 24 * 3600)
     return Settings(**v)
+
+
+def _check_metadata_store(v: dict, where) -> None:
+    """The ``metadata_store`` keys, checked in place: a SQLite file, or a PostgreSQL server and user."""
+    engine = METADATA_STORE_TYPES.get(str(v.get("metadata_store_type") or "sqlite").strip())
+    if engine is None:
+        raise _fail(where, f"metadata_store.type '{v['metadata_store_type']}' is not supported "
+                           "(use sqlite or postgres)")
+    v["metadata_store_type"] = engine
+    for key in ("host", "db", "user", "password"):
+        name = f"metadata_store_{key}"
+        if name in v:
+            v[name] = _optional(v[name])
+            if v[name] is None and key in ("host", "db"):
+                del v[name]  # empty: the default
+    numbers = {"port": (1, 65535), "pool_size": (1, 1000), "max_overflow": (0, 10000), "pool_recycle": (-1, 1 << 31)}
+    for key, (low, high) in numbers.items():
+        name = f"metadata_store_{key}"
+        if name in v:
+            v[name] = _as_int(v[name], f"metadata_store.{key}", where, low, high)
+    if engine == "postgres":
+        if not v.get("metadata_store_user"):
+            raise _fail(where, "metadata_store.user is required for type postgres")
+        if v.get("db_path"):
+            # A --db-path flag or S3FILESFS_DB_PATH beside a PostgreSQL store: which one was meant?
+            raise _fail(where, "db_path names a SQLite file, but metadata_store.type is postgres")
 
 
 def _check_endpoint(url: str, where) -> None:

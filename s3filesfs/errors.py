@@ -157,6 +157,21 @@ class NoSpace(UserError):
     http_status = 507
 
 
+class FileTooLarge(UserError):
+    """The table cannot record the file's size: an ``openai_files`` that a Llama Stack server created
+    on PostgreSQL has a 32-bit ``bytes`` column (a table s3filesfs creates there has 64 bits)."""
+
+    errno = _errno.EFBIG
+    http_status = 413
+
+    def __init__(self, file_id: str, size: int, database: str):
+        super().__init__(
+            f"{file_id} has {size} bytes, more than the openai_files table in {database} can record "
+            "(its bytes column is a 32-bit INTEGER, as Llama Stack creates it on PostgreSQL: at most "
+            "2147483647); nothing was registered. Files of 2 GiB or more need that column widened "
+            "(ALTER TABLE openai_files ALTER COLUMN bytes TYPE BIGINT)")
+
+
 class StagingInUse(UserError):
     """Another mount is using the staging folder."""
 

@@ -560,7 +560,8 @@ class FileService:
 
 
 def open_service(settings) -> FileService:
-    """Wire a FileService from ``config.Settings``: the embedded local store or S3."""
+    """Wire a FileService from ``config.Settings``: the embedded local store or S3, and the
+    metadata on SQLite or PostgreSQL."""
     if settings.backend == "s3":
         from .blobs.s3 import S3BlobStore  # boto3 is only imported when S3 is used
 
@@ -583,4 +584,4 @@ def open_service(settings) -> FileService:
         from .blobs.local import LocalBlobStore
 
         blobs = LocalBlobStore(settings.local_store_dir)
-    return FileService(MetadataStore(settings.metadata_path), blobs, purposes=settings.purposes)
+    return FileService(MetadataStore(settings.metadata_location), blobs, purposes=settings.purposes)

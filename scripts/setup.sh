@@ -1,6 +1,7 @@
 # Sourced by scripts/quickstart and scripts/test: makes a Debian/Ubuntu machine ready.
-#   - system packages (python3 with venv, fuse3 for the mount; attr and rsync, which its tests drive, and systemd for
-#     systemd-analyze), installed only when missing;
+#   - system packages (python3 with venv, fuse3 for the mount; attr and rsync, which its tests drive; with the
+#     test extra, postgresql, whose server the tests run privately, and systemd for systemd-analyze), installed
+#     only when missing;
 #   - a virtualenv in .venv with s3filesfs installed from this checkout (plus $S3FILESFS_EXTRAS).
 # Re-running is cheap: nothing is fetched when everything is already there.
 
@@ -8,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SYSTEM_PACKAGES=(python3 python3-venv python3-pip fuse3 attr rsync)
+# The tests start a PostgreSQL server of their own (initdb, pg_ctl); s3filesfs itself only needs its
+# Python driver, so the quick start installs no database server.
+case ",${S3FILESFS_EXTRAS:-}," in *,test,*) SYSTEM_PACKAGES+=(postgresql) ;; esac
 # The tests check the units `s3filesfs service install` writes with systemd-analyze, from the package
 # systemd (already on nearly every Debian/Ubuntu machine; installing it in a container starts nothing).
 if [[ "${S3FILESFS_EXTRAS:-}" == *test* ]]; then SYSTEM_PACKAGES+=(systemd); fi

@@ -1,6 +1,9 @@
-"""Shared fixtures: an isolated environment for every test and a real S3 server process.
+"""Shared fixtures: an isolated environment for every test, a real S3 server process and a real
+PostgreSQL server.
 
-A server that cannot start fails the tests that need it; nothing is skipped for a missing part.
+A server that cannot start fails the tests that need it; nothing is skipped for a missing part,
+except PostgreSQL outside CI: a developer without the ``postgresql`` package (``scripts/setup.sh``
+installs it) sees those tests skipped with the reason, while under ``CI=true`` they fail.
 """
 
 import os
@@ -8,6 +11,7 @@ import os
 import pytest
 
 from tests.helpers import LEAKY_ENV
+from tests.pgserver import PostgresServer, find_bindir
 from tests.s3server import MotoServer
 
 
@@ -43,5 +47,27 @@ def own_s3_server():
         server = MotoServer().start()
     except Exception as exc:
         pytest.fail(f"could not start the S3 test server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One private PostgreSQL cluster for the session, started when a test first needs it; tests
+    isolate themselves by role (``new_role``)."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (no initdb; scripts/setup.sh installs the postgresql package)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        server.wait_ready()
+    except Exception as exc:  # installed but not starting: always a failure
+        log = server.tail_of_log()
+        server.stop()
+        pytest.fail(f"could not start the PostgreSQL test server: {exc}\n{log}")
     yield server
     server.stop()

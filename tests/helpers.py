@@ -10,8 +10,9 @@ import uuid
 
 import httpx
 
-# Variables that would make a test (or a process it starts) depend on the machine it runs on.
-LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+# Variables that would make a test (or a process it starts) depend on the machine it runs on
+# (PG: libpq's PGHOST, PGPASSWORD, PGSSLMODE, ...).
+LEAKY_ENV = ("AWS_", "S3_", "S3FILESFS_", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", "PG")
 
 # Errors that mean "not yet" while polling: a path or socket not there yet, a daemon still starting.
 NOT_YET = (OSError, httpx.TransportError)

@@ -1,6 +1,6 @@
 """The daemon's journal: which local file (``purpose/name``) holds which file id, and in what state.
 
-Entries live in the ``s3filesfs_journal`` table (its SQL is in ``metadata.py``). This module owns
+Entries live in the ``s3filesfs_journal`` table (its SQL is in ``metadata/``). This module owns
 their meaning and the order of writes that makes uploads exactly-once across crashes:
 
 1. ``begin_upload`` records the pre-generated id as ``pending_id`` *before* anything is committed;

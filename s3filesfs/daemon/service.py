@@ -166,7 +166,7 @@ class DaemonService:
             "watched_folders": self.watcher.folders,
             "delete": self.uploader.delete,
             "bucket": self.settings.bucket_name,
-            "database": str(self.settings.metadata_path),
+            "database": self.settings.database,
             "queue_length": snapshot["queue_length"],
             "waiting_to_settle": snapshot["waiting_to_settle"],
             "in_flight": snapshot["in_flight"],

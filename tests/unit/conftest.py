@@ -1,9 +1,12 @@
-"""Fixtures of the unit suite: a FileService over each of the three stores.
+"""Fixtures of the unit suite: a FileService over each of the three stores and both metadata engines.
 
-``backend`` runs a test three times: on the embedded local store, on moto's in-process mock
-(``mock_aws``) and on a real moto server over HTTP (the session's server, a fresh bucket per test).
+``backend`` runs a test five times: on the embedded local store, on moto's in-process mock
+(``mock_aws``) and on a real moto server over HTTP (the session's server, a fresh bucket per test),
+with the metadata on SQLite (a file in the test's folder), and again on the local store and the
+moto server with the metadata on PostgreSQL (the session's server, a fresh role and schema per test).
 """
 
+import contextlib
 import functools
 
 import boto3
@@ -16,9 +19,10 @@ from s3filesfs import config
 from s3filesfs.blobs.s3 import S3BlobStore
 from s3filesfs.files import FileService, open_service
 from s3filesfs.metadata import MetadataStore
-from tests.unit.stores import Clock, LocalBackend, S3Backend
+from tests.unit.stores import Backend, Clock, LocalBackend, MetadataTarget, S3Backend
 
 BACKENDS = ("local", "mock_aws", "moto_server")
+ENGINES = ("sqlite", "postgres")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,10 +44,25 @@ def clock():
     return Clock()
 
 
-@pytest.fixture
-def local_backend(tmp_path, clock):
-    # The embedded default, wired the way the CLI wires it: no bucket configured.
-    settings = config.load(flags={"data_dir": str(tmp_path / "data")})
+def metadata_target(engine: str, request, tmp_path) -> MetadataTarget:
+    """Where a test's metadata lives: a SQLite file of its own, or a PostgreSQL role of its own."""
+    if engine == "sqlite":
+        return MetadataTarget.sqlite(tmp_path / "files.db")
+    server = request.getfixturevalue("postgres_server")
+    return MetadataTarget.postgres(server.new_role())
+
+
+@pytest.fixture(params=ENGINES)
+def metadata_db(request, tmp_path) -> MetadataTarget:
+    """The metadata database of a test, on each engine."""
+    return metadata_target(request.param, request, tmp_path)
+
+
+def local_service(tmp_path, clock, target: MetadataTarget | None) -> LocalBackend:
+    # The embedded default, wired the way the CLI wires it: no bucket configured, and with no
+    # target the metadata in its default place.
+    flags = {"data_dir": str(tmp_path / "data"), **(target.settings_values() if target else {})}
+    settings = config.load(flags=flags)
     assert settings.backend == "local"
     service = open_service(settings)
     service.clock = clock
@@ -51,20 +70,19 @@ def local_backend(tmp_path, clock):
     return LocalBackend(service, clock, settings.local_store_dir)
 
 
-@pytest.fixture
-def mock_aws_backend(tmp_path, clock):
+@contextlib.contextmanager
+def mock_aws_service(clock, target: MetadataTarget):
     with mock_aws():
         bucket = "unit-mock-bucket"
         store = S3BlobStore(bucket_name=bucket, auto_create_bucket=True)
-        service = FileService(MetadataStore(tmp_path / "files.db"), store, clock=clock)
+        service = FileService(MetadataStore(target.location), store, clock=clock)
         _ = service.blobs  # creates the bucket
         yield S3Backend("mock_aws", service, clock, boto3.client("s3", region_name="us-east-1"), bucket)
 
 
-@pytest.fixture
-def server_backend(s3_server, tmp_path, clock):
+def server_service(s3_server, clock, target: MetadataTarget) -> S3Backend:
     bucket = s3_server.new_bucket_name()
-    settings = config.load(flags=s3_server.settings_values(bucket, db_path=str(tmp_path / "files.db")))
+    settings = config.load(flags=s3_server.settings_values(bucket, **target.settings_values()))
     assert settings.backend == "s3"
     service = open_service(settings)
     service.clock = clock
@@ -72,10 +90,40 @@ def server_backend(s3_server, tmp_path, clock):
     return S3Backend("moto_server", service, clock, s3_server.client(), bucket)
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.getfixturevalue({"local": "local_backend", "mock_aws": "mock_aws_backend",
-                                    "moto_server": "server_backend"}[request.param])
+@pytest.fixture
+def local_backend(tmp_path, clock):
+    backend = local_service(tmp_path, clock, None)
+    yield backend
+    backend.service.metadata.close()
+
+
+@pytest.fixture
+def server_backend(s3_server, tmp_path, clock):
+    """A bucket of the real moto server, with the metadata on SQLite."""
+    backend = server_service(s3_server, clock, MetadataTarget.sqlite(tmp_path / "files.db"))
+    yield backend
+    backend.service.metadata.close()
+
+
+# PostgreSQL runs under the local store and the real S3 server; moto's in-process mock would only
+# repeat the latter's metadata work, at a third more of the suite's PostgreSQL time.
+COMBINATIONS = [(store, "sqlite") for store in BACKENDS] + [("local", "postgres"), ("moto_server", "postgres")]
+
+
+@pytest.fixture(params=[pytest.param(pair, id="-".join(pair)) for pair in COMBINATIONS])
+def backend(request, tmp_path, clock):
+    store, engine = request.param
+    target = metadata_target(engine, request, tmp_path)
+    with contextlib.ExitStack() as stack:
+        made: Backend
+        if store == "local":
+            made = local_service(tmp_path, clock, target if engine == "postgres" else None)
+        elif store == "mock_aws":
+            made = stack.enter_context(mock_aws_service(clock, target))
+        else:
+            made = server_service(request.getfixturevalue("s3_server"), clock, target)
+        stack.callback(made.service.metadata.close)
+        yield made
 
 
 @pytest.fixture

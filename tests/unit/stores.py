@@ -1,5 +1,6 @@
-"""Helpers shared by the unit tests: a settable clock, the three stores behind one face, and the
-check that bucket and table agree.
+"""Helpers shared by the unit tests: a settable clock, the three stores behind one face, the
+metadata database on either engine with a plain connection to it, and the check that bucket and
+table agree.
 
 Each ``Backend`` holds a FileService and a way to look at (or tamper with) the objects directly,
 behind the service's back: files in the local store's directory, or raw boto3 calls on the bucket.
@@ -8,7 +9,10 @@ behind the service's back: files in the local store's directory, or raw boto3 ca
 import contextlib
 import errno
 import json
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from botocore.exceptions import ClientError
@@ -16,6 +20,7 @@ from botocore.exceptions import ClientError
 from s3filesfs.blobs import BlobStore
 from s3filesfs.blobs.s3 import S3BlobStore
 from s3filesfs.files import FileService
+from s3filesfs.metadata import PostgresLocation
 
 # A fixed start, far from "now", so no test depends on the machine's clock.
 EPOCH = 1_750_000_000
@@ -157,3 +162,102 @@ class S3Backend(Backend):
 
     def leftovers(self):
         return self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+
+
+class MetadataTarget:
+    """A test's metadata database on one engine, and a plain connection to it, as another program
+    (a Llama Stack server) would open one: ``sqlite3``, or ``psycopg`` for PostgreSQL."""
+
+    def __init__(self, engine: str, location: Path | PostgresLocation):
+        self.engine = engine
+        self.location = location
+
+    @classmethod
+    def sqlite(cls, path: Path) -> "MetadataTarget":
+        return cls("sqlite", path)
+
+    @classmethod
+    def postgres(cls, location: PostgresLocation) -> "MetadataTarget":
+        return cls("postgres", location)
+
+    def settings_values(self) -> dict:
+        """The config values (as a config file's keys would give them) that select this database."""
+        location = self.location
+        if not isinstance(location, PostgresLocation):
+            return {"db_path": str(location)}
+        return {"metadata_store_type": "postgres", "metadata_store_host": location.host,
+                "metadata_store_port": location.port, "metadata_store_db": location.db,
+                "metadata_store_user": location.user, "metadata_store_password": location.password}
+
+    @contextlib.contextmanager
+    def plain(self) -> Iterator["PlainConnection"]:
+        location = self.location
+        conn: Any
+        if isinstance(location, PostgresLocation):
+            import psycopg
+            from psycopg.rows import dict_row
+
+            conn = psycopg.connect(host=location.host, port=location.port, dbname=location.db, user=location.user,
+                                   password=location.password, autocommit=True, row_factory=dict_row)
+        else:
+            conn = sqlite3.connect(location, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+        try:
+            yield PlainConnection(self.engine, conn)
+        finally:
+            conn.close()
+
+
+class PlainConnection:
+    """SQL with ``?`` placeholders on either engine, rows as dicts."""
+
+    def __init__(self, engine: str, conn):
+        self.engine, self.conn = engine, conn
+
+    def execute(self, sql: str, params: tuple | list = ()) -> int:
+        if self.engine == "postgres":
+            sql = sql.replace("?", "%s")
+        return self.conn.execute(sql, tuple(params)).rowcount
+
+    def query(self, sql: str, params: tuple | list = ()) -> list[dict]:
+        if self.engine == "postgres":
+            sql = sql.replace("?", "%s")
+        return [dict(row) for row in self.conn.execute(sql, tuple(params)).fetchall()]
+
+    def columns(self, table: str = "openai_files") -> list[tuple[str, str, int]]:
+        """``(name, declared type, part of the primary key)`` per column, in order."""
+        if self.engine == "sqlite":
+            return [(row["name"], row["type"], row["pk"]) for row in self.query(f"PRAGMA table_info({table})")]
+        rows = self.query(
+            "SELECT c.column_name AS name, upper(c.data_type) AS type, "
+            "(EXISTS (SELECT 1 FROM information_schema.key_column_usage k "
+            "JOIN information_schema.table_constraints t USING (constraint_schema, constraint_name) "
+            "WHERE t.constraint_type = 'PRIMARY KEY' AND k.table_schema = c.table_schema "
+            "AND k.table_name = c.table_name AND k.column_name = c.column_name))::int AS pk "
+            "FROM information_schema.columns c WHERE c.table_name = ? AND c.table_schema = current_schema() "
+            "ORDER BY c.ordinal_position", (table,))
+        spelled = {"CHARACTER VARYING": "VARCHAR"}
+        return [(row["name"], spelled.get(row["type"], row["type"]), row["pk"]) for row in rows]
+
+    def names(self) -> list[str]:
+        """Every table and index in the database (PostgreSQL: in the role's schema)."""
+        if self.engine == "sqlite":
+            return [row["name"] for row in self.query("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
+        return [row["name"] for row in self.query(
+            "SELECT relname AS name FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
+            "AND relkind IN ('r', 'i')")]
+
+    def index_columns(self, table: str = "openai_files") -> list[list[str]]:
+        """The columns of each index we (or anyone) created on ``table``, not the primary key's."""
+        if self.engine == "sqlite":
+            return [[c["name"] for c in self.query(f"PRAGMA index_info({row['name']})")]
+                    for row in self.query(f"PRAGMA index_list({table})") if row["origin"] == "c"]
+        rows = self.query(
+            "SELECT i.indexrelid::regclass::text AS name, a.attname AS col FROM pg_index i "
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = to_regclass(?) AND NOT i.indisprimary ORDER BY name, k.n", (table,))
+        grouped: dict[str, list[str]] = {}
+        for row in rows:
+            grouped.setdefault(row["name"], []).append(row["col"])
+        return list(grouped.values())

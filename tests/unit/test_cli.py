@@ -661,6 +661,63 @@ def test_info_of_something_that_is_not_an_id_says_so():
                                           "`s3filesfs ls` lists them)\n")
 
 
+# --- PostgreSQL as the metadata store ------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_config(postgres_server, s3_server, tmp_path):
+    """A bucket on the S3 server and the metadata in PostgreSQL, configured with the seed's keys."""
+    location = postgres_server.new_role()
+    bucket = s3_server.new_bucket_name()
+    values = s3_server.settings_values(bucket, metadata_store={
+        "type": "postgres", "host": location.host, "port": "${env.TEST_PG_PORT:=5432}", "db": location.db,
+        "user": location.user, "password": "${env.TEST_PG_PASSWORD}"})
+    path = tmp_path / "pg.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path, location, {"TEST_PG_PORT": str(location.port), "TEST_PG_PASSWORD": location.password}
+
+
+def test_session_with_the_metadata_in_postgresql(postgres_config, samples):
+    path, location, env = postgres_config
+    flags = ["--config", path, "--debug"]
+    outputs = [run(*flags, "upload", samples / "a.txt", samples / "b.jsonl", "-p", "batch", env=env)]
+    ids = FILE_ID.findall(outputs[0].stdout.decode())
+    assert outputs[0].returncode == 0 and len(ids) == 2, outputs[0].stderr.decode()[-2000:]
+    for args in (["ls", "--json"], ["cat", ids[0]], ["check"], ["rm", ids[1]], ["config", "show"]):
+        outputs.append(run(*flags, *args, env=env))
+        assert outputs[-1].returncode == 0, (args, outputs[-1].stderr.decode()[-2000:])
+    assert {item["id"] for item in json.loads(outputs[1].stdout)["data"]} == set(ids)
+    assert outputs[2].stdout == b"alpha\n"
+    shown = yaml.safe_load(outputs[-1].stdout)["metadata_store"]
+    assert shown == {"type": "postgres", "host": location.host, "port": location.port, "db": location.db,
+                     "user": location.user, "password": "********", "pool_size": 5, "max_overflow": 10,
+                     "pool_recycle": -1}
+    everything = b"".join(o.stdout + o.stderr for o in outputs).decode()
+    assert f"database postgresql://{location.user}@{location.host}:{location.port}/{location.db}" in everything
+    assert location.password not in everything
+    # The rows are in PostgreSQL, where another host would see them.
+    remaining = json.loads(ok("--config", path, "ls", "--json", env=env))["data"]
+    assert [item["id"] for item in remaining] == [ids[0]]
+
+
+def test_postgresql_that_cannot_be_reached_or_refuses_the_password_exits_3(postgres_config, samples):
+    path, location, env = postgres_config
+    database = f"postgresql://{location.user}@{location.host}:{{port}}/{location.db}"
+    port = closed_port()
+    unreachable = run("--config", path, "--debug", "ls", env={**env, "TEST_PG_PORT": str(port)})
+    assert unreachable.returncode == 3, unreachable.stderr.decode()
+    stderr = unreachable.stderr.decode()
+    assert f"metadata database {database.format(port=port)} is unreachable (open)" in stderr
+    assert location.password not in stderr and "Traceback" not in stderr
+    wrong = "wrong-password-that-stays-hidden"
+    refused = run("--config", path, "--debug", "ls", env={**env, "TEST_PG_PASSWORD": wrong})
+    assert refused.returncode == 3, refused.stderr.decode()
+    stderr = refused.stderr.decode()
+    assert f"metadata database {database.format(port=location.port)} failed (open)" in stderr
+    assert "password authentication failed" in stderr
+    assert wrong not in stderr and location.password not in stderr and "Traceback" not in stderr
+
+
 def run_with_stderr_on_terminal(*args, stdout_path: Path | None = None) -> tuple[int, str]:
     """Run the command with standard error on a pseudo-terminal (and standard output there too, or
     into ``stdout_path``): (exit code, what the terminal showed)."""

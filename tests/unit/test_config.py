@@ -8,6 +8,7 @@ import pytest
 
 from s3filesfs import config
 from s3filesfs.errors import ConfigError
+from s3filesfs.metadata import PostgresLocation
 from s3filesfs.model import PURPOSES
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
@@ -328,7 +329,18 @@ def test_flags_alone_select_s3(tmp_path):
     ("bucket_name: files\ncolour: blue\n", "unknown key 'colour'"),
     ("metadata_store:\n  dbpath: /tmp/x.db\n",
      "unknown key 'metadata_store.dbpath' (did you mean 'metadata_store.db_path'?)"),
-    ("metadata_store:\n  type: postgres\n", "metadata_store.type 'postgres' is not supported"),
+    ("metadata_store:\n  type: mysql\n", "metadata_store.type 'mysql' is not supported (use sqlite or postgres"),
+    ("metadata_store:\n  type: postgres\n", "metadata_store.user is required for type postgres"),
+    ("metadata_store:\n  type: postgres\n  user: u\n  port: 99999\n",
+     "metadata_store.port must be between 1 and 65535"),
+    ("metadata_store:\n  type: postgres\n  user: u\n  pool_size: many\n",
+     "metadata_store.pool_size must be a whole number"),
+    ("metadata_store:\n  type: postgres\n  user: u\n  db_path: /tmp/x.db\n",
+     "metadata_store.db_path is for type sqlite, not postgres"),
+    ("metadata_store:\n  db_path: /tmp/x.db\n  host: db.internal\n",
+     "metadata_store.host is for type postgres, not sqlite"),
+    ("metadata_store:\n  type: postgres\n  user: u\n  hots: db\n",
+     "unknown key 'metadata_store.hots' (did you mean 'metadata_store.host'?)"),
     ("metadata_store: /tmp/x.db\n", "metadata_store must be a mapping"),
     ("endpoint_url: http://127.0.0.1:9000\n", "bucket_name is required to use S3"),
     ("aws_access_key_id: AKIAEXAMPLE\n", "bucket_name is required to use S3"),
@@ -486,6 +498,125 @@ def test_endpoint_url_with_embedded_credentials_is_refused_without_echoing_them(
         config_module.load(flags={"bucket_name": "b", "endpoint_url": "http://admin:hunter2@127.0.0.1:9000"})
     assert "endpoint_url must not hold credentials" in str(raised.value)
     assert "hunter2" not in str(raised.value)
+
+
+# --- PostgreSQL as the metadata store -----------------------------------------------------------
+
+PG_PASSWORD = "pg-Secret-5f1c9e"
+
+
+def test_postgres_metadata_store_with_the_seeds_keys(config_file, monkeypatch):
+    config_file("""
+        bucket_name: team-files
+        metadata_store:
+          type: postgres
+          host: ${env.POSTGRES_HOST:=localhost}
+          port: ${env.POSTGRES_PORT:=5432}
+          db: ${env.POSTGRES_DB:=llamastack}
+          user: ${env.POSTGRES_USER:=llamastack}
+          password: ${env.POSTGRES_PASSWORD:=llamastack}
+    """)
+    monkeypatch.setenv("POSTGRES_HOST", "db.internal")
+    monkeypatch.setenv("POSTGRES_PORT", "5433")
+    monkeypatch.setenv("POSTGRES_PASSWORD", PG_PASSWORD)
+    settings = config.load()
+    location = settings.metadata_location
+    assert isinstance(location, PostgresLocation)
+    assert (location.host, location.port, location.db, location.user, location.password) == (
+        "db.internal", 5433, "llamastack", "llamastack", PG_PASSWORD)
+    assert (location.pool_size, location.max_overflow, location.pool_recycle) == (5, 10, -1)
+    assert settings.database == "postgresql://llamastack@db.internal:5433/llamastack"
+    assert PG_PASSWORD not in repr(location) + repr(settings) + str(location)
+
+
+def test_postgres_password_is_masked_and_the_rest_shown(config_file, tmp_path):
+    config_file(f"""
+        bucket_name: team-files
+        metadata_store:
+          type: postgres
+          host: db.internal
+          user: files
+          password: {PG_PASSWORD}
+          pool_size: 3
+    """)
+    settings = config.load()
+    shown = settings.masked()
+    assert shown["metadata_store"] == {"type": "postgres", "host": "db.internal", "port": 5432, "db": "llamastack",
+                                       "user": "files", "password": "********", "pool_size": 3,
+                                       "max_overflow": 10, "pool_recycle": -1}
+    assert not [key for key in shown if key.startswith("metadata_store_") or key == "db_path"]
+    dumped = config.dump_yaml(shown)
+    assert PG_PASSWORD not in dumped
+    # Shown, it loads back to the same store (the masked password aside).
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(dumped)
+    again = config.load(pasted)
+    assert again.masked() == shown
+    assert again.metadata_location == PostgresLocation(host="db.internal", user="files", password="********",
+                                                       pool_size=3)
+
+
+def test_postgres_from_the_environment_alone(monkeypatch):
+    monkeypatch.setenv("S3FILESFS_METADATA_STORE_TYPE", "postgres")
+    monkeypatch.setenv("S3FILESFS_METADATA_STORE_USER", "files")
+    monkeypatch.setenv("S3FILESFS_METADATA_STORE_PASSWORD", PG_PASSWORD)
+    monkeypatch.setenv("S3FILESFS_METADATA_STORE_PORT", "6432")
+    location = config.load().metadata_location
+    assert location == PostgresLocation(port=6432, user="files", password=PG_PASSWORD)
+    monkeypatch.setenv("S3FILESFS_DB_PATH", "/tmp/files.db")
+    with pytest.raises(ConfigError, match="db_path names a SQLite file, but metadata_store.type is postgres"):
+        config.load()
+
+
+RUN_YAML_POSTGRES = """
+    version: 2
+    image_name: starter
+    apis: [files]
+    providers:
+      files:
+      - provider_id: s3
+        provider_type: remote::s3
+        config:
+          bucket_name: ${env.S3_BUCKET_NAME}
+          metadata_store:
+            table_name: s3_files_metadata
+            backend: sql_default
+    storage:
+      backends:
+        kv_default:
+          type: kv_postgres
+          host: ${env.POSTGRES_HOST:=localhost}
+          user: ${env.POSTGRES_USER:=llamastack}
+          table_name: ${env.POSTGRES_TABLE_NAME:=llamastack_kvstore}
+        sql_default:
+          type: sql_postgres
+          host: ${env.POSTGRES_HOST:=localhost}
+          port: ${env.POSTGRES_PORT:=5432}
+          db: ${env.POSTGRES_DB:=llamastack}
+          user: ${env.POSTGRES_USER:=llamastack}
+          password: ${env.POSTGRES_PASSWORD:=llamastack}
+          pool_size: 10
+          max_overflow: 20
+"""
+
+
+def test_run_yaml_with_a_sql_postgres_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("S3_BUCKET_NAME", "llama-files")
+    monkeypatch.setenv("POSTGRES_HOST", "pg.internal")
+    monkeypatch.setenv("POSTGRES_PASSWORD", PG_PASSWORD)
+    settings = config.load(write(tmp_path / "run.yaml", RUN_YAML_POSTGRES))
+    assert settings.bucket_name == "llama-files"
+    assert settings.metadata_location == PostgresLocation(host="pg.internal", port=5432, db="llamastack",
+                                                          user="llamastack", password=PG_PASSWORD,
+                                                          pool_size=10, max_overflow=20)
+    assert settings.masked()["metadata_store"]["password"] == "********"
+
+
+def test_run_yaml_pointing_at_a_kv_backend_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("S3_BUCKET_NAME", "llama-files")
+    path = write(tmp_path / "run.yaml", RUN_YAML_POSTGRES.replace("backend: sql_default", "backend: kv_default"))
+    with pytest.raises(ConfigError, match="metadata_store.type 'kv_postgres' is not supported"):
+        config.load(path)
 
 
 def test_expiry_interval_from_the_file_the_environment_and_config_show(config_file, monkeypatch):

@@ -153,11 +153,7 @@ class MountProcess:
         if self.staging._mount_lock_fd is not None:
             os.close(self.staging._mount_lock_fd)
             self.staging._mount_lock_fd = None
-        metadata = self.service.metadata
-        metadata.close()
-        if metadata._writer_db is not None:
-            metadata._writer_db.conn.close()
-            metadata._writer_db = None
+        self.service.metadata.close()  # every connection, the writer's included
 
 
 # --- the model -------------------------------------------------------------------------------------

@@ -1,22 +1,22 @@
 """FileService over each store: the OpenAI Files semantics of DESIGN §2.1 and the seed's own suite.
 
-Every test runs on the local store, on moto's in-process mock and on a real moto server, and ends
-by checking that bucket and table agree wherever the state should be consistent.
+Every test runs on the local store, on moto's in-process mock and on a real moto server with its
+metadata on SQLite, and on the local store and the moto server with its metadata on PostgreSQL, and
+ends by checking that bucket and table agree wherever the state should be consistent.
 """
 
 import io
 import os
 import re
-import sqlite3
 import urllib.parse
 
 import pytest
 
 from s3filesfs.errors import InvalidPurpose, InvalidRequest, NotFound, StorageError, StorageUnavailable
 from s3filesfs.files import ORPHAN_GRACE, FileService
-from s3filesfs.metadata import MetadataStore
+from s3filesfs.metadata import MetadataStore, PostgresLocation
 from s3filesfs.model import EXPIRES_AFTER_MAX, NO_EXPIRY_SECONDS, PURPOSES
-from tests.unit.stores import EPOCH, assert_clean
+from tests.unit.stores import EPOCH, MetadataTarget, assert_clean
 
 MIB = 1024 * 1024
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
@@ -236,7 +236,7 @@ def test_streamed_writes_of_any_size_and_buffer_type_round_trip(backend):
 
 def test_a_second_service_on_the_same_store_sees_the_files(backend):
     created = upload(backend.service, b"persisted", "p.txt")
-    again = FileService(MetadataStore(backend.service.metadata.path), backend.service.blobs, clock=backend.clock)
+    again = FileService(MetadataStore(backend.service.metadata.location), backend.service.blobs, clock=backend.clock)
     assert again.retrieve(created.id) == created
     assert content_of(again, created.id) == b"persisted"
     assert_clean(again)
@@ -399,10 +399,16 @@ def listed(service) -> list[str]:
     return [f.id for f in service.list(order="asc").data]
 
 
+def plain(service):
+    """A plain connection to the service's metadata database, as another program would open one."""
+    location = service.metadata.location
+    return MetadataTarget("postgres" if isinstance(location, PostgresLocation) else "sqlite", location).plain()
+
+
 def notes(service) -> list[str]:
     """The rows noted as missing their object, read straight from the table."""
-    with sqlite3.connect(service.metadata.path) as db:
-        return [row[0] for row in db.execute("SELECT id FROM s3filesfs_missing ORDER BY id")]
+    with plain(service) as db:
+        return [row["id"] for row in db.query("SELECT id FROM s3filesfs_missing ORDER BY id")]
 
 
 def test_young_row_without_object_is_hidden_at_once_and_kept(backend):
@@ -424,7 +430,7 @@ def test_young_row_without_object_is_hidden_at_once_and_kept(backend):
     assert row_of(service, file_id) is not None and notes(service) == [file_id]
     assert service.check().rows_without_objects == [file_id]
     # Hidden for every process on the database: another service, with its own connections.
-    other = FileService(MetadataStore(service.metadata.path), service.blobs, clock=backend.clock)
+    other = FileService(MetadataStore(service.metadata.location), service.blobs, clock=backend.clock)
     assert listed(other) == [kept]
     # The body arrives: the first read that finds it lists the file again, everywhere.
     backend.plant_object(file_id, b"arriving")
@@ -492,7 +498,7 @@ def test_a_hidden_row_deleted_by_anyone_leaves_no_note(backend):
     assert notes(service) == sorted([ours, theirs])
     assert service.delete(ours)["deleted"] is True
     assert notes(service) == [theirs]
-    with sqlite3.connect(service.metadata.path) as db:  # a seed server deletes only its row
+    with plain(service) as db:  # a seed server deletes only its row
         db.execute("DELETE FROM openai_files WHERE id = ?", [theirs])
     assert listed(service) == [] and notes(service) == []
     assert_clean(service)

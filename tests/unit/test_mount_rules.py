@@ -13,6 +13,7 @@ from s3filesfs import config
 from s3filesfs.errors import ConfigError, NameTooLong, NotFound, errno_of
 from s3filesfs.fs.namespace import Listing, decorated_name, parse, safe_name
 from s3filesfs.model import PURPOSES, FileObject, new_file_id
+from tests.helpers import wait_for
 
 
 def file(name, created_at=1000, purpose="assistants", file_id=None):
@@ -131,11 +132,11 @@ def test_files_of_purposes_not_shown_stay_reachable_by_id():
 # --- change detection ------------------------------------------------------------------------
 
 
-def test_data_version_moves_for_other_writers_only(tmp_path):
+def test_data_version_moves_for_other_writers_only(metadata_db):
     """The mount reloads its listing when others change the table, not after its own writes."""
     from s3filesfs.metadata import MetadataStore
 
-    ours, theirs = MetadataStore(tmp_path / "m.db"), MetadataStore(tmp_path / "m.db")
+    ours, theirs = MetadataStore(metadata_db.location), MetadataStore(metadata_db.location)
     row = file("a.txt").to_row()
     start = ours.data_version()
     ours.insert(row)
@@ -148,19 +149,41 @@ def test_data_version_moves_for_other_writers_only(tmp_path):
     assert moved != start
     theirs.update(other["id"], filename="d.txt", purpose="batch")
     assert ours.data_version() != moved
+    ours.close()
+    theirs.close()
+
+
+def test_data_version_moves_for_a_change_by_another_program(metadata_db):
+    """A Llama Stack server writes the table through its own connections: the token moves for its
+    rows too (on PostgreSQL once the server publishes their statistics, within seconds)."""
+    from s3filesfs.metadata import MetadataStore
+
+    ours = MetadataStore(metadata_db.location)
+    start = ours.data_version()
+    row = file("seed.txt").to_row()
+    with metadata_db.plain() as seed:
+        seed.execute("INSERT INTO openai_files (id, filename, purpose, bytes, created_at, expires_at, "
+                     "access_attributes, owner_principal) VALUES (?, ?, ?, ?, ?, ?, 'null', '')",
+                     [row[k] for k in ("id", "filename", "purpose", "bytes", "created_at", "expires_at")])
+    wait_for(lambda: ours.data_version() != start, timeout=20, what="data_version to move")
+    moved = ours.data_version()
+    with metadata_db.plain() as seed:
+        assert seed.execute("DELETE FROM openai_files WHERE id = ?", [row["id"]]) == 1
+    wait_for(lambda: ours.data_version() != moved, timeout=20, what="data_version to move again")
+    ours.close()
 
 
 # --- the listing ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reader", ["the mount itself", "another process"])
-def test_the_mounts_listing_drops_a_file_whose_object_a_read_found_missing(tmp_path, reader):
+def test_the_mounts_listing_drops_a_file_whose_object_a_read_found_missing(tmp_path, metadata_db, reader):
     """A read that finds no object hides the young row from the mount's next listing, whether the
     mount read it (its own write moves the change counter all the same) or another process did."""
     from s3filesfs.files import open_service
     from s3filesfs.fs.namespace import Namespace
 
-    settings = config.load(flags={"data_dir": str(tmp_path / "data")})
+    settings = config.load(flags={"data_dir": str(tmp_path / "data"), **metadata_db.settings_values()})
     mount_service, other_service = open_service(settings), open_service(settings)
     kept = mount_service.create(io.BytesIO(b"kept"), "kept.txt", "assistants")
     gone = mount_service.create(io.BytesIO(b"gone"), "gone.txt", "assistants")

@@ -248,6 +248,7 @@ def test_server_stopped_mid_upload(own_s3_server, tmp_path):
     (errors.NotPermitted("no mkdir"), errno.EPERM, 403, 1),
     (errors.ConfigError("config error: x"), errno.EINVAL, 500, 1),
     (errors.NoSpace("staging full"), errno.ENOSPC, 507, 1),
+    (errors.FileTooLarge("file-" + "0" * 32, 2**31, "postgresql://u@h:5432/db"), errno.EFBIG, 413, 1),
     (errors.StorageError("S3 failed"), errno.EIO, 502, 3),
     (errors.BucketNotFound("b"), errno.ENODEV, 502, 1),
     (errors.AccessDenied("b"), errno.EACCES, 502, 1),

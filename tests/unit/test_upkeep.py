@@ -20,14 +20,30 @@ from s3filesfs.metadata import MetadataStore
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
 from s3filesfs.processes import this_process
 from tests.helpers import wait_for
-from tests.unit.stores import EPOCH, Clock, assert_clean
+from tests.unit.conftest import ENGINES, metadata_target, server_service
+from tests.unit.stores import EPOCH, Clock, MetadataTarget, assert_clean
 
 MIB = 1024 * 1024
 
 
+@pytest.fixture(params=ENGINES)
+def server_backend(request, s3_server, tmp_path, clock):
+    """A bucket of the real moto server, with the metadata on each engine."""
+    backend = server_service(s3_server, clock, metadata_target(request.param, request, tmp_path))
+    yield backend
+    backend.service.metadata.close()
+
+
 @pytest.fixture(params=["local", "moto_server"])
-def store(request):
-    return request.getfixturevalue({"local": "local_backend", "moto_server": "server_backend"}[request.param])
+def store(request, tmp_path, clock):
+    """The local store or a bucket of the real moto server, with the metadata on SQLite (whose rows
+    ``full_rows`` compares column by column)."""
+    if request.param == "local":
+        yield request.getfixturevalue("local_backend")
+        return
+    backend = server_service(request.getfixturevalue("s3_server"), clock, MetadataTarget.sqlite(tmp_path / "files.db"))
+    yield backend
+    backend.service.metadata.close()
 
 
 def create(service, body=b"hello", filename="hello.txt", purpose="assistants", **kwargs) -> FileObject:
@@ -311,8 +327,8 @@ def test_repair_aborts_old_open_uploads_and_leaves_those_under_way(server_backen
 # --- the lease -------------------------------------------------------------------------------
 
 
-def test_a_lease_has_one_holder_until_it_lapses_or_is_released(tmp_path):
-    a, b = MetadataStore(tmp_path / "m.db"), MetadataStore(tmp_path / "m.db")
+def test_a_lease_has_one_holder_until_it_lapses_or_is_released(metadata_db):
+    a, b = MetadataStore(metadata_db.location), MetadataStore(metadata_db.location)
     assert a.take_lease("expiry", "A", 100.0, 10)
     assert not b.take_lease("expiry", "B", 105.0, 10)
     assert a.take_lease("expiry", "A", 105.0, 10)  # renewed: until 115
@@ -328,10 +344,10 @@ def test_a_lease_has_one_holder_until_it_lapses_or_is_released(tmp_path):
 
 
 @pytest.mark.parametrize("taken_before", [False, True], ids=["new", "lapsed"])
-def test_of_many_contenders_exactly_one_takes_the_lease(tmp_path, taken_before):
+def test_of_many_contenders_exactly_one_takes_the_lease(metadata_db, taken_before):
     if taken_before:
-        assert MetadataStore(tmp_path / "m.db").take_lease("expiry", "old", 0.0, 1)
-    stores = [MetadataStore(tmp_path / "m.db") for _ in range(8)]
+        assert MetadataStore(metadata_db.location).take_lease("expiry", "old", 0.0, 1)
+    stores = [MetadataStore(metadata_db.location) for _ in range(8)]
     start = threading.Barrier(len(stores))
     won: list[str] = []
 
@@ -381,7 +397,7 @@ def test_the_timer_removes_expired_files_within_its_interval(server_backend):
 def test_two_timers_on_one_database_never_both_sweep(server_backend):
     first = server_backend.service
     first.clock = time.time
-    second = FileService(MetadataStore(first.metadata.path), first.blobs)  # another connection, as another process
+    second = FileService(MetadataStore(first.metadata.location), first.blobs)  # another connection, as another process
     doomed = {expired(first, f"gone-{n}.txt").id for n in range(40)}
     sweeps: dict[str, list[tuple[float, float]]] = {"first": [], "second": []}
 
@@ -418,7 +434,7 @@ def test_two_timers_on_one_database_never_both_sweep(server_backend):
 
 def test_the_lease_passes_on_when_its_holder_stops_or_lapses(server_backend):
     service, clock = server_backend.service, server_backend.clock
-    other = FileService(MetadataStore(service.metadata.path), service.blobs, clock=clock)
+    other = FileService(MetadataStore(service.metadata.location), service.blobs, clock=clock)
     a, b = upkeep.ExpiryTimer(service, 60), upkeep.ExpiryTimer(other, 60)
     one = expired(service, "one.txt")
     assert a.sweep() == [one.id]
@@ -440,7 +456,7 @@ def test_the_lease_passes_on_when_its_holder_stops_or_lapses(server_backend):
 
 def test_a_sweep_stops_at_once_when_its_lease_is_lost(server_backend):
     service, clock = server_backend.service, server_backend.clock
-    other = FileService(MetadataStore(service.metadata.path), service.blobs, clock=clock)
+    other = FileService(MetadataStore(service.metadata.location), service.blobs, clock=clock)
     timer = upkeep.ExpiryTimer(service, 60)
     doomed = [expired(service, f"gone-{n}.txt") for n in range(5)]
     asked = []
