@@ -690,21 +690,52 @@ def status(state, as_json, staging_dir):
     staged = [r.to_dict() for r in _waiting(state, folders)]
     uploading = [{**r.to_dict(), "state": "uploading", "error": None}
                  for folder in folders for r in staged_records.in_progress(folder)]
+    mounts = _running_mounts(state)
     if info is None:
         counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
-                         "counts": {"journal": counts}, "staged": staged, "uploading": uploading})
+                         "counts": {"journal": counts}, "staged": staged, "uploading": uploading, "mounts": mounts})
         else:
             click.echo(f"no daemon is running (no answer on {state.settings.api_socket_path})")
             click.echo("journal: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
             _print_staged(staged, uploading)
+            _print_mounts(mounts)
         sys.exit(1)
     if as_json:
-        _print_json({"running": True, **info, "staged": staged, "uploading": uploading})
+        _print_json({"running": True, **info, "staged": staged, "uploading": uploading, "mounts": mounts})
     else:
         click.echo("\n".join(status_lines(info)))
         _print_staged(staged, uploading)
+        _print_mounts(mounts)
+
+
+def _running_mounts(state) -> list[dict]:
+    """The ``/status`` of every mount of this data folder that answers on its control socket (best
+    effort: a mount that does not answer in a second is left out)."""
+    folder = state.settings.api_socket_path.parent / "mounts"
+    if not is_private(folder):
+        return []
+    found = []
+    for path in sorted(folder.glob("*.sock")):
+        try:
+            info = DaemonClient(path, timeout=1.0).get("/status")
+        except (OSError, ValueError, S3FilesError):
+            continue
+        if info.get("data_dir") == str(state.settings.data_dir):
+            found.append(info)
+    return found
+
+
+def _print_mounts(mounts: list[dict]) -> None:
+    for info in mounts:
+        writing = [path for path in info["files_being_written"] if path not in info["write_back"]]
+        click.echo(f"mount {info['mountpoint']} (pid {info['pid']}): {len(writing)} being written, "
+                   f"{len(info['write_back'])} waiting to upload, {info['staging_bytes']} bytes staged")
+        for path in writing:
+            click.echo(f"  writing   {path}")
+        for path in info["write_back"]:
+            click.echo(f"  waiting   {path}")
 
 
 def _drop_staged(service, folders: list[Path], names: tuple[str, ...], as_json: bool) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from . import metrics
 from .blobs import BlobInfo, BlobStore, BlobWriter, UploadInfo
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
 from .metadata import MetadataStore
@@ -167,6 +168,7 @@ class PendingFile:
         finally:
             service._live.discard(self.id)
         service.metadata.intent_remove(file.id)
+        metrics.uploaded(size)
         if service._stranded:
             service.clean_stranded()  # the store answers again: clean up what it would not take before
         return file

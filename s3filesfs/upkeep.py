@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import metrics
 from .blobs import BlobInfo, UploadInfo
 from .errors import S3FilesError
 from .files import ORPHAN_GRACE, CheckReport, FileService, file_from_object
@@ -324,6 +325,7 @@ class ExpiryTimer:
         removed = self.service.gc(before_each=self._hold)
         self.counts["sweeps"] += 1
         self.counts["removed"] += len(removed)
+        metrics.EXPIRY_REMOVED.inc(len(removed))
         for file_id in removed:
             log.info("expiry: removed expired file %s", file_id)
         if removed:

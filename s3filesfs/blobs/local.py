@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import metrics
 from ..errors import BlobMissing, StorageError
 from . import BlobInfo, BlobStore, BlobWriter
 
@@ -59,9 +60,11 @@ class LocalBlobStore(BlobStore):
         try:
             with open(self._path(key), "rb") as body:
                 body.seek(offset)
-                return body.read(length)
+                data = body.read(length)
         except FileNotFoundError:
             raise BlobMissing(f"object {key} is missing") from None
+        metrics.read(len(data))
+        return data
 
     def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         try:
@@ -69,6 +72,7 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             raise BlobMissing(f"object {key} is missing") from None
         # Opened eagerly so a missing object fails at the call, not at the first chunk.
+        metrics.READS.inc()
         return self._chunks(body, start, end)
 
     @staticmethod
@@ -83,6 +87,7 @@ class LocalBlobStore(BlobStore):
                     return
                 if remaining is not None:
                     remaining -= len(chunk)
+                metrics.BYTES_READ.inc(len(chunk))
                 yield chunk
 
     def head(self, key: str) -> BlobInfo | None:

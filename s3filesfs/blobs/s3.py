@@ -27,6 +27,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from .. import metrics
 from ..errors import (
     AccessDenied,
     BlobMissing,
@@ -140,6 +141,7 @@ class S3BlobStore(BlobStore):
         # `request_checksum_calculation = when_required` (servers without checksum support) sends
         # none, as upload_file does.
         self.client.meta.events.register_first("needs-retry.s3", self._log_stall)
+        metrics.time_s3_calls(self.client.meta.events)
         checksums = getattr(self.client.meta.config, "request_checksum_calculation", "when_supported")
         self._checksum_args = {"ChecksumAlgorithm": "CRC32"} if checksums == "when_supported" else {}
 
@@ -229,9 +231,11 @@ class S3BlobStore(BlobStore):
                 response = self.client.get_object(
                     Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={offset}-{offset + length - 1}"
                 )
-                return response["Body"].read()
+                data = response["Body"].read()
         except _PastEnd:
             return b""
+        metrics.read(len(data))
+        return data
 
     def stream(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if end is not None and end <= start:
@@ -244,11 +248,14 @@ class S3BlobStore(BlobStore):
                 response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **ranged)
         except _PastEnd:
             return iter(())
+        metrics.READS.inc()
         return self._chunks(response["Body"], key)
 
     def _chunks(self, body, key: str) -> Iterator[bytes]:
         with contextlib.closing(body), self.errors(key):
-            yield from body.iter_chunks(READ_CHUNK)
+            for chunk in body.iter_chunks(READ_CHUNK):
+                metrics.BYTES_READ.inc(len(chunk))
+                yield chunk
 
     def head(self, key: str) -> BlobInfo | None:
         try:

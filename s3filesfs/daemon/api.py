@@ -1,5 +1,7 @@
 """The daemon's HTTP API: the OpenAI Files API plus ``/v1/status``, served by uvicorn.
 
+``GET /metrics`` answers the process's Prometheus metrics (``metrics.py``).
+
 The main listener is a Unix socket (mode 0600 in a 0700 folder: only its owner can connect); an
 optional TCP listener serves the same app behind a bearer key. Every error leaves as an OpenAI-shaped
 body ``{"error": {"message", "type", "param", "code"}}`` whose status comes from ``errors.py``:
@@ -21,9 +23,10 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import metrics
 from ..errors import ConfigError, InvalidRequest, S3FilesError, internal_error
 from ..runtime_dir import ensure_private
 from . import schema
@@ -71,7 +74,8 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
             return await call_next(request)
 
     @app.exception_handler(S3FilesError)
-    async def store_error(_request, exc: S3FilesError):
+    async def store_error(request: Request, exc: S3FilesError):
+        metrics.error(exc, f"{request.method} {request.url.path}")
         return JSONResponse(exc.to_openai(), status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
@@ -89,8 +93,9 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
         return _error(exc.status_code, str(exc.detail), error_type)
 
     @app.exception_handler(Exception)
-    async def bug(_request, exc: Exception):
+    async def bug(request: Request, exc: Exception):
         log.exception("internal error in the API")
+        metrics.error(exc, f"{request.method} {request.url.path}")
         return JSONResponse(internal_error(exc).to_openai(), status_code=500)
 
     @app.get("/v1/files", responses={200: {"model": schema.OpenAIFileList}, **schema.errors(400, 502, 503)})
@@ -127,6 +132,12 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
     @app.get("/v1/status", responses={200: {"description": "What the daemon is doing (see docs/daemon.md)"}})
     def get_status():
         return status()
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"description": "The daemon's metrics, in the Prometheus text format",
+                              "content": {metrics.CONTENT_TYPE: {}}}})
+    def get_metrics():
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     return app
 

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import __version__, sdnotify
+from .. import __version__, metrics, sdnotify
 from ..errors import ConfigError, S3FilesError
 from ..files import open_service
 from ..upkeep import ExpiryTimer, start_expiry_timer
@@ -73,6 +73,7 @@ class DaemonService:
             if not api_key:
                 raise ConfigError(f"--listen needs a key: set the environment variable "
                                   f"{self.settings.api_api_key_env or '(see --api-key-env)'}")
+        metrics.watch_queue(self.uploader.depth)
         self._servers.append(ApiServer(create_app(self.service, self.status), bind_unix(self.socket_path), "unix"))
         self._owns_socket = True
         if self.settings.api_listen:

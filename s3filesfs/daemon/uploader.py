@@ -144,6 +144,11 @@ class Uploader:
                 "last_sync_at": None if self.last_sync is None else int(self.last_sync),
             }
 
+    def depth(self) -> int:
+        """Files queued or uploading now: the upload queue gauge."""
+        with self._lock:
+            return len(self._queue) + len(self._in_flight)
+
     def idle(self) -> bool:
         with self._lock:
             return not (self._queue or self._in_flight or self._later)

@@ -559,6 +559,10 @@ class MountCore:
                      if staged.opens > 0 and staged.waiting]
         return open_ + (self._write_back.pending() if self._write_back is not None else [])
 
+    def write_back_queue(self) -> list[str]:
+        """Paths closed but still queued or uploading in the background (write-back)."""
+        return self._write_back.pending() if self._write_back is not None else []
+
     def stop(self) -> None:
         """Unmounted: keep anything written but not registered for `retry`; drop the rest."""
         if self._write_back is not None:

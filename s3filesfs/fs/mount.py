@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import sdnotify
+from .. import metrics, sdnotify
 from ..errors import S3FilesError, StorageError, UserError
 from ..files import FileService
 from ..upkeep import start_expiry_timer
@@ -133,6 +133,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
     start_expiry_timer(service, 0 if read_only else settings.expiry_interval_seconds)  # stopped at exit
+    control = _serve_control(core, staging, settings, mountpoint, pid_path)
     if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
         threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
     # Under systemd (Type=notify): ready once libfuse has called init, and a watchdog ping for as
@@ -147,9 +148,33 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
         if str(exc) != str(LOOP_ENDED) or not operations.started_serving:
             raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
     finally:
+        control.stop()
         pid_path.unlink(missing_ok=True)
     sdnotify.stopping(f"unmounted {mountpoint}")
     log.info("unmounted %s", mountpoint)
+
+
+def _serve_control(core, staging, settings, mountpoint: Path, pid_path: Path):
+    """The mount's control socket (``control.py``), its gauges read from the core and staging."""
+    from .control import ControlSocket, socket_path
+
+    metrics.watch_queue(lambda: len(core.write_back_queue()))
+    metrics.watch_staging(lambda: staging.used)
+
+    def status() -> dict:
+        return {
+            "object": "s3filesfs.mount_status",
+            "pid": os.getpid(),
+            "mountpoint": str(mountpoint),
+            "data_dir": str(settings.data_dir),
+            "files_being_written": core.files_being_written(),
+            "write_back": core.write_back_queue(),
+            "staging_bytes": staging.used,
+            "staging_max_bytes": staging.max_bytes,
+            "last_errors": metrics.last_errors(),
+        }
+
+    return ControlSocket(socket_path(pid_path), status).start()
 
 
 def _tune_process() -> None:

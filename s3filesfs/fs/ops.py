@@ -19,6 +19,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy prefers libfuse2 
 
 import mfusepy  # noqa: E402
 
+from .. import metrics  # noqa: E402
 from ..errors import NotPermitted, NotSupported, S3FilesError, errno_of  # noqa: E402
 from .core import Caller, MountCore, Opened  # noqa: E402
 from .namespace import INDEX  # noqa: E402
@@ -47,6 +48,7 @@ def _mapped(method):
             raise
         except Exception as exc:
             code = errno_of(exc)
+            metrics.error(exc, method.__name__, keep=code not in QUIET_ERRNOS)
             where = f"{args[0]} -> {args[1]}" if method.__name__ in ("rename", "link", "symlink") else args[0]
             if isinstance(where, str):
                 where = where.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

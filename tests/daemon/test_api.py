@@ -220,6 +220,7 @@ DECLARED_ERRORS = {
     ("delete", "/v1/files/{file_id}"): {"404", "502", "503"},
     ("get", "/v1/files/{file_id}/content"): {"404", "502", "503"},
     ("get", "/v1/status"): set(),
+    ("get", "/metrics"): set(),
 }
 
 
