@@ -117,7 +117,7 @@ class MountCore:
         self._writers: dict[int, tuple[int, int]] = {}  # handle -> (thread, process) that opened it to write
         self._wrote: set[int] = set()  # handles that changed their file: only their writer's death matters
         # Write-back mode: closes return once the data is durable in staging; uploads run here.
-        self._write_back = WriteBack(self._uploaded_in_background) if write_back else None
+        self._write_back = WriteBack(self._uploaded) if write_back else None
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -443,16 +443,13 @@ class MountCore:
                 if report:
                     raise
             finally:
-                self._show(staged)
-                with self._lock:
-                    state = staged.settle()
-                    self._off_path_if_done(staged, state)
-                if state in (State.DISCARDED, State.KEPT):
-                    staged.finish()
+                self._uploaded(staged)
         elif state in (State.DISCARDED, State.KEPT):
             staged.finish()
 
-    def _uploaded_in_background(self, staged: StagedFile) -> None:
+    def _uploaded(self, staged: StagedFile) -> None:
+        """After an upload (whatever its outcome, here or in the background): show what it
+        registered and, if no handle is left, finish with the file."""
         self._show(staged)
         with self._lock:
             state = staged.settle()
