@@ -120,8 +120,8 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     pid_path = pid_file(settings.api_socket_path.parent, mountpoint)
     pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pid_path.write_text(str(os.getpid()))
-    # Idle FUSE threads are kept (libfuse3 otherwise ends and starts them as load moves, and each
-    # new thread opens its own database connection).
+    # Idle FUSE threads are kept (libfuse3 otherwise ends and starts them as load moves, a thread
+    # start per burst of requests).
     options = {"fsname": FSNAME, "subtype": FSNAME, "auto_unmount": True, "max_idle_threads": MAX_IDLE_THREADS}
     if read_only:
         options["ro"] = True
