@@ -605,12 +605,8 @@ def test_ctrl_c_exits_130_and_registers_nothing(tmp_path):
     assert json.loads(ok("ls", "--json"))["data"] == []
 
 
-def run_on_terminal(*args) -> tuple[int, bytes, str]:
-    """Run the command with standard output on a pseudo-terminal: (exit code, output, stderr)."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen([str(SCRIPT), *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, env=dict(os.environ))
-    os.close(slave)
+def _read_terminal(master: int) -> bytes:
+    """Everything a process wrote to its pseudo-terminal, until it closed it; closes ``master``."""
     output = b""
     while True:
         try:
@@ -621,6 +617,16 @@ def run_on_terminal(*args) -> tuple[int, bytes, str]:
             break
         output += data
     os.close(master)
+    return output
+
+
+def run_on_terminal(*args) -> tuple[int, bytes, str]:
+    """Run the command with standard output on a pseudo-terminal: (exit code, output, stderr)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([str(SCRIPT), *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, env=dict(os.environ))
+    os.close(slave)
+    output = _read_terminal(master)
     code = process.wait(timeout=60)
     stderr = process.stderr.read().decode()
     process.stderr.close()
@@ -728,16 +734,7 @@ def run_with_stderr_on_terminal(*args, stdout_path: Path | None = None) -> tuple
     os.close(slave)
     if stdout_path:
         stdout.close()
-    shown = b""
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the process has closed the terminal
-            break
-        if not data:
-            break
-        shown += data
-    os.close(master)
+    shown = _read_terminal(master)
     return process.wait(timeout=60), shown.decode("utf-8", "replace")
 
 
