@@ -113,7 +113,8 @@ def test_an_old_journal_is_rebuilt_keyed_by_host_with_its_rows(metadata_db):
     other = Journal(store, "other")
     assert other.all() == [] and other.get("batch/a.jsonl") is None
     other.begin_upload("batch/a.jsonl", "batch", "file-3", 1, 1)  # the same path, another host: allowed
-    assert old.get("batch/a.jsonl").file_id == "file-1"  # type: ignore[union-attr]
+    kept = old.get("batch/a.jsonl")
+    assert kept is not None and kept.file_id == "file-1"
 
     MetadataStore(metadata_db.location, host="later")  # opened again: nothing moves any more
     assert [e.path for e in old.all()] == ["assistants/b.txt", "batch/a.jsonl"]
@@ -183,7 +184,8 @@ def test_only_the_lease_holder_settles_rows_missing_their_object(local_backend):
     b.release_lease(SETTLE_LEASE, "someone else")
     assert a.list().data == []
     assert not a.has_row(file.id) and not a.metadata.is_missing(file.id)  # settled once, by a
-    assert a.metadata.lease(SETTLE_LEASE)["expires_at"] == 0  # and handed back at once
+    lease = a.metadata.lease(SETTLE_LEASE)
+    assert lease is not None and lease["expires_at"] == 0  # and handed back at once
 
 
 def test_retry_and_recovery_take_only_their_own_hosts_staging_records(tmp_path, local_backend):
