@@ -30,11 +30,10 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
-    column,
     inspect,
     literal,
     select,
-    table,
+    sql,
     text,
 )
 from sqlalchemy.exc import DBAPIError
@@ -100,7 +99,7 @@ journal = Table(
     # Named, so that it keeps its name when a journal rebuilt under another name is renamed.
     PrimaryKeyConstraint("host", "path", name="s3filesfs_journal_host_path"),
 )
-JOURNAL_COLUMNS = tuple(c.name for c in journal.columns)
+JOURNAL_COLUMNS = tuple(column.name for column in journal.columns)
 Index("s3filesfs_journal_host_state", journal.c.host, journal.c.state)
 
 # Uploads under way: each file id is recorded here (with the process that sends it) before its first
@@ -145,9 +144,9 @@ def create_missing(conn: Connection, host: str | None = None) -> None:
     it can still work with it."""
     tables = metadata.sorted_tables
     present = set(inspect(conn).get_table_names())
-    for tbl in tables:
-        if tbl.name not in present:
-            conn.execute(CreateTable(tbl, if_not_exists=True))
+    for table in tables:
+        if table.name not in present:
+            conn.execute(CreateTable(table, if_not_exists=True))
     _migrate_journal(conn, host or default_host())
     look = inspect(conn)  # fresh: an inspector keeps what it saw
     existing = {column["name"] for column in look.get_columns(TABLE)}
@@ -157,9 +156,9 @@ def create_missing(conn: Connection, host: str | None = None) -> None:
             conn.execute(text(f"ALTER TABLE {TABLE} ADD COLUMN {name} {sql_type}"))
     indexed = {name: {index["name"] for index in found}
                for (_, name), found in look.get_multi_indexes(filter_names=[t.name for t in tables]).items()}
-    for tbl in tables:
-        for index in sorted(tbl.indexes, key=lambda ix: str(ix.name)):
-            if index.name not in indexed.get(tbl.name, set()):
+    for table in tables:
+        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+            if index.name not in indexed.get(table.name, set()):
                 _add_index(conn, index)
 
 
@@ -171,13 +170,13 @@ def _migrate_journal(conn: Connection, host: str) -> None:
     the old one's place, all in the schema transaction, so another process sees the old journal or
     the new one, never a half-copied one; the old table's index goes with it, and the new indexes
     are added by the caller. Our own table: nothing of the seed's is touched."""
-    old_columns = [c["name"] for c in inspect(conn).get_columns(JOURNAL)]
+    old_columns = [found["name"] for found in inspect(conn).get_columns(JOURNAL)]
     if "host" in old_columns:
         return
     carried = [name for name in JOURNAL_COLUMNS if name in old_columns and name != "host"]
     rebuilt = journal.to_metadata(MetaData(), name=f"{JOURNAL}_rebuilt")
     conn.execute(CreateTable(rebuilt))
-    old = table(JOURNAL, *(column(name) for name in carried))
+    old = sql.table(JOURNAL, *(sql.column(name) for name in carried))
     moved = conn.execute(rebuilt.insert().from_select(
         ["host", *carried], select(literal(host, String).label("host"), *old.c))).rowcount
     conn.execute(text(f"DROP TABLE {JOURNAL}"))
