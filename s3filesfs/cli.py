@@ -672,7 +672,8 @@ def _staging_folders(state, given: str | None) -> list[Path]:
 
 
 def _waiting(state, folders: list[Path]) -> list:
-    return [r for folder in folders for r in staged_records.waiting(folder, state.service.location)]
+    return [r for folder in folders
+            for r in staged_records.waiting(folder, state.service.location, state.service.host)]
 
 
 STAGING_DIR_OPTION = click.option("--staging-dir", type=click.Path(file_okay=False),
@@ -689,10 +690,11 @@ def status(state, as_json, staging_dir):
     folders = _staging_folders(state, staging_dir)
     staged = [r.to_dict() for r in _waiting(state, folders)]
     uploading = [{**r.to_dict(), "state": "uploading", "error": None}
-                 for folder in folders for r in staged_records.in_progress(folder)]
+                 for folder in folders for r in staged_records.in_progress(folder, state.service.host)]
     mounts = _running_mounts(state)
     if info is None:
-        counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
+        # This host's daemon's journal (host_id): the database only, S3 is not touched.
+        counts = state.service.metadata.journal_counts(state.service.host)
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
                          "counts": {"journal": counts}, "staged": staged, "uploading": uploading, "mounts": mounts})

@@ -28,6 +28,7 @@ import yaml
 from .errors import ConfigError
 from .metadata import PostgresLocation
 from .model import PURPOSES
+from .processes import default_host, host_id_problem
 
 SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "metadata_store_password")
 SSE_MODES = ("AES256", "aws:kms")
@@ -73,6 +74,8 @@ class Settings:
     metadata_store_max_overflow: int = 10
     metadata_store_pool_recycle: int = -1
     # Extensions.
+    # How this process names its host in the shared store (uploads under way, journal, staging records).
+    host_id: str = field(default_factory=default_host)
     aws_session_token: str | None = None
     prefix: str = ""
     server_side_encryption: str | None = None
@@ -416,6 +419,11 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
             v[key] = _optional(v[key])
     if v.get("endpoint_url"):
         _check_endpoint(v["endpoint_url"], where)
+    if "host_id" in v:
+        v["host_id"] = "" if v["host_id"] is None else str(v["host_id"])
+        problem = host_id_problem(v["host_id"])
+        if problem:
+            raise _fail(where, f"host_id {problem} (got {v['host_id']!r})")
     s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))
     if s3_selected and not v.get("bucket_name"):
         raise _fail(where, "bucket_name is required to use S3 (remove the S3 settings to use the local store)")

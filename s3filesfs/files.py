@@ -4,18 +4,18 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 
 * **create** writes the object first and the row second, so a failed upload registers nothing and
   a registered file always has its body (a row whose insert fails has its object removed again);
-* every upload is recorded (``s3filesfs_intents``: its id and the process sending it) before its
-  first byte leaves, and forgotten once its row is in or its upload aborted. A process that dies
-  mid-upload leaves that record behind, and ``reap_abandoned`` (run by every mount start and
-  ``retry``) removes what it may have left in the bucket: an object without a row, an open
-  multipart upload;
+* every upload is recorded (``s3filesfs_intents``: its id and the process sending it, named with
+  its host id) before its first byte leaves, and forgotten once its row is in or its upload
+  aborted. A process that dies mid-upload leaves that record behind, and ``reap_abandoned`` (run by
+  every mount start and ``retry`` on the same host) removes what it may have left in the bucket: an
+  object without a row, an open multipart upload;
 * **delete** removes the object, then the row; a missing object is not an error;
 * a row whose object has vanished is treated as gone: reading it removes the row and answers
   not-found. Rows younger than ``ORPHAN_GRACE`` are spared, because the seed server writes its row
   *before* its object and may simply not have finished: such a row is hidden from listings instead
   (noted in ``s3filesfs_missing``, so every process on the database hides it), shown again once a
   read finds its object, and deleted by the first listing after the grace if its object is still
-  missing then;
+  missing then (one process at a time: the holder of the ``settle-missing`` lease);
 * expired files are invisible and removed on touch or by ``gc``;
 * listings are ordered by ``(created_at, id)``, so files created in the same second are never
   skipped or repeated across pages.
@@ -49,9 +49,13 @@ from .model import (
     new_file_id,
     parse_expires_after,
 )
-from .processes import is_running, this_process
+from .processes import default_host, is_running, this_process
 
 ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may reap it
+# The lease under which one process at a time settles rows hidden for want of their object; held
+# only for the few requests that takes, and released at once.
+SETTLE_LEASE = "settle-missing"
+SETTLE_LEASE_SECONDS = 120.0
 
 
 @dataclass
@@ -191,11 +195,15 @@ class FileService:
         blobs: BlobStore,
         purposes: tuple[str, ...] = PURPOSES,
         clock: Callable[[], float] = time.time,
+        host: str | None = None,
     ):
         self.metadata = metadata
         self._blobs = blobs
         self.purposes = tuple(purposes)
         self.clock = clock
+        # The host id (``host_id``) this process works as: its uploads under way, journal entries and
+        # staging records carry it, and only its own are ever cleaned up or resolved here.
+        self.host = host or default_host()
         self._ready = False
         self._ready_lock = threading.Lock()
         self._live: set[str] = set()  # ids this process is uploading right now
@@ -228,6 +236,11 @@ class FileService:
     def now(self) -> int:
         return int(self.clock())
 
+    @property
+    def owner(self) -> str:
+        """This process's owner name, ``host:pid:start`` (recomputed after a fork)."""
+        return this_process(self.host)
+
     # --- create ------------------------------------------------------------------------------
 
     def begin(self, filename: str | None, purpose: str, expires_after: object = None,
@@ -250,7 +263,7 @@ class FileService:
         )
         blobs = self.blobs  # a missing bucket fails here, before anything is recorded
         self._live.add(file.id)
-        self.metadata.intent_add(file.id, this_process(), self.now())
+        self.metadata.intent_add(file.id, self.owner, self.now())
         return PendingFile(self, file, blobs.writer(file.id, object_metadata(file)))
 
     def create(
@@ -365,8 +378,30 @@ class FileService:
 
     def _settle_missing(self) -> None:
         """Hidden rows past the grace: deleted if their object is still missing, else shown again.
-        One look per row, once; a store that does not answer leaves them hidden until it does."""
-        for file_id, has_row in self.metadata.missing_due(self.now() - ORPHAN_GRACE):
+        One look per row, once; a store that does not answer leaves them hidden until it does.
+
+        Every listing of every process on every host sharing the database comes here. The query for
+        what is due is cheap and usually empty; when something is due, only the holder of the
+        ``settle-missing`` lease settles it (one HEAD and one delete per row for the whole store, not
+        one per process, and never two deciding about one row at once); the others list without
+        it, the rows staying hidden meanwhile."""
+        due = self.metadata.missing_due(self.now() - ORPHAN_GRACE)
+        if not due:
+            return
+        holder = f"{self.owner}/{id(self):x}"
+        try:
+            if not self.hold_lease(SETTLE_LEASE, holder, SETTLE_LEASE_SECONDS):
+                return
+        except S3FilesError:
+            return  # the database will not take the lease now: the rows stay hidden until it does
+        try:
+            self._settle(due)
+        finally:
+            with contextlib.suppress(S3FilesError):
+                self.release_lease(SETTLE_LEASE, holder)
+
+    def _settle(self, due: builtins.list[tuple[str, bool]]) -> None:
+        for file_id, has_row in due:
             if not has_row:  # deleted meanwhile (by us or by another server): only the note is left
                 self.metadata.missing_remove(file_id)
                 continue
@@ -445,14 +480,20 @@ class FileService:
     def reap_abandoned(self) -> builtins.list[str]:
         """Clean up after every upload that its process (on this host) gave up or died in before
         finishing; returns the ids whose leftovers were removed. Uploads under way in any process,
-        and those of processes on other hosts, are left alone. One failure does not stop the rest."""
+        and those of processes on other hosts, are left alone. One failure does not stop the rest.
+
+        Per host by construction, so no lease is needed although every mount start, daemon scan
+        and ``retry`` on every host runs it: only this host can tell that one of its processes has
+        ended (``processes.is_running``), and an owner named by another host id (another machine,
+        or a process here configured as another host) is never judged dead here. What a host that
+        is gone for good left is reaped by a ``repair`` run with its ``host_id``."""
         reaped, failures = [], []
-        me = this_process()
+        me = self.owner
         for intent in self.metadata.intents():
             if intent["owner"] == me:
                 if intent["id"] in self._live:
                     continue  # ours and still under way
-            elif is_running(intent["owner"]) is not False:
+            elif is_running(intent["owner"], self.host) is not False:
                 continue
             try:
                 if self.abandon(intent["id"]):
@@ -586,4 +627,5 @@ def open_service(settings) -> FileService:
         from .blobs.local import LocalBlobStore
 
         blobs = LocalBlobStore(settings.local_store_dir)
-    return FileService(MetadataStore(settings.metadata_location), blobs, purposes=settings.purposes)
+    return FileService(MetadataStore(settings.metadata_location, host=settings.host_id), blobs,
+                       purposes=settings.purposes, host=settings.host_id)

@@ -37,7 +37,7 @@ class DaemonService:
                  rescan_seconds: float = RESCAN_SECONDS, grace: float = 10.0):
         self.settings = settings
         self.service = service or open_service(settings)
-        self.journal = Journal(self.service.metadata)
+        self.journal = Journal(self.service.metadata, self.service.host)
         self.root = Path(settings.sync_watch_dir).expanduser()
         self.purposes = tuple(settings.purposes)
         self.uploader = Uploader(self.service, self.journal, self.root, settle=settings.sync_settle_seconds,
@@ -95,7 +95,11 @@ class DaemonService:
         unchanged ones whose xattr does not show their registered id.
 
         First, remove what uploads cut off by a crash (of this daemon, a mount, the CLI) or given
-        up during an outage left in the store."""
+        up during an outage left in the store.
+
+        Per host by construction, so it runs on every host's daemon at start and every rescan
+        without a lease: the journal entries and the watch folder are this host's own, and only
+        this host's dead processes' uploads are reaped (``FileService.reap_abandoned``)."""
         try:
             self.service.reap_abandoned()
         except S3FilesError as exc:

@@ -27,7 +27,9 @@ INTEGER_MAX = 2**31 - 1
 class MetadataStore:
     """The metadata of one store: a SQLite file (a path) or a PostgreSQL database (a ``PostgresLocation``)."""
 
-    def __init__(self, location: Path | str | PostgresLocation, busy_timeout: float = 30.0):
+    def __init__(self, location: Path | str | PostgresLocation, busy_timeout: float = 30.0,
+                 host: str | None = None):
+        # ``host``: the host id that a journal of the previous shape is given to (schema.create_missing).
         self.busy_timeout = busy_timeout
         self._engine: Engine
         if isinstance(location, PostgresLocation):
@@ -41,7 +43,7 @@ class MetadataStore:
             if isinstance(self.location, Path):
                 self.location.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._engine.schema_transaction() as conn:
-                schema.create_missing(conn)
+                schema.create_missing(conn, host)
 
     @property
     def path(self) -> Path:
@@ -207,44 +209,49 @@ class MetadataStore:
         """Every upload under way or cut off, oldest first."""
         return self._rows("list uploads", select(intents).order_by(intents.c.started_at, intents.c.id))
 
-    # --- s3filesfs_journal: the sync daemon's record of local files ----------------------------
+    # --- s3filesfs_journal: the sync daemons' record of local files, one host's at a time ------
+    #
+    # Every statement is about one ``host``'s entries: daemons of other hosts have their own, under
+    # the same paths perhaps, and never see these.
 
-    def journal_get(self, path: str) -> dict | None:
-        rows = self._rows("journal get", select(journal).where(journal.c.path == path))
+    def journal_get(self, host: str, path: str) -> dict | None:
+        rows = self._rows("journal get", select(journal).where(journal.c.host == host, journal.c.path == path))
         return rows[0] if rows else None
 
-    def journal_put(self, path: str, **values) -> None:
-        """Set columns of ``path``'s entry, creating it if missing."""
-        unknown = set(values) - set(JOURNAL_COLUMNS)
+    def journal_put(self, host: str, path: str, **values) -> None:
+        """Set columns of ``host``'s entry for ``path``, creating it if missing."""
+        unknown = set(values) - (set(JOURNAL_COLUMNS) - {"host", "path"})
         if unknown:
             raise ValueError(f"unknown journal columns {sorted(unknown)}")
+        key = (journal.c.host == host, journal.c.path == path)
         with self._errors("journal put"), self._engine.writing() as conn:
             # Update, else insert: plain statements both engines run, in one transaction.
-            if values and conn.execute(journal.update().where(journal.c.path == path).values(**values)).rowcount:
+            if values and conn.execute(journal.update().where(*key).values(**values)).rowcount:
                 return
             row: dict[str, object] = {name: None for name in JOURNAL_COLUMNS}
-            row.update(values, path=path)
+            row.update(values, host=host, path=path)
             conn.execute(journal.insert(), row)
 
-    def journal_delete(self, path: str) -> bool:
+    def journal_delete(self, host: str, path: str) -> bool:
         with self._errors("journal delete"), self._engine.writing() as conn:
-            return conn.execute(journal.delete().where(journal.c.path == path)).rowcount > 0
+            return conn.execute(journal.delete().where(journal.c.host == host, journal.c.path == path)).rowcount > 0
 
-    def journal_all(self) -> list[dict]:
-        return self._rows("journal list", select(journal).order_by(journal.c.path))
+    def journal_all(self, host: str) -> list[dict]:
+        return self._rows("journal list", select(journal).where(journal.c.host == host).order_by(journal.c.path))
 
-    def journal_counts(self) -> dict[str, int]:
-        """Number of entries per state."""
-        rows = self._rows("journal counts",
-                          select(journal.c.state, func.count().label("n")).group_by(journal.c.state))
+    def journal_counts(self, host: str) -> dict[str, int]:
+        """Number of ``host``'s entries per state."""
+        rows = self._rows("journal counts", select(journal.c.state, func.count().label("n"))
+                          .where(journal.c.host == host).group_by(journal.c.state))
         return {row["state"]: row["n"] for row in rows}
 
-    def journal_failures(self, limit: int = 20) -> list[dict]:
-        """The most recent entries whose last attempt failed."""
+    def journal_failures(self, host: str, limit: int = 20) -> list[dict]:
+        """``host``'s most recent entries whose last attempt failed."""
         c = journal.c
         return self._rows("journal failures",
                           select(c.path, c.purpose, c.error, c.attempts, c.updated_at)
-                          .where(c.state == "failed").order_by(c.updated_at.desc(), c.path).limit(limit))
+                          .where(c.host == host, c.state == "failed")
+                          .order_by(c.updated_at.desc(), c.path).limit(limit))
 
     # --- s3filesfs_leases: one process at a time ----------------------------------------------
 
