@@ -421,6 +421,10 @@ def test_two_timers_on_one_database_never_both_sweep(server_backend):
         wait_for(lambda: not more & server_backend.object_keys(), 20, "the later ones to go")
         wait_for(lambda: sum(t.counts["removed"] for t in timers) == 45, 5, "the removals to be counted")
     finally:
+        # Both stop sweeping before either hands the lease on: otherwise the second could take
+        # the lease the first just released and make one (empty) sweep before its own stop.
+        for timer in timers:
+            timer._stop.set()
         for timer in timers:
             timer.stop()
     # One timer held the lease all along: the other only ever found it taken.
