@@ -284,7 +284,8 @@ class Mount:
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
             code = None if self.process is None else self.process.returncode
-            raise Failed(f"mount {self.name} is not running (exit status {code}): {self.log_tail(3)}")
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            raise Failed(f"mount {self.name} is not running ({how}; its log's tail is in the results file)")
 
     def stop(self) -> None:
         """``fusermount3 -u``; the process then ends on its own. SIGTERM if it does not, then SIGKILL
@@ -517,6 +518,8 @@ class EngineRun:
         renamed: list[str] = []
 
         def trials(kind: str, todo: list[str], act, seen) -> dict:
+            if not todo:
+                raise Failed(f"no file to {kind}: the trials before it left none")
             times: list[float] = []
             failures: list[str] = []
             budget_end = time.monotonic() + args.propagation_budget
@@ -535,7 +538,7 @@ class EngineRun:
                 waited = bounded(f"polling B after {kind}", args.propagation_timeout + args.op_timeout,
                                  until, lambda name=name: seen(name), args.propagation_timeout)
                 if waited is None:
-                    failures.append(f"{name}: not seen on B within {args.propagation_timeout:.0f} s")
+                    failures.append(f"{name}: not seen on B within {args.propagation_timeout:g} s")
                     if len(failures) >= 3:
                         failures.append("stopped after 3 timeouts")
                         break
