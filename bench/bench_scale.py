@@ -549,8 +549,10 @@ class EngineRun:
             p50, p95 = percentile(times, 50), percentile(times, 95)
             timeouts = sum(1 for f in failures if "not seen" in f)
             say = f"p50 {p50:.3f} s, p95 {p95:.3f} s, max {max(times):.3f} s ({len(times)} trials)"
-            if failures:
-                say += f"; {timeouts} timed out" + (f"; {failures[-1]}" if "stopped" in failures[-1] else "")
+            if timeouts:
+                say += f"; {timeouts} timed out"
+            if failures and "stopped" in failures[-1]:
+                say += f"; {failures[-1]}"
             # A trial that timed out counts as longer than any that did not.
             judged = float("inf") if timeouts and (timeouts / (len(times) + timeouts)) > 0.05 else p95
             return {"value": judged, "p50": p50, "p95": p95, "max": max(times), "n": len(times), "times": times,
