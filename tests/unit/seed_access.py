@@ -80,12 +80,10 @@ class ResourceIsUnowned:
 
 # --- access_control.py: default_policy() and is_action_allowed for it -----------------------------
 
-DEFAULT_POLICY: list[list[UserInOwnersList | UserIsOwner | ResourceIsUnowned]] = [
-    [UserInOwnersList(name)] for name in ["roles", "teams", "projects", "namespaces"]
-] + [
-    [UserIsOwner()],
-    [ResourceIsUnowned()],
-]
+Condition = UserInOwnersList | UserIsOwner | ResourceIsUnowned
+DEFAULT_POLICY: list[list[Condition]] = [[UserInOwnersList(name)] for name in ["roles", "teams", "projects",
+                                                                          "namespaces"]]
+DEFAULT_POLICY += [[UserIsOwner()], [ResourceIsUnowned()]]
 
 
 def is_action_allowed(resource, user: User | None) -> bool:
