@@ -11,9 +11,10 @@ import json
 import pytest
 from sqlalchemy import create_engine
 
+from s3filesfs import config
 from s3filesfs.access import ANONYMOUS, OPERATOR, Identity, parse_attribute_words
 from s3filesfs.blobs.local import LocalBlobStore
-from s3filesfs.errors import InvalidRequest, NotFound
+from s3filesfs.errors import ConfigError, InvalidRequest, NotFound
 from s3filesfs.files import FileService
 from s3filesfs.metadata import MetadataStore, PostgresLocation
 from tests.unit.seed_access import User, seed_visible
@@ -276,3 +277,40 @@ def test_the_same_owner_under_every_combination_of_one_category(store):
         assert store.acting_as(Identity.of("zed", {shared: ["s"], other: ["nope"]})).retrieve(file_id).id == file_id
         with pytest.raises(NotFound):
             store.acting_as(Identity.of("zed", {shared: ["nope"], other: ["nope"]})).retrieve(file_id)
+
+
+def test_identity_and_keys_in_the_config(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text("identity:\n  principal: alice\n  attributes:\n    teams: [ml]\n"
+                    "api:\n  keys:\n    - env: KEY_OF_BOB\n      principal: bob\n      attributes: {roles: [admin]}\n")
+    monkeypatch.setenv("KEY_OF_BOB", "the-secret-key-of-bob-0123456789")
+    settings = config.load(path)
+    assert settings.identity == Identity.of("alice", {"teams": ["ml"]})
+    assert [key.identity for key in settings.api_keys] == [Identity.of("bob", {"roles": ["admin"]})]
+    shown = settings.masked()
+    assert shown["identity"] == {"principal": "alice", "attributes": {"teams": ["ml"]}}
+    assert shown["api"]["keys"] == [{"env": "KEY_OF_BOB", "principal": "bob", "attributes": {"roles": ["admin"]}}]
+    assert "the-secret-key" not in config.dump_yaml(shown) + repr(settings)
+    # Flags and the environment override the file, as for every key.
+    flagged = config.load(path, {"identity_principal": "carol", "identity_attributes": ("projects=p1,p2",)})
+    assert flagged.identity == Identity.of("carol", {"projects": ["p1", "p2"]})
+    monkeypatch.setenv("S3FILESFS_IDENTITY_ATTRIBUTES", "roles=dev namespaces=prod")
+    assert config.load(path).identity == Identity.of("alice", {"roles": ["dev"], "namespaces": ["prod"]})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("identity:\n  attributes: {teams: [ml]}\n", "identity.attributes need identity.principal"),
+    ("identity:\n  principal: a\n  attributes: {groups: [x]}\n", "unknown attribute category 'groups'"),
+    ("identity:\n  principal: a\n  attributes: [teams]\n", "must be CATEGORY=VALUE"),
+    ("api:\n  keys: [{principal: bob}]\n", r"api.keys\[0\].env must name the environment variable"),
+    ("api:\n  keys: [{env: 'abc-def!', principal: bob}]\n", r"api.keys\[0\].env must name"),
+    ("api:\n  keys: [{env: K}]\n", r"api.keys\[0\].principal is required"),
+    ("api:\n  keys: [{env: K, principal: a}, {env: K, principal: b}]\n", "K is used by another key"),
+    ("api:\n  keys: [{env: K, principal: a, key: x}]\n", r"unknown key 'api.keys\[0\].key'"),
+    ("api:\n  keys: {env: K}\n", "api.keys must be a list"),
+])
+def test_identity_mistakes_name_the_key(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load(path)
