@@ -18,13 +18,18 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
   missing then (one process at a time: the holder of the ``settle-missing`` lease);
 * expired files are invisible and removed on touch or by ``gc``;
 * listings are ordered by ``(created_at, id)``, so files created in the same second are never
-  skipped or repeated across pages.
+  skipped or repeated across pages;
+* a service acts as an ``Identity`` (``acting_as``): it writes rows owned by it, and list, retrieve,
+  content, rename and delete see only the rows it may see (``access.py``); any other id is simply
+  not found. The upkeep steps (gc, check, rebuild, repair, reaping abandoned uploads, settling
+  missing objects) always see every row. A service built here acts as the operator, who sees all.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import threading
 import time
 import urllib.parse
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import metrics
+from .access import ANONYMOUS, OPERATOR, Identity
 from .blobs import BlobInfo, BlobStore, BlobWriter, UploadInfo
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
 from .metadata import MetadataStore
@@ -164,7 +170,7 @@ class PendingFile:
             raise
         file = FileObject(**{**self._file.to_row(), "bytes": size})
         try:
-            service.metadata.insert(file.to_row())
+            service.metadata.insert(file.to_row(), writer=service.identity)
         except BaseException:
             service.blobs.delete(file.id)
             service.metadata.intent_remove(file.id)
@@ -196,7 +202,10 @@ class FileService:
         purposes: tuple[str, ...] = PURPOSES,
         clock: Callable[[], float] = time.time,
         host: str | None = None,
+        identity: Identity = OPERATOR,
     ):
+        self.identity = identity
+        self._root = self  # views (``acting_as``) share this one's readiness and uploads under way
         self.metadata = metadata
         self._blobs = blobs
         self.purposes = tuple(purposes)
@@ -209,14 +218,22 @@ class FileService:
         self._live: set[str] = set()  # ids this process is uploading right now
         self._stranded: set[str] = set()  # ids this process gave up on, whose leftovers may remain
 
+    def acting_as(self, identity: Identity) -> FileService:
+        """This service for ``identity``: the same database, store and uploads under way, writing
+        rows owned by ``identity`` and seeing only what it may see. Cheap: one per request is fine."""
+        view = copy.copy(self)
+        view.identity = identity
+        return view
+
     @property
     def blobs(self) -> BlobStore:
         """The blob store, checked once on first use (metadata-only commands never wait on S3)."""
-        if not self._ready:
-            with self._ready_lock:
-                if not self._ready:
-                    self._blobs.ensure_ready()
-                    self._ready = True
+        root = self._root
+        if not root._ready:
+            with root._ready_lock:
+                if not root._ready:
+                    root._blobs.ensure_ready()
+                    root._ready = True
         return self._blobs
 
     @property
@@ -230,8 +247,8 @@ class FileService:
         For long-running callers: a bucket that vanished (an emptied test server, a re-created
         environment) comes back under ``auto_create_bucket`` instead of failing forever.
         """
-        with self._ready_lock:
-            self._ready = False
+        with self._root._ready_lock:
+            self._root._ready = False
 
     def now(self) -> int:
         return int(self.clock())
@@ -288,9 +305,9 @@ class FileService:
     # --- read --------------------------------------------------------------------------------
 
     def retrieve(self, file_id: str) -> FileObject:
-        row = self.metadata.get(file_id) if is_file_id(file_id) else None
+        row = self.metadata.get(file_id, viewer=self.identity) if is_file_id(file_id) else None
         if row is None:
-            raise NotFound(file_id)
+            raise NotFound(file_id)  # missing, or not this identity's to see: the same answer
         file = FileObject.from_row(row)
         if file.is_expired(self.clock()):
             self._remove(file_id)
@@ -314,14 +331,13 @@ class FileService:
             check_purpose(purpose, PURPOSES)
         cursor = None
         if after:
-            row = self.metadata.get(after) if is_file_id(after) else None
+            row = self.metadata.get(after, viewer=self.identity) if is_file_id(after) else None
             if row is None:
                 raise InvalidRequest(f"after: no file '{after}' to continue from", "after")
             cursor = (int(row["created_at"]), row["id"])
         self._settle_missing()
-        rows = self.metadata.page(
-            now=self.now(), limit=limit + 1, descending=order == "desc", purpose=purpose, after=cursor
-        )
+        rows = self.metadata.page(viewer=self.identity, now=self.now(), limit=limit + 1,
+                                  descending=order == "desc", purpose=purpose, after=cursor)
         return FilePage([FileObject.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
     def iter_all(self, purpose: str | None = None, order: str = "asc") -> Iterator[FileObject]:
@@ -366,7 +382,7 @@ class FileService:
     def _vanished(self, file: FileObject) -> NotFound:
         """A read found no object: delete the row if it is past the grace, else hide it."""
         if self.now() - file.created_at >= ORPHAN_GRACE:
-            self.metadata.delete(file.id)
+            self.metadata.delete(file.id, viewer=OPERATOR)
         else:
             self.metadata.missing_add(file.id, self.now())
         return NotFound(file.id)
@@ -412,7 +428,7 @@ class FileService:
             if found:
                 self.metadata.missing_remove(file_id)
             else:
-                self.metadata.delete(file_id)
+                self.metadata.delete(file_id, viewer=OPERATOR)
 
     def changes(self) -> int:
         """A token that moves when another process (or connection) changed the table."""
@@ -424,20 +440,21 @@ class FileService:
         """Give a file a new name and/or purpose: metadata only, the object is not touched."""
         check_purpose(purpose, self.purposes)
         file = self.retrieve(file_id)
-        if not self.metadata.update(file_id, filename=filename, purpose=purpose):
+        if not self.metadata.update(file_id, viewer=self.identity, filename=filename, purpose=purpose):
             raise NotFound(file_id)  # deleted by someone else between the two statements
         return FileObject(**{**file.to_row(), "filename": filename, "purpose": purpose})
 
     # --- delete ------------------------------------------------------------------------------
 
     def delete(self, file_id: str) -> dict:
-        self.retrieve(file_id)  # not found, or expired (and now removed): NotFound
+        self.retrieve(file_id)  # not found, not ours to see, or expired (and now removed): NotFound
         self._remove(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
-    def _remove(self, file_id: str) -> None:
+    def _remove(self, file_id: str, viewer: Identity | None = None) -> None:
+        """Delete a file the caller has seen (``viewer``: this service's identity unless given)."""
         self.blobs.delete(file_id)
-        self.metadata.delete(file_id)
+        self.metadata.delete(file_id, viewer=viewer or self.identity)
 
     def abandon(self, file_id: str) -> bool:
         """Remove what an interrupted create left under ``file_id``: an upload never completed
@@ -445,7 +462,7 @@ class FileService:
 
         A registered file (one with a row) is left alone; returns True if the id was free of a row.
         """
-        if self.metadata.get(file_id) is not None:
+        if self.has_row(file_id):
             self.metadata.intent_remove(file_id)
             self._stranded.discard(file_id)
             return False
@@ -514,7 +531,7 @@ class FileService:
             if before_each is not None and not before_each():
                 break
             try:
-                self._remove(file_id)
+                self._remove(file_id, OPERATOR)
                 removed.append(file_id)
             except S3FilesError as exc:
                 failures.append(exc)
@@ -529,8 +546,8 @@ class FileService:
         return (info for info in self.blobs.keys() if is_file_id(info.key))
 
     def has_row(self, file_id: str) -> bool:
-        """True if ``file_id`` has a row, expired or not."""
-        return self.metadata.get(file_id) is not None
+        """True if ``file_id`` has a row, expired or not, whoever owns it."""
+        return self.metadata.get(file_id, viewer=OPERATOR) is not None
 
     def describe_object(self, file_id: str) -> BlobInfo | None:
         """The object of ``file_id`` with its metadata and time, or None if there is none."""
@@ -542,26 +559,27 @@ class FileService:
 
     def restore(self, file: FileObject) -> bool:
         """Register ``file``, whose object is already in the store, unless its id has a row (which
-        is left as it is); True if the row was added."""
-        return self.metadata.insert_missing(file.to_row())
+        is left as it is); True if the row was added. The row is public: an object does not say
+        who owned it."""
+        return self.metadata.insert_missing(file.to_row(), writer=ANONYMOUS)
 
     def drop_row_without_object(self, file_id: str, grace: float = ORPHAN_GRACE) -> str:
         """Remove ``file_id``'s row if its object is gone and the row is ``grace`` seconds old or
         more (younger, the seed may still be writing the object). Says what it found:
         ``removed``, ``young``, ``has object`` (it arrived meanwhile) or ``gone`` (no row now)."""
-        row = self.metadata.get(file_id)
+        row = self.metadata.get(file_id, viewer=OPERATOR)
         if row is None:
             return "gone"
         if self.now() - int(row["created_at"] or 0) < grace:
             return "young"
         if self.blobs.head(file_id) is not None:
             return "has object"
-        self.metadata.delete(file_id)
+        self.metadata.delete(file_id, viewer=OPERATOR)
         return "removed"
 
     def delete_object_without_row(self, file_id: str) -> bool:
         """Delete the object of ``file_id`` unless it has a row (by now); True if deleted."""
-        if self.metadata.get(file_id) is not None:
+        if self.has_row(file_id):
             return False
         self.blobs.delete(file_id)
         return True
@@ -604,7 +622,8 @@ class FileService:
 
 def open_service(settings) -> FileService:
     """Wire a FileService from ``config.Settings``: the embedded local store or S3, and the
-    metadata on SQLite or PostgreSQL."""
+    metadata on SQLite or PostgreSQL. It acts as the operator (every row): a face that serves a
+    caller uses ``acting_as(settings.identity)`` or the caller's own identity."""
     if settings.backend == "s3":
         from .blobs.s3 import S3BlobStore  # boto3 is only imported when S3 is used
 

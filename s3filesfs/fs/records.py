@@ -122,7 +122,7 @@ def discard(folder: Path, token: str) -> None:
 def finish_registered(service: FileService, folder: Path, record: StagedRecord) -> bool:
     """If the upload a record names did register, finish it (remove the file it replaced, drop
     the staged copy) and return True. A registered file is never uploaded twice."""
-    if not record.uploading_id or service.metadata.get(record.uploading_id) is None:
+    if not record.uploading_id or not service.has_row(record.uploading_id):
         return False
     if record.replaces and record.replaces != record.uploading_id:
         delete_quietly(service, record.replaces)

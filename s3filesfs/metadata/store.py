@@ -1,9 +1,11 @@
 """MetadataStore: every query on ``openai_files`` and on our ``s3filesfs_*`` tables, once for both engines.
 
 The statements are SQLAlchemy Core expressions over the tables of ``schema``; the engine (``engines``)
-supplies connections and transactions. Rows written here are public rows as the seed writes them
-for an unauthenticated caller: ``owner_principal`` '' and ``access_attributes`` JSON null, which the
-seed's default access policy shows to everyone.
+supplies connections and transactions. Rows are written as the seed writes them (``Identity.row_access``):
+for the anonymous writer a public row, ``owner_principal`` '' and ``access_attributes`` JSON null,
+which the seed's default access policy shows to everyone; for a principal, the principal and its
+attributes as JSON. Every method that reads or changes ``openai_files`` for a caller takes a
+``viewer`` and sees only what ``visibility.visible_to`` lets it (``OPERATOR`` sees every row).
 """
 
 import contextlib
@@ -13,11 +15,13 @@ from pathlib import Path
 from sqlalchemy import JSON, and_, func, or_, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+from ..access import ANONYMOUS, Identity
 from ..errors import FileTooLarge, StorageError
 from . import schema
 from .engines import Engine, PostgresEngine, SqliteEngine
 from .location import PostgresLocation
 from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, intents, journal, leases, missing, openai_files
+from .visibility import visible_to
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
@@ -84,26 +88,30 @@ class MetadataStore:
 
     # --- openai_files ------------------------------------------------------------------------
 
-    def insert(self, row: dict) -> None:
-        self._insert(row)
+    def insert(self, row: dict, writer: Identity = ANONYMOUS) -> None:
+        """Insert ``row``, owned by ``writer`` (a public row for the anonymous writer)."""
+        self._insert(row, writer)
 
-    def insert_missing(self, row: dict) -> bool:
+    def insert_missing(self, row: dict, writer: Identity = ANONYMOUS) -> bool:
         """Insert ``row`` unless a row with its id is there already (then it is left as it is);
         True if it was inserted."""
         try:
-            self._insert(row)
+            self._insert(row, writer)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 return False
             raise
         return True
 
-    def _insert(self, row: dict) -> None:
+    def _insert(self, row: dict, writer: Identity) -> None:
         values = {name: row[name] for name in FILE_COLUMNS}
+        owner, attributes = writer.row_access()
         try:
             with self._errors("insert"), self._engine.writing() as conn:
-                conn.execute(openai_files.insert(), {**values, "owner_principal": "",
-                                                     "access_attributes": JSON.NULL})
+                conn.execute(openai_files.insert(), {
+                    **values, "owner_principal": owner,
+                    # JSON.NULL: the JSON 'null' the seed writes, not SQL NULL.
+                    "access_attributes": JSON.NULL if attributes is None else attributes})
                 # (An insert refused on its key is counted by the PostgreSQL server but not here:
                 # the token then moves once more, a needless reload of a listing, nothing worse.)
                 self._engine.files_changed(conn, 1)
@@ -112,20 +120,23 @@ class MetadataStore:
                 raise FileTooLarge(values["id"], values["bytes"], self.description) from exc
             raise
 
-    def get(self, file_id: str) -> dict | None:
-        rows = self._rows("get", select(*_FILE).where(openai_files.c.id == file_id))
+    def get(self, file_id: str, *, viewer: Identity) -> dict | None:
+        rows = self._rows("get", select(*_FILE).where(openai_files.c.id == file_id, visible_to(viewer)))
         return rows[0] if rows else None
 
-    def delete(self, file_id: str) -> bool:
+    def delete(self, file_id: str, *, viewer: Identity) -> bool:
         with self._errors("delete"), self._engine.writing() as conn:
-            deleted = conn.execute(openai_files.delete().where(openai_files.c.id == file_id)).rowcount
+            deleted = conn.execute(openai_files.delete().where(openai_files.c.id == file_id,
+                                                               visible_to(viewer))).rowcount
             self._engine.files_changed(conn, deleted)
-            conn.execute(missing.delete().where(missing.c.id == file_id))
+            if deleted or viewer.sees_all:  # (a row the viewer may not see keeps its note)
+                conn.execute(missing.delete().where(missing.c.id == file_id))
         return deleted > 0
 
     def page(
         self,
         *,
+        viewer: Identity,
         now: int,
         limit: int,
         descending: bool = True,
@@ -133,10 +144,10 @@ class MetadataStore:
         after: tuple[int, str] | None = None,
     ) -> list[dict]:
         """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``; rows
-        noted as missing their object are left out."""
+        noted as missing their object, and rows ``viewer`` may not see, are left out."""
         c = openai_files.c
         query = select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now),
-                                     c.id.not_in(select(missing.c.id)))
+                                     c.id.not_in(select(missing.c.id)), visible_to(viewer))
         if purpose is not None:
             query = query.where(c.purpose == purpose)
         if after is not None:
@@ -157,14 +168,15 @@ class MetadataStore:
         """Every row, expired or not: for consistency checks."""
         return self._rows("list all", select(*_FILE))
 
-    def update(self, file_id: str, **fields) -> bool:
-        """Change ``filename``/``purpose`` of a row (renames are metadata only)."""
+    def update(self, file_id: str, *, viewer: Identity, **fields) -> bool:
+        """Change ``filename``/``purpose`` of a row (renames are metadata only); the owner and
+        attributes stay, as the seed keeps them."""
         unknown = set(fields) - {"filename", "purpose"}
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
         with self._errors("update"), self._engine.writing() as conn:
-            changed = conn.execute(
-                openai_files.update().where(openai_files.c.id == file_id).values(**fields)).rowcount
+            changed = conn.execute(openai_files.update().where(openai_files.c.id == file_id, visible_to(viewer))
+                                   .values(**fields)).rowcount
             self._engine.files_changed(conn, changed)
         return changed > 0
 

@@ -11,6 +11,7 @@ import pytest
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from s3filesfs.access import OPERATOR
 from s3filesfs.metadata import MetadataStore
 from tests.daemon.conftest import write
 from tests.helpers import wait_for
@@ -244,7 +245,7 @@ def test_sigkill_before_the_xattr_is_written_is_repaired_at_restart(env, tmp_pat
     else:
         new_id = entry["pending_id"]
         assert entry["file_id"] == old_id
-    assert new_id and new_id != old_id and metadata.get(new_id) is not None  # the upload is registered
+    assert new_id and new_id != old_id and metadata.get(new_id, viewer=OPERATOR) is not None  # the upload is registered
     assert xattr_id(path) == old_id  # what the kill left: the previous id, or none
 
     daemon = world.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from s3filesfs import config
+from s3filesfs.access import OPERATOR
 from s3filesfs.errors import ConfigError, NameTooLong, NotFound, errno_of
 from s3filesfs.fs.namespace import Listing, decorated_name, parse, safe_name
 from s3filesfs.model import PURPOSES, FileObject, new_file_id
@@ -140,14 +141,14 @@ def test_data_version_moves_for_other_writers_only(metadata_db):
     row = file("a.txt").to_row()
     start = ours.data_version()
     ours.insert(row)
-    ours.update(row["id"], filename="b.txt", purpose="batch")
-    ours.delete(row["id"])
+    ours.update(row["id"], viewer=OPERATOR, filename="b.txt", purpose="batch")
+    ours.delete(row["id"], viewer=OPERATOR)
     assert ours.data_version() == start
     other = file("c.txt").to_row()
     theirs.insert(other)
     moved = ours.data_version()
     assert moved != start
-    theirs.update(other["id"], filename="d.txt", purpose="batch")
+    theirs.update(other["id"], viewer=OPERATOR, filename="d.txt", purpose="batch")
     assert ours.data_version() != moved
     ours.close()
     theirs.close()
