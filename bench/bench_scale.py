@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from common import BENCH_DIR, console_script, machine, print_table, write_results
@@ -147,8 +148,8 @@ class Store:
 
     def __init__(self, engine: str, work: Path):
         self.engine, self.work = engine, work
-        self.server = None
-        self.location = None
+        self.server: Any = None  # a tests.pgserver.PostgresServer, for PostgreSQL
+        self.location: Any = None  # a Path (SQLite) or a PostgresLocation
 
     def __enter__(self) -> Store:
         if self.engine == "sqlite":
@@ -159,9 +160,9 @@ class Store:
             bindir = find_bindir()
             if bindir is None:
                 raise Failed("no PostgreSQL server programs installed (initdb)")
-            self.server = PostgresServer(bindir).start()
-            self.server.wait_ready()
-            self.location = self.server.new_role()
+            server = self.server = PostgresServer(bindir).start()
+            server.wait_ready()
+            self.location = server.new_role()
         MetadataStore(self.location).close()  # the schema and our indexes, as a mount would create them
         return self
 
@@ -267,6 +268,7 @@ class Mount:
         return time.perf_counter() - started
 
     def _sample(self) -> None:
+        assert self.process is not None
         try:
             process = psutil.Process(self.process.pid)
             while not self._stop_sampling.is_set():
@@ -278,7 +280,8 @@ class Mount:
 
     def rss(self) -> int:
         with contextlib.suppress(psutil.Error):
-            return psutil.Process(self.process.pid).memory_info().rss
+            if self.process is not None:
+                return psutil.Process(self.process.pid).memory_info().rss
         return 0
 
     def check_alive(self) -> None:
