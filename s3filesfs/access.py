@@ -3,19 +3,24 @@
 The rows are shared with Llama Stack, whose ``AuthorizedSqlStore`` writes an authenticated caller's
 principal into ``owner_principal`` and its attributes (``{"roles": [...], "teams": [...]}``) into
 ``access_attributes``, and a caller without authentication as a public row ('' and JSON null). We
-write rows the same way and show them by the seed's default access policy (``default_policy()`` in
-its ``core/access_control/access_control.py``), which permits every action on a row when
+write rows the same way and show them as the seed of the ``remote::s3`` provider (Llama Stack of
+September 2025) does under its default policy: one rule, "user in owners" for each of ``roles``,
+``teams``, ``projects`` and ``namespaces``, which its store applies as a SQL query and then a
+check of each row. A caller with a principal sees a row when
 
-* the row is unowned (``owner_principal`` empty: "resource is unowned"), or
-* the caller is its owner ("user is owner"), or
-* for one of the categories ``roles``, ``teams``, ``projects``, ``namespaces``, the row's list and
-  the caller's list share a value ("user in owners <category>"; any one category is enough).
+* the row is public (``owner_principal`` '' or ``access_attributes`` JSON null), or the caller has
+  attributes and, for each category it has values in, the row names no such category or shares a
+  value with it (the query); **and**
+* for **every** category the row names (with a non-empty list), the caller has a value in that list
+  (the policy: any value within a category, all categories the row names).
 
-So a caller without attributes sees public rows and its own; a row whose attributes are null or
-``{}`` is seen only by its owner (unless it is unowned). ``may_see`` is that rule in Python, for
-reading and testing; the metadata layer applies the same rule in SQL (``metadata/visibility.py``),
-which is what every query for a caller uses. ``Identity.sees_all`` is the operator's view: every
-row, for maintenance (check, gc, rebuild, repair, expiry, reconcile) and ``--all``.
+So a row written by a user without attributes (JSON null) is seen by everyone; a row with
+``{"roles": ["admin"], "teams": ["ml"]}`` only by callers who are admins *and* in ml, its owner
+included (the rule never looks at the principal). The anonymous caller (no principal: the seed
+without authentication) sees the public rows only. ``may_see`` is that rule in Python, for reading
+and testing; the metadata layer applies it in SQL (``metadata/visibility.py``), which is what every
+query for a caller uses. ``Identity.sees_all`` is the operator's view: every row, for maintenance
+(check, gc, rebuild, repair, expiry, reconcile) and ``--all``.
 """
 
 from __future__ import annotations
@@ -67,25 +72,28 @@ class Identity:
         return self.principal, (self.attribute_map() or None)
 
     def may_see(self, owner_principal: str | None, access_attributes: object) -> bool:
-        """The seed's default policy for one row; ``access_attributes`` as stored (JSON text or
-        already decoded)."""
-        if self.sees_all or not owner_principal:
-            return True
-        if owner_principal == self.principal:
+        """The seed's query and policy for one row; ``access_attributes`` as stored (JSON text or
+        already decoded). A row whose owner is NULL (from before access control) is public."""
+        if self.sees_all or owner_principal is None:
             return True
         stored = access_attributes
         if isinstance(stored, str):
             try:
                 stored = json.loads(stored)
             except ValueError:
-                return False
-        if not isinstance(stored, dict):
-            return False
-        for category, values in self.attributes:
-            defined = stored.get(category)
-            if isinstance(defined, list) and any(isinstance(v, str) and v in values for v in defined):
-                return True
-        return False
+                return False  # not JSON: the seed cannot read it either
+        public = owner_principal == "" or stored is None
+        if self.public:
+            return public
+        row = stored if isinstance(stored, dict) else {}
+        mine = dict(self.attributes)
+
+        def shares(category: str) -> bool:
+            listed = row.get(category)
+            return isinstance(listed, list) and any(isinstance(v, str) and v in mine.get(category, ()) for v in listed)
+
+        admitted = public or (bool(mine) and all(row.get(category) is None or shares(category) for category in mine))
+        return admitted and all(not row.get(category) or shares(category) for category in CATEGORIES)
 
     def describe(self) -> str:
         """For logs and status: the principal and attributes (never a key)."""

@@ -1,16 +1,18 @@
 """The seed's access control, as its code decides it, for the tests to compare ours with.
 
 Llama Stack is not installed here, so the parts that decide who sees a row of ``openai_files`` are
-copied from its source (github.com/llamastack/llama-stack, MIT licence, at 87c11f66, the last
-commit before the project was renamed ``ogx``; unchanged in meaning since):
+copied from its source (github.com/llamastack/llama-stack, MIT licence, at 606f4cf28 of 30 September
+2025: the revision the ``remote::s3`` files provider was taken from, whose default policy is the one
+the provider's releases of that time apply):
 
-* ``core/access_control/conditions.py``: ``UserInOwnersList``, ``UserIsOwner``, ``ResourceIsUnowned``,
-  verbatim but for their docstrings;
-* ``core/access_control/access_control.py``: ``default_policy()`` (its ``when`` conditions: every rule
-  permits every action) and the loop of ``is_action_allowed`` for such rules;
-* ``core/storage/sqlstore/authorized_sqlstore.py``: ``_build_default_policy_where_clause`` with its
-  ``_json_extract_text`` and ``_get_public_access_conditions``, verbatim but for ``self``, and the
-  owner its ``fetch_all`` builds from a row before asking the policy.
+* ``llama_stack/core/access_control/conditions.py``: ``UserInOwnersList``, verbatim but for its
+  docstring;
+* ``llama_stack/core/access_control/access_control.py``: ``default_policy()`` (one rule: "user in
+  owners" for all four categories) and the part of ``is_action_allowed`` such a rule takes;
+* ``llama_stack/providers/utils/sqlstore/authorized_sqlstore.py``: ``_build_default_policy_where_clause``
+  with its ``_json_extract``/``_json_extract_text`` and ``_get_public_access_conditions``, verbatim
+  but for ``self`` and bound parameters for the values, and the owner its ``fetch_all`` builds from a
+  row before asking the policy.
 
 What the seed shows a user is the rows its SQL lets through *and* its policy then permits
 (``AuthorizedSqlStore.fetch_all``): ``seed_visible`` is that.
@@ -22,9 +24,6 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-
-ALLOWED_ATTRIBUTE_KEYS = frozenset({"roles", "teams", "projects", "namespaces"})
-
 
 @dataclass
 class User:
@@ -56,46 +55,36 @@ class UserInOwnersList:
             return None
 
     def matches(self, resource, user: User) -> bool:
-        defined = self.owners_values(resource)
-        if not defined:
-            return False
+        required = self.owners_values(resource)
+        if not required:
+            return True
         if not user.attributes or self.name not in user.attributes or not user.attributes[self.name]:
             return False
         user_values = user.attributes[self.name]
-        for value in defined:
+        for value in required:
             if value in user_values:
                 return True
         return False
 
 
-class UserIsOwner:
-    def matches(self, resource, user: User) -> bool:
-        return resource.owner.principal == user.principal if resource.owner else False
-
-
-class ResourceIsUnowned:
-    def matches(self, resource, user: User) -> bool:
-        return not resource.owner
-
-
 # --- access_control.py: default_policy() and is_action_allowed for it -----------------------------
 
-Condition = UserInOwnersList | UserIsOwner | ResourceIsUnowned
-DEFAULT_POLICY: list[list[Condition]] = [[UserInOwnersList(name)] for name in ["roles", "teams", "projects",
-                                                                          "namespaces"]]
-DEFAULT_POLICY += [[UserIsOwner()], [ResourceIsUnowned()]]
+DEFAULT_POLICY = [UserInOwnersList(name) for name in ["roles", "teams", "projects", "namespaces"]]
 
 
 def is_action_allowed(resource, user: User | None) -> bool:
     if not user:
         return True  # "no auth"
-    for conditions in DEFAULT_POLICY:
-        if all(condition.matches(resource, user) for condition in conditions):
-            return True
-    return False
+    return all(condition.matches(resource, user) for condition in DEFAULT_POLICY)
 
 
 # --- authorized_sqlstore.py ------------------------------------------------------------------------
+
+
+def _json_extract(database_type: str, column: str, path: str) -> str:
+    if database_type == "postgres":
+        return f"{column}->'{path}'"
+    return f"JSON_EXTRACT({column}, '$.{path}')"
 
 
 def _json_extract_text(database_type: str, column: str, path: str) -> str:
@@ -104,43 +93,51 @@ def _json_extract_text(database_type: str, column: str, path: str) -> str:
     return f"JSON_EXTRACT({column}, '$.{path}')"
 
 
+def _get_public_access_conditions(database_type: str) -> list[str]:
+    conditions = ["owner_principal = ''"]
+    if database_type == "postgres":
+        conditions.append("access_attributes::text = 'null'")
+    else:
+        conditions.append("access_attributes = 'null'")
+    return conditions
+
+
 def build_default_policy_where_clause(database_type: str, current_user: User | None) -> tuple[str, dict[str, Any]]:
-    base_conditions = ["owner_principal = ''"]
+    base_conditions = _get_public_access_conditions(database_type)
     params: dict[str, Any] = {}
-    if current_user:
-        params["owner_principal_match"] = current_user.principal
-        base_conditions.append("owner_principal = :owner_principal_match")
-        if current_user.attributes:
-            for attr_key, user_values in current_user.attributes.items():
-                if attr_key not in ALLOWED_ATTRIBUTE_KEYS:
-                    continue
-                if user_values:
-                    value_conditions = []
-                    for j, value in enumerate(user_values):
-                        param_name = f"attr_{attr_key}_{j}"
-                        json_text = _json_extract_text(database_type, "access_attributes", attr_key)
-                        value_conditions.append(f"({json_text} LIKE :{param_name})")
-                        params[param_name] = f'%"{value}"%'
-                    if value_conditions:
-                        base_conditions.append(f"({' OR '.join(value_conditions)})")
+    user_attr_conditions = []
+    if current_user and current_user.attributes:
+        for attr_key, user_values in current_user.attributes.items():
+            if user_values:
+                value_conditions = []
+                for j, value in enumerate(user_values):
+                    param_name = f"attr_{attr_key}_{j}"
+                    json_text = _json_extract_text(database_type, "access_attributes", attr_key)
+                    value_conditions.append(f"({json_text} LIKE :{param_name})")
+                    params[param_name] = f'%"{value}"%'
+                if value_conditions:
+                    category_missing = f"{_json_extract(database_type, 'access_attributes', attr_key)} IS NULL"
+                    user_matches_category = f"({' OR '.join(value_conditions)})"
+                    user_attr_conditions.append(f"({category_missing} OR {user_matches_category})")
+        if user_attr_conditions:
+            base_conditions.append(f"({' AND '.join(user_attr_conditions)})")
     return f"({' OR '.join(base_conditions)})", params
 
 
 def record_of(row: dict) -> SqlRecord:
-    """The resource ``fetch_all`` asks the policy about: owned only when ``owner_principal`` is set."""
+    """The resource ``fetch_all`` asks the policy about: an owner always, its principal '' if none."""
     attributes = row["access_attributes"]
     if isinstance(attributes, str):
         attributes = json.loads(attributes)
-    owner = User(principal=row["owner_principal"], attributes=attributes) if row["owner_principal"] else None
-    return SqlRecord(owner)
+    return SqlRecord(User(principal=row["owner_principal"] or "", attributes=attributes))
 
 
 def seed_visible(conn, user: User | None) -> set[str]:
     """The ids of ``openai_files`` the seed shows ``user`` (None: a server without authentication),
     over a plain connection (``tests.unit.stores.PlainConnection``): its SQL, then its policy."""
     where, params = build_default_policy_where_clause(conn.engine, user)
-    names = re.findall(r":(\w+)", where)
-    sql = re.sub(r":(\w+)", "?", where)
+    names = re.findall(r"(?<!:):(\w+)", where)  # bound parameters, not a ::cast
+    sql = re.sub(r"(?<!:):(\w+)", "?", where)
     access = "access_attributes::text" if conn.engine == "postgres" else "access_attributes"
     rows = conn.query(f"SELECT id, owner_principal, {access} AS access_attributes FROM openai_files WHERE {sql}",
                       [params[name] for name in names])

@@ -201,12 +201,13 @@ def test_every_caller_sees_what_the_seed_shows_it(store, metadata_db):
         written[ours.begin("ours.txt", "assistants").commit().id] = owner
     engine.dispose()
     with metadata_db.plain() as conn:
+        stored = conn.query(f"SELECT id, owner_principal, {ACCESS_AS_TEXT[metadata_db.engine]} AS access "
+                            "FROM openai_files")
         for caller in CALLERS:
             expected = seed_visible(conn, as_user(caller) if caller.principal else None)
             shown = {f.id for f in store.acting_as(caller).list().data}
             assert shown == expected, (caller, sorted(shown ^ expected))
-            assert shown == {file_id for file_id, owner in written.items()
-                             if caller.may_see(owner.principal if owner else "", owner.attributes if owner else None)}
+            assert shown == {row["id"] for row in stored if caller.may_see(row["owner_principal"], row["access"])}
             assert shown != set(written)
             for file_id in written:
                 if file_id in shown:
@@ -216,12 +217,15 @@ def test_every_caller_sees_what_the_seed_shows_it(store, metadata_db):
                         store.acting_as(caller).retrieve(file_id)
 
 
-def test_a_user_without_attributes_sees_public_files_and_its_own(store):
+def test_a_row_of_a_user_without_attributes_is_seen_by_everyone_who_signs_in(store):
+    """Its attributes are JSON null, which the seed's query takes as public; a row with attributes
+    is another matter, whoever its owner is."""
     mine = upload(store.acting_as(Identity.of("alice")))
     public = upload(store.acting_as(ANONYMOUS))
-    upload(store.acting_as(Identity.of("bob")))  # attributes null: its owner's alone
+    bobs = upload(store.acting_as(Identity.of("bob")))
     upload(store.acting_as(USER_A))
-    assert {f.id for f in store.acting_as(Identity.of("alice")).list().data} == {mine, public}
+    assert {f.id for f in store.acting_as(Identity.of("alice")).list().data} == {mine, public, bobs}
+    assert {f.id for f in store.acting_as(ANONYMOUS).list().data} == {mine, public, bobs}
 
 
 def test_rows_of_a_table_from_before_access_control_are_unowned(store, metadata_db):
@@ -268,15 +272,20 @@ def test_identity_attributes_are_checked():
     assert OPERATOR.sees_all and not ANONYMOUS.sees_all and ANONYMOUS.row_access() == ("", None)
 
 
-def test_the_same_owner_under_every_combination_of_one_category(store):
-    """Any one category in common is enough (the seed's rules are one per category), whichever."""
+def test_a_caller_must_share_a_value_in_every_category_the_row_names(store):
+    """Any value within a category, all the categories the row names, whichever they are; the
+    owner is held to the same rule, and categories the row does not name do not matter."""
     categories = ("roles", "teams", "projects", "namespaces")
     for shared, other in itertools.permutations(categories, 2):
         owner = Identity.of(f"owner-{shared}-{other}", {shared: ["s"], other: ["o"]})
         file_id = upload(store.acting_as(owner))
-        assert store.acting_as(Identity.of("zed", {shared: ["s"], other: ["nope"]})).retrieve(file_id).id == file_id
-        with pytest.raises(NotFound):
-            store.acting_as(Identity.of("zed", {shared: ["nope"], other: ["nope"]})).retrieve(file_id)
+        unnamed = [category for category in categories if category not in (shared, other)]
+        for caller in (owner, Identity.of("zed", {shared: ["x", "s"], other: ["o", "y"], unnamed[0]: ["z"]})):
+            assert store.acting_as(caller).retrieve(file_id).id == file_id
+        for caller in (Identity.of("zed", {shared: ["s"], other: ["nope"]}), Identity.of("zed", {shared: ["s"]}),
+                       Identity.of(owner.principal, {shared: ["s"]})):
+            with pytest.raises(NotFound):
+                store.acting_as(caller).retrieve(file_id)
 
 
 def test_identity_and_keys_in_the_config(tmp_path, monkeypatch):
