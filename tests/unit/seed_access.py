@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+
 @dataclass
 class User:
     principal: str
