@@ -60,7 +60,7 @@ from common import (  # noqa: E402
     write_results,
 )
 
-TOOLS = ("s3filesfs", "s3fs", "rclone")
+TOOLS = ("s3filesfs", "s3fs", "rclone")  # the default; also s3filesfs-wb, the mount with --write-back
 MEASURES = ("a", "b", "c", "d", "e", "f", "g")
 RSS_TARGET = 250 * 1000 * 1000  # "250 MB", read strictly as decimal megabytes
 TARGETS = {"a": 0.8, "b": 0.8, "c": 0.5, "d": 0.5, "f": 0.5}
@@ -296,11 +296,12 @@ class Mount:
 class S3FilesFSMount(Mount):
     name = "s3filesfs"
     extra_env: dict = {}  # --mount-env
+    mount_options: tuple[str, ...] = ()
 
     def command(self):
         return [sys.executable, "-m", "s3filesfs", "--bucket", self.bucket,
-                "--endpoint-url", self.server.endpoint_url, "--data-dir", str(self.work / "s3filesfs-data"),
-                "mount", str(self.mountpoint), "--foreground"]
+                "--endpoint-url", self.server.endpoint_url, "--data-dir", str(self.data_dir),
+                "mount", str(self.mountpoint), "--foreground", *self.mount_options]
 
     def available(self):
         probe = subprocess.run([sys.executable, "-m", "s3filesfs", "mount", "--help"], capture_output=True,
@@ -312,6 +313,7 @@ class S3FilesFSMount(Mount):
     def __init__(self, *args):
         super().__init__(*args)
         self.env = {**self.env, "S3FILESFS_AUTO_CREATE_BUCKET": "true", **self.extra_env}
+        self.data_dir = self.work / f"{self.name}-data"  # its own staging: a later mount never finds another's
         self._store = None
 
     def prepare_bucket(self):
@@ -326,7 +328,7 @@ class S3FilesFSMount(Mount):
             from s3filesfs.config import Settings
             from s3filesfs.metadata import MetadataStore
 
-            path = Settings(bucket_name=self.bucket, data_dir=self.work / "s3filesfs-data").metadata_path
+            path = Settings(bucket_name=self.bucket, data_dir=self.data_dir).metadata_path
             self._store = MetadataStore(path)
         return self._store
 
@@ -376,6 +378,13 @@ class S3FilesFSMount(Mount):
 
     def stored_count(self, folder):
         return sum(1 for row in self.store.all_files() if row["purpose"] == folder)
+
+
+class S3FilesFSWriteBackMount(S3FilesFSMount):
+    """The same mount with ``--write-back``: close() returns once the data is staged, uploads follow."""
+
+    name = "s3filesfs-wb"
+    mount_options = ("--write-back",)
 
 
 class S3fsMount(Mount):
@@ -428,7 +437,8 @@ class RcloneMount(Mount):
                 "--cache-dir", str(self.work / "rclone-cache"), "--log-level", "NOTICE"]
 
 
-MOUNTS = {"s3filesfs": S3FilesFSMount, "s3fs": S3fsMount, "rclone": RcloneMount}
+MOUNTS = {"s3filesfs": S3FilesFSMount, "s3filesfs-wb": S3FilesFSWriteBackMount, "s3fs": S3fsMount,
+          "rclone": RcloneMount}
 
 
 # --- bulk S3 helpers ---------------------------------------------------------------------------
@@ -634,8 +644,13 @@ class Bench:
 
     # --- a mount ---
 
+    def measures_for(self, tool: str) -> set[str]:
+        """The measures ``tool`` runs: ``--only``, narrowed by ``--tools TOOL:MEASURES``."""
+        return self.args.only & self.args.tool_measures.get(tool, self.args.only)
+
     def run_mount(self, tool: str) -> None:
         args = self.args
+        only = self.measures_for(tool)
         bucket = self.server.new_bucket_name()
         mount = MOUNTS[tool](self.server, self.work, bucket, dict(self.env))
         self.results[tool] = {"measures": {}, "bucket": bucket}
@@ -645,7 +660,7 @@ class Bench:
             # Planted before the mount starts, through the bucket (and for s3filesfs its database):
             # nothing was ever read through the mount, and no directory cache can hide them.
             started = time.perf_counter()
-            if "b" in args.only:
+            if "b" in only:
                 for run in range(args.runs):
                     mount.plant_big(self.source_bucket, "big", READ_FOLDER, f"read-{run}.bin", self.size)
                 self.say(f"  {tool:<9} planted {args.runs} x {args.size_mib} MiB (server-side copy) in "
@@ -653,10 +668,10 @@ class Bench:
             started = time.perf_counter()
             planted = 0
             for run in range(args.runs):
-                if "f" in args.only:
+                if "f" in only:
                     mount.plant_big(self.source_bucket, "big", FIRST_BYTE_FOLDER, f"first-{run}.bin", self.size)
                     planted += 1
-                if "g" in args.only:
+                if "g" in only:
                     for n in range(args.parallel_files):
                         mount.plant_big(self.source_bucket, "big", PARALLEL_FOLDER, f"par-{run}-{n}.bin", self.size)
                         planted += 1
@@ -664,7 +679,7 @@ class Bench:
                 self.say(f"  {tool:<9} planted {planted} more x {args.size_mib} MiB for (f), (g) in "
                          f"{time.perf_counter() - started:.1f} s")
             started = time.perf_counter()
-            if "d" in args.only:
+            if "d" in only:
                 mount.plant_many(LIST_FOLDER, args.list_files, b"x" * 100)
                 self.say(f"  {tool:<9} planted {args.list_files} small objects in {LIST_FOLDER}/ in "
                          f"{time.perf_counter() - started:.1f} s")
@@ -699,7 +714,8 @@ class Bench:
     def mount_measures(self, tool: str, mount: Mount) -> None:
         assert mount.process is not None  # measured only while mounted
         args, pid, server = self.args, mount.process.pid, self.server
-        if "d" in args.only:
+        only = self.measures_for(tool)
+        if "d" in only:
             folder = mount.folder(LIST_FOLDER)
             wait_for(lambda: folder.is_dir(), 10, f"{folder}")
             for attempt in range(3):  # the first listing after the mount, then two repeats
@@ -711,7 +727,7 @@ class Bench:
                 self.record(tool, "d" if attempt == 0 else "d_repeat", r, entries=len(lines), timed_out=timed_out)
                 if timed_out:
                     break
-        if "b" in args.only:
+        if "b" in only:
             for run in range(args.runs):
                 path = mount.folder(READ_FOLDER) / f"read-{run}.bin"
                 wait_for(lambda: path.exists(), 10, f"{path}")
@@ -720,7 +736,7 @@ class Bench:
                 self.record(tool, "b", r, size=path.stat().st_size)
                 if args.verify:
                     self.verify(tool, path)
-        if "f" in args.only:
+        if "f" in only:
             for run in range(args.runs):
                 self.paired_boto3(tool, "f")
                 # No stat or listing first: head's own open looks the file up, as a user's command would.
@@ -728,7 +744,7 @@ class Bench:
                 r = measured(["sh", "-c", 'exec head -c 1 "$1" > /dev/null', "head", str(path)], pid, server)
                 self.describe(tool, "f: head -c 1", r)
                 self.record(tool, "f", r)
-        if "g" in args.only:
+        if "g" in only:
             for run in range(args.runs):
                 paths = [mount.folder(PARALLEL_FOLDER) / f"par-{run}-{n}.bin" for n in range(args.parallel_files)]
                 script = ('pids=; for f; do cat "$f" > /dev/null & pids="$pids $!"; done; '
@@ -736,7 +752,7 @@ class Bench:
                 r = measured(["sh", "-c", script, "cat", *map(str, paths)], pid, server)
                 self.describe(tool, f"g: {args.parallel_files} x cat at once", r)
                 self.record(tool, "g", r, files=args.parallel_files)
-        if "a" in args.only:
+        if "a" in only:
             mount.make_folder(BIG_FOLDER)
             for run in range(args.runs):
                 self.paired_boto3(tool, "a")
@@ -752,7 +768,7 @@ class Bench:
                 if args.verify:
                     self.verify(tool, path)
                 path.unlink()
-        if "c" in args.only:
+        if "c" in only:
             mount.make_folder(SMALL_FOLDER)
             for run in range(args.runs):
                 self.paired_boto3(tool, "c")
@@ -849,6 +865,8 @@ def summarise(bench: Bench) -> tuple[list[list], list[str], dict]:
             summary.setdefault(m, {})["boto3_one_get"] = one
         one_get = seconds("boto3", "b1") if m == "b" else None
         for tool in mount_tools:
+            if m not in bench.measures_for(tool):
+                continue
             note = results.get(tool, {}).get("note")
             if m == "e":
                 peaks = [e.get("mount_peak_rss") or 0 for x in "ab"
@@ -949,7 +967,10 @@ def main(argv=None) -> int:
                         help="large files read at once in (g), each of --size-mib (default 8)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each measure; the median is reported (default 1)")
     parser.add_argument("--only", default=",".join(MEASURES), help="measures to run, e.g. a,b,e (default all)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="mounts to run (default s3filesfs,s3fs,rclone)")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help="mounts to run (default s3filesfs,s3fs,rclone; also s3filesfs-wb, the mount with "
+                             "--write-back); TOOL:MEASURES runs only those of --only, e.g. s3filesfs-wb:c or "
+                             "s3filesfs-wb:a+c")
     parser.add_argument("--verify", action="store_true", help="also sha256 the big file read back (untimed)")
     parser.add_argument("--ls-timeout", type=float, default=300, help="give up on one ls -l after this (default 300 s)")
     parser.add_argument("--store-timeout", type=float, default=600,
@@ -964,14 +985,25 @@ def main(argv=None) -> int:
         parser.error(f"--only: unknown measure(s) {', '.join(sorted(bad))}; choose from {','.join(MEASURES)}")
     if "e" in args.only and not args.only & {"a", "b"}:
         args.only |= {"a", "b"}  # (e) is measured during (a) and/or (b)
-    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    args.tools = [t.partition(":")[0] for t in tools]
+    args.tool_measures = {}
+    for spec in tools:
+        tool, sep, measures = spec.partition(":")
+        if sep:
+            wanted = {m.strip() for m in measures.split("+") if m.strip()}  # "+": the comma separates tools
+            if bad := wanted - set(MEASURES):
+                parser.error(f"--tools {spec}: unknown measure(s) {', '.join(sorted(bad))}")
+            if "e" in wanted:
+                wanted |= {"a", "b"}
+            args.tool_measures[tool] = wanted
     for spec in args.mount_env:
         key, sep, value = spec.partition("=")
         if not sep or not key:
             parser.error(f"--mount-env {spec}: expected KEY=VALUE")
         S3FilesFSMount.extra_env[key] = value
-    if bad := set(args.tools) - set(TOOLS):
-        parser.error(f"--tools: unknown tool(s) {', '.join(sorted(bad))}; choose from {','.join(TOOLS)}")
+    if bad := set(args.tools) - set(MOUNTS):
+        parser.error(f"--tools: unknown tool(s) {', '.join(sorted(bad))}; choose from {','.join(MOUNTS)}")
 
     # SIGINT/SIGTERM/SIGHUP end the benchmark like Ctrl-C, so every finally: (unmounts) runs. SIGINT
     # too: a shell without job control starts background jobs with SIGINT ignored.
