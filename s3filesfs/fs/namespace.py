@@ -156,7 +156,41 @@ class _Lru(OrderedDict):
         self[key] = (value, now)
         self.move_to_end(key)
         while len(self) > self.capacity:
-            self.popitem(last=False)
+            self.drop(next(iter(self)))
+
+    def drop(self, key) -> None:
+        self.pop(key, None)
+
+
+class _Groups(_Lru):
+    """The cached groups, ``(purpose, safe name) -> files``, and which group holds each file id,
+    so that a change to one file finds its group without a scan."""
+
+    def __init__(self, capacity: int):
+        super().__init__(capacity)
+        self.holding: dict[str, tuple[str, str]] = {}
+
+    def store(self, key, value, now: float) -> None:
+        self.drop(key)
+        for file in value:
+            self.holding[file.id] = key
+        super().store(key, value, now)
+
+    def drop(self, key) -> None:
+        entry = self.pop(key, None)
+        for file in entry[0] if entry is not None else ():
+            if self.holding.get(file.id) == key:
+                del self.holding[file.id]
+
+    def holding_file(self, file_id: str) -> tuple[FileObject, ...]:
+        """The members of the cached group that holds ``file_id`` (none if no group does)."""
+        key = self.holding.get(file_id)
+        entry = self.get(key) if key is not None else None
+        return entry[0] if entry is not None else ()
+
+    def clear(self) -> None:
+        super().clear()
+        self.holding.clear()
 
 
 class Namespace:
@@ -169,7 +203,7 @@ class Namespace:
         self.on_change: Callable[[list[str]], None] = lambda paths: None  # the mount tells the kernel
         self._lock = threading.Lock()
         self._files = _Lru(cache_entries)  # id -> FileObject | None
-        self._groups = _Lru(cache_entries)  # (purpose, safe name) -> files, oldest first
+        self._groups = _Groups(cache_entries)  # (purpose, safe name) -> files, oldest first
         self._generation = 0  # counts every change seen, ours or a round of the feed
         self._index: tuple[int, float, float, object, int] | None = None  # generation, built, stale at, file, size
         self._stopping = threading.Event()
@@ -230,7 +264,7 @@ class Namespace:
                     files = [*files, cached[0]]
             for file in files:
                 if file is not None:
-                    self._groups.pop((file.purpose, safe_name(file)), None)
+                    self._groups.drop((file.purpose, safe_name(file)))
 
     def added(self, file: FileObject) -> None:
         self._forget([file], [file.id])
@@ -245,8 +279,9 @@ class Namespace:
 
     def _forget_groups_holding(self, file_id: str) -> None:
         with self._lock:
-            for key in [key for key, (files, _) in self._groups.items() if any(f.id == file_id for f in files)]:
-                del self._groups[key]
+            key = self._groups.holding.get(file_id)
+            if key is not None:
+                self._groups.drop(key)
 
     def apply(self, file_ids: set[str], everything: bool = False) -> list[str]:
         """Take in one round of the change feed; returns the mount paths whose kernel entries are
@@ -261,10 +296,10 @@ class Namespace:
             new = self.service.live(file_id)
             with self._lock:
                 cached = self._files.get(file_id)
-                held = [files for files, _ in self._groups.values() if any(f.id == file_id for f in files)]
+                held = self._groups.holding_file(file_id)
             # Every file whose shown name may move: this one as it was and is, and the duplicates
             # it shared a name with (one of them may now take the plain name).
-            before = {f.id: f for files in held for f in files}
+            before = {f.id: f for f in held}
             if cached is not None and cached[0] is not None:
                 before[file_id] = cached[0]
             self._forget([*before.values(), new], [file_id])
