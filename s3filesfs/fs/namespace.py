@@ -92,6 +92,15 @@ def shown_names(files: list[FileObject]) -> dict[str, str]:
     return names
 
 
+def _is_text(name: str) -> bool:
+    """Whether a name from the kernel is UTF-8 (undecodable bytes arrive as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _filenames_shown_as(shown: str) -> tuple[list[str], str | None]:
     """The filenames that may show as ``shown`` (the safe form undone), and the form to compare
     with filenames whose every ``/`` is written ``／`` (for a name that mixes the two)."""
@@ -345,6 +354,8 @@ class Namespace:
         return file
 
     def find(self, purpose: str, name: str) -> FileObject | None:
+        if not _is_text(name):
+            return None  # the table holds text: no file has this name (and the database could not take it)
         group = self._group(purpose, name)
         if group:
             return group[0]
