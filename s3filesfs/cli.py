@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config, logs, stdio, user_units
+from .access import Identity
 from .daemon.client import DaemonClient, status_lines  # stdlib-only: no watchdog or uvicorn here
 from .errors import (
     EXIT_INTERRUPTED,
@@ -93,11 +94,10 @@ class State:
             settings = config.load(self.config_path, self.flags)
             # Wherever the secrets came from (file, environment, boto3's own variables), no log
             # line or message may show them.
-            key_env = settings.api_api_key_env
+            key_envs = [settings.api_api_key_env or "", *(key.env for key in settings.api_keys)]
             logs.protect(settings.aws_secret_access_key, settings.aws_session_token, settings.metadata_store_password,
                          os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"),
-                         os.environ.get("PGPASSWORD"),
-                         os.environ.get(key_env) if key_env else None)
+                         os.environ.get("PGPASSWORD"), *(os.environ.get(name) for name in key_envs if name))
             log.debug("settings from %s: %s backend, database %s", settings.source, settings.backend,
                       settings.database)
             self._settings = settings
@@ -114,10 +114,20 @@ class State:
     def store(self):
         """The FileService with its bucket checked (once per process): a missing bucket or
         refused credentials fail every command that works on files, even one the database
-        alone could answer."""
+        alone could answer. It sees every row: for the maintenance commands."""
         service = self.service
         _ = service.blobs
         return service
+
+    def identity(self, show_all: bool = False) -> Identity:
+        """Who a command acts as: the configured identity (``--principal``/``--attribute``), seeing
+        every file with ``--all``."""
+        identity = self.settings.identity
+        return identity.with_full_view() if show_all else identity
+
+    def caller(self, show_all: bool = False):
+        """``store`` acting as ``identity(show_all)``: what ls, info, cat, rm and upload use."""
+        return self.store.acting_as(self.identity(show_all))
 
 
 pass_state = click.make_pass_decorator(State)
@@ -138,6 +148,11 @@ pass_state = click.make_pass_decorator(State)
 @click.option("--debug", is_flag=True, help="Log debug output and show tracebacks (HTTP libraries stay at INFO).")
 @click.option("--debug-http", is_flag=True, envvar="S3FILESFS_DEBUG_HTTP",
               help="Also log the HTTP libraries' debug output (botocore, urllib3, ...); credentials redacted.")
+@click.option("--principal", "identity_principal", metavar="NAME",
+              help="Act as this principal: files written are owned by it, and only files it may see are shown "
+                   "(default: identity.principal; none: public files only).")
+@click.option("--attribute", "identity_attributes", multiple=True, metavar="CATEGORY=VALUE",
+              help="An attribute of the principal (roles, teams, projects, namespaces), e.g. teams=ml; repeatable.")
 @click.pass_context
 def main(ctx, config_path, quiet, verbose, debug, debug_http, **flags):
     """Put files into an OpenAI-style Files store on S3 (or the embedded local store)."""
@@ -145,6 +160,7 @@ def main(ctx, config_path, quiet, verbose, debug, debug_http, **flags):
         raise click.UsageError("-q/--quiet cannot be combined with -v/--verbose or --debug")
     verbosity = logs.DEBUG if debug else logs.VERBOSE if verbose else logs.QUIET if quiet else logs.NORMAL
     logs.setup(verbosity, http_debug=debug_http)
+    flags["identity_attributes"] = flags["identity_attributes"] or None  # not given: the config's
     ctx.obj = State(config_path, flags, verbosity)
 
 
@@ -197,6 +213,10 @@ def _print_table(files) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
+ALL_OPTION = click.option("--all", "show_all", is_flag=True,
+                          help="Operator view: every file, whoever owns it (not only those this identity may see).")
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -225,7 +245,7 @@ def upload(state, paths, purpose, expires_after, filename, as_json):
         raise click.UsageError("--filename works with a single file")
     if "-" in paths and not filename:
         raise click.UsageError("uploading standard input needs --filename")
-    service = state.store
+    service = state.caller()
     on_terminal = sys.stdout.isatty()
     failures = []
     # A stopped upload aborts its multipart upload (whose parts S3 keeps, and bills, until then).
@@ -274,8 +294,9 @@ def _upload_one(service, path, purpose, expires_after, filename, verbosity=logs.
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="desc", show_default=True)
 @click.option("--after", metavar="ID", help="Continue after this file id (from a previous page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI list response.")
+@ALL_OPTION
 @pass_state
-def ls(state, purpose, limit, order, after, as_json):
+def ls(state, purpose, limit, order, after, as_json, show_all):
     """List files, newest first (through the daemon's socket when one runs on this database).
 
     \b
@@ -283,13 +304,15 @@ def ls(state, purpose, limit, order, after, as_json):
       s3filesfs ls --purpose batch --limit 20
       s3filesfs ls --json | jq -r '.data[].id'
     """
-    client, info = _running_daemon(state)
+    client, info = (None, None) if show_all else _running_daemon(state)
     if info is not None and info.get("database") != state.settings.database:
         client = None  # that daemon serves another store (other config or --db-path): read ours
+    if info is not None and info.get("identity") != state.identity().to_dict():
+        client = None  # its socket acts as another identity: read as ours
     if client is not None:
         page = client.list(after=after, limit=limit, order=order, purpose=purpose)
     else:
-        page = state.store.list(after=after, limit=limit, order=order, purpose=purpose)
+        page = state.caller(show_all).list(after=after, limit=limit, order=order, purpose=purpose)
     if as_json:
         _print_json(page.to_openai())
         return
@@ -301,10 +324,11 @@ def ls(state, purpose, limit, order, after, as_json):
 @main.command()
 @click.argument("file_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI file object.")
+@ALL_OPTION
 @pass_state
-def info(state, file_id, as_json):
+def info(state, file_id, as_json, show_all):
     """Show one file."""
-    file = state.store.retrieve(_checked_id(file_id))
+    file = state.caller(show_all).retrieve(_checked_id(file_id))
     if as_json:
         _print_json(file.to_openai())
         return
@@ -319,15 +343,16 @@ def info(state, file_id, as_json):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write to this path instead of standard output.")
 @click.option("--force", is_flag=True, help="Write binary content to a terminal anyway.")
+@ALL_OPTION
 @pass_state
-def cat(state, file_id, output, force):
+def cat(state, file_id, output, force, show_all):
     """Write a file's content to standard output (or -o PATH).
 
     Binary content is not written to a terminal unless --force is given (as curl does). If the
     reader goes away (| head), the rest is not read. A large file shows a progress bar on standard
     error when that is a terminal and the content goes elsewhere (-o PATH, a pipe, a file).
     """
-    file, chunks = state.store.content(_checked_id(file_id))
+    file, chunks = state.caller(show_all).content(_checked_id(file_id))
     to_terminal = output is None and sys.stdout.isatty()
     if to_terminal and not force:
         chunks = iter(chunks)
@@ -375,14 +400,15 @@ def _progress_bar(size: int, label: str, verbosity: int):
 @main.command()
 @click.argument("file_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the OpenAI delete responses.")
+@ALL_OPTION
 @pass_state
-def rm(state, file_ids, as_json):
+def rm(state, file_ids, as_json, show_all):
     """Delete files by id.
 
     Every id is tried; the exit status is that of the first failure. If the reader goes away
     early (| head), every file is still deleted, and the exit status is 141.
     """
-    service = state.store
+    service = state.caller(show_all)
     failures = []
     for file_id in file_ids:
         try:
@@ -672,7 +698,8 @@ def _staging_folders(state, given: str | None) -> list[Path]:
 
 
 def _waiting(state, folders: list[Path]) -> list:
-    return [r for folder in folders for r in staged_records.waiting(folder, state.service.location)]
+    return [r for folder in folders
+            for r in staged_records.waiting(folder, state.service.location, state.service.host)]
 
 
 STAGING_DIR_OPTION = click.option("--staging-dir", type=click.Path(file_okay=False),
@@ -689,10 +716,11 @@ def status(state, as_json, staging_dir):
     folders = _staging_folders(state, staging_dir)
     staged = [r.to_dict() for r in _waiting(state, folders)]
     uploading = [{**r.to_dict(), "state": "uploading", "error": None}
-                 for folder in folders for r in staged_records.in_progress(folder)]
+                 for folder in folders for r in staged_records.in_progress(folder, state.service.host)]
     mounts = _running_mounts(state)
     if info is None:
-        counts = state.service.metadata.journal_counts()  # the database only; S3 is not touched
+        # This host's daemon's journal (host_id): the database only, S3 is not touched.
+        counts = state.service.metadata.journal_counts(state.service.host)
         if as_json:
             _print_json({"running": False, "socket": str(state.settings.api_socket_path),
                          "counts": {"journal": counts}, "staged": staged, "uploading": uploading, "mounts": mounts})
@@ -808,7 +836,9 @@ def mount(state, mountpoint, foreground, allow_other, read_only, write_back, sta
         return
     logs.at_least_info(state.verbosity, "s3filesfs")  # a mount's log says what it refused
     ensure_private(settings.api_socket_path.parent)  # its pid files live beside the daemon's socket
-    mounting.run(state.service, settings, Path(mountpoint), allow_other=allow_other, read_only=read_only)
+    log.info("acting as %s", settings.identity.describe())
+    mounting.run(state.service.acting_as(settings.identity), settings, Path(mountpoint), allow_other=allow_other,
+                 read_only=read_only)
 
 
 @main.command()
@@ -839,13 +869,16 @@ def retry(state, names, as_json, include_interrupted, drops, staging_dir):
     the store is left as it is. Exit 1 if a name is not waiting.
     """
     folders = _staging_folders(state, staging_dir)
+    # Registered as this identity (the mount's, with the same config), seeing every row: the ids a
+    # staged upload replaces are ones the mount could see.
+    service = state.service.acting_as(state.identity(show_all=True))
     if drops:
-        _drop_staged(state.service, folders, drops, as_json)
+        _drop_staged(service, folders, drops, as_json)
         return
     wanted = [_staged_name(name) for name in names] or None
     done, failing = [], []
     for folder in folders:
-        registered, still_failing = staged_records.retry(state.service, folder, wanted, include_interrupted)
+        registered, still_failing = staged_records.retry(service, folder, wanted, include_interrupted)
         done += registered
         failing += still_failing
     tried = {(f.purpose, f.filename) for f in done} | {(r.purpose, r.filename) for r, _ in failing}

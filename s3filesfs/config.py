@@ -25,9 +25,11 @@ from pathlib import Path
 
 import yaml
 
+from .access import Attributes, Identity, normalized, parse_attribute_words
 from .errors import ConfigError
 from .metadata import PostgresLocation
 from .model import PURPOSES
+from .processes import default_host, host_id_problem
 
 SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "metadata_store_password")
 SSE_MODES = ("AES256", "aws:kms")
@@ -38,6 +40,7 @@ SEED_ENV = {
     "auto_create_bucket": "S3_AUTO_CREATE_BUCKET",
 }
 _ENV_REF = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)(?::([=+])([^}]*))?\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _xdg(name: str, fallback: str) -> Path:
@@ -50,6 +53,23 @@ def default_config_path() -> Path:
 
 def default_data_dir() -> Path:
     return _xdg("XDG_DATA_HOME", ".local/share") / "s3filesfs"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One key of the API (``api.keys``): the environment variable that holds it, and the identity a
+    request bearing it acts as. The key itself is never part of the settings."""
+
+    env: str
+    principal: str
+    attributes: Attributes = ()
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.principal, self.attributes)
+
+    def shown(self) -> dict:
+        return {"env": self.env, "principal": self.principal, "attributes": self.identity.attribute_map()}
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,8 @@ class Settings:
     metadata_store_max_overflow: int = 10
     metadata_store_pool_recycle: int = -1
     # Extensions.
+    # How this process names its host in the shared store (uploads under way, journal, staging records).
+    host_id: str = field(default_factory=default_host)
     aws_session_token: str | None = None
     prefix: str = ""
     server_side_encryption: str | None = None
@@ -92,6 +114,10 @@ class Settings:
     api_socket: Path | None = None  # None: $XDG_RUNTIME_DIR/s3filesfs/api.sock or /tmp/s3filesfs-<uid>/
     api_listen: str | None = None  # HOST:PORT of the optional TCP listener
     api_api_key_env: str | None = None  # the environment variable holding its bearer key
+    api_keys: tuple[ApiKey, ...] = ()  # keys that act as identities of their own
+    # Who the mount, the daemon and the CLI act as (section "identity:"); none: anonymous.
+    identity_principal: str = ""
+    identity_attributes: Attributes = ()
     # The mount (section "mount:").
     mount_staging_dir: Path | None = None  # None: <data_dir>/staging
     mount_staging_max_mb: int = 10240
@@ -107,6 +133,11 @@ class Settings:
     @property
     def backend(self) -> str:
         return "s3" if self.bucket_name else "local"
+
+    @property
+    def identity(self) -> Identity:
+        """The identity the mount, the daemon (and its socket without a key) and the CLI act as."""
+        return Identity(self.identity_principal, self.identity_attributes)
 
     @property
     def local_store_dir(self) -> Path:
@@ -175,6 +206,10 @@ class Settings:
                 value = masked_url(value)
             elif isinstance(value, Path):
                 value = str(value)
+            elif f.name == "identity_attributes":
+                value = Identity(attributes=value).attribute_map()
+            elif f.name == "api_keys":
+                value = [key.shown() for key in value]  # the variables' names, never their values
             elif isinstance(value, tuple):
                 value = list(value)
             if f.name == "db_path":
@@ -227,16 +262,18 @@ _SECTIONS = {"metadata_store": {"type", "backend", "table_name", *METADATA_STORE
                                 *METADATA_STORE_KEYS["postgres"]},
              "upload": {"part_size_mb", "concurrency"}}
 _SECTIONS["sync"] = {"watch_dir", "settle_seconds", "workers", "delete", "max_retries"}
-_SECTIONS["api"] = {"socket", "listen", "api_key_env"}
+_SECTIONS["api"] = {"socket", "listen", "api_key_env", "keys"}
+_SECTIONS["identity"] = {"principal", "attributes"}
 _SECTIONS["mount"] = {"staging_dir", "staging_max_mb", "log_file", "refresh_seconds", "write_back", "read_ahead_mb"}
 _SECTIONS["expiry"] = {"interval_seconds"}
-_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount", "expiry") for key in _SECTIONS[section]}
+_SCALAR_KEYS -= {f"{section}_{key}" for section in ("sync", "api", "mount", "expiry", "identity")
+                 for key in _SECTIONS[section]}
 _SCALAR_KEYS -= {f"metadata_store_{key}" for key in ("type", *METADATA_STORE_KEYS["postgres"])}
 
 
 def _file_key(name: str) -> tuple[str | None, str]:
     """A Settings field's place in the file: ``("upload", "part_size_mb")`` or ``(None, "region")``."""
-    for section in ("upload", "sync", "api", "mount", "expiry"):
+    for section in ("upload", "sync", "api", "mount", "expiry", "identity"):
         if name.startswith(f"{section}_") and name[len(section) + 1:] in _SECTIONS[section]:
             return section, name[len(section) + 1:]
     return None, name
@@ -416,6 +453,11 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
             v[key] = _optional(v[key])
     if v.get("endpoint_url"):
         _check_endpoint(v["endpoint_url"], where)
+    if "host_id" in v:
+        v["host_id"] = "" if v["host_id"] is None else str(v["host_id"])
+        problem = host_id_problem(v["host_id"])
+        if problem:
+            raise _fail(where, f"host_id {problem} (got {v['host_id']!r})")
     s3_selected = s3_selected or any(v.get(k) for k in ("endpoint_url", "aws_access_key_id", "prefix"))
     if s3_selected and not v.get("bucket_name"):
         raise _fail(where, "bucket_name is required to use S3 (remove the S3 settings to use the local store)")
@@ -453,6 +495,7 @@ def _check(values: dict, where: str | None, s3_selected: bool) -> Settings:
     if "stall_timeout_seconds" in v:
         v["stall_timeout_seconds"] = _as_seconds(v["stall_timeout_seconds"], "stall_timeout_seconds", where, 1.0, 3600)
     _check_daemon(v, where)
+    _check_identity(v, where)
     _check_metadata_store(v, where)
     if "mount_staging_max_mb" in v:
         v["mount_staging_max_mb"] = _as_int(v["mount_staging_max_mb"], "mount.staging_max_mb", where, 1, 1 << 30)
@@ -533,8 +576,67 @@ def _check_daemon(v: dict, where) -> None:
         host, sep, port = v["api_listen"].rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise _fail(where, f"api.listen must be HOST:PORT (got {v['api_listen']!r})")
-        if not v.get("api_api_key_env"):
-            raise _fail(where, "api.listen needs api.api_key_env: the TCP listener always requires a bearer key")
+        if not v.get("api_api_key_env") and not v.get("api_keys"):
+            raise _fail(where, "api.listen needs api.api_key_env (or api.keys): the TCP listener always requires "
+                               "a bearer key")
+
+
+def _attributes(value, key: str, where) -> Attributes:
+    """``identity.attributes`` (or a key's): a mapping of category to values; from a flag or the
+    environment, ``CATEGORY=VALUE[,VALUE]`` words (a list, or one string split on spaces)."""
+    try:
+        if isinstance(value, str):
+            value = value.split()
+        if isinstance(value, list | tuple) and all(isinstance(word, str) for word in value):
+            value = parse_attribute_words(value)
+        if value is None:
+            return ()
+        return normalized(value)
+    except ValueError as exc:
+        raise _fail(where, f"{key}: {exc}") from None
+
+
+def _principal(value, key: str, where) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise _fail(where, f"{key} must be a string (got {value!r})")
+    return str(value).strip()
+
+
+def _check_identity(v: dict, where) -> None:
+    """The ``identity:`` section and ``api.keys``, checked in place."""
+    if "identity_principal" in v:
+        v["identity_principal"] = _principal(v["identity_principal"], "identity.principal", where)
+    if "identity_attributes" in v:
+        v["identity_attributes"] = _attributes(v["identity_attributes"], "identity.attributes", where)
+        if v["identity_attributes"] and not v.get("identity_principal"):
+            raise _fail(where, "identity.attributes need identity.principal: a file written with attributes "
+                               "has an owner (set a principal, e.g. --principal NAME)")
+    if "api_keys" not in v:
+        return
+    keys = v["api_keys"] or []
+    if not isinstance(keys, list):
+        raise _fail(where, "api.keys must be a list of {env, principal, attributes}")
+    checked: list[ApiKey] = []
+    for index, entry in enumerate(keys):
+        name = f"api.keys[{index}]"
+        if not isinstance(entry, dict):
+            raise _fail(where, f"{name} must be a mapping with env, principal and attributes")
+        for key in entry:
+            if key not in ("env", "principal", "attributes"):
+                raise _unknown(where, f"{name}.{key}", {f"{name}.env", f"{name}.principal", f"{name}.attributes"})
+        env = str(entry.get("env") or "").strip()
+        if not _ENV_NAME.match(env):
+            # Only the name: the key itself never goes in a file.
+            raise _fail(where, f"{name}.env must name the environment variable that holds the key (got {env!r})")
+        if any(other.env == env for other in checked):
+            raise _fail(where, f"{name}.env: {env} is used by another key")
+        principal = _principal(entry.get("principal"), f"{name}.principal", where)
+        if not principal:
+            raise _fail(where, f"{name}.principal is required: the identity a request with this key acts as")
+        checked.append(ApiKey(env, principal, _attributes(entry.get("attributes"), f"{name}.attributes", where)))
+    v["api_keys"] = tuple(checked)
 
 
 def load(config_path: str | Path | None = None, flags: dict | None = None) -> Settings:

@@ -4,27 +4,32 @@ The only module that touches both. Its rules, shared with the Llama Stack ``remo
 
 * **create** writes the object first and the row second, so a failed upload registers nothing and
   a registered file always has its body (a row whose insert fails has its object removed again);
-* every upload is recorded (``s3filesfs_intents``: its id and the process sending it) before its
-  first byte leaves, and forgotten once its row is in or its upload aborted. A process that dies
-  mid-upload leaves that record behind, and ``reap_abandoned`` (run by every mount start and
-  ``retry``) removes what it may have left in the bucket: an object without a row, an open
-  multipart upload;
+* every upload is recorded (``s3filesfs_intents``: its id and the process sending it, named with
+  its host id) before its first byte leaves, and forgotten once its row is in or its upload
+  aborted. A process that dies mid-upload leaves that record behind, and ``reap_abandoned`` (run by
+  every mount start and ``retry`` on the same host) removes what it may have left in the bucket: an
+  object without a row, an open multipart upload;
 * **delete** removes the object, then the row; a missing object is not an error;
 * a row whose object has vanished is treated as gone: reading it removes the row and answers
   not-found. Rows younger than ``ORPHAN_GRACE`` are spared, because the seed server writes its row
   *before* its object and may simply not have finished: such a row is hidden from listings instead
   (noted in ``s3filesfs_missing``, so every process on the database hides it), shown again once a
   read finds its object, and deleted by the first listing after the grace if its object is still
-  missing then;
+  missing then (one process at a time: the holder of the ``settle-missing`` lease);
 * expired files are invisible and removed on touch or by ``gc``;
 * listings are ordered by ``(created_at, id)``, so files created in the same second are never
-  skipped or repeated across pages.
+  skipped or repeated across pages;
+* a service acts as an ``Identity`` (``acting_as``): it writes rows owned by it, and list, retrieve,
+  content, rename and delete see only the rows it may see (``access.py``); any other id is simply
+  not found. The upkeep steps (gc, check, rebuild, repair, reaping abandoned uploads, settling
+  missing objects) always see every row. A service built here acts as the operator, who sees all.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import threading
 import time
 import urllib.parse
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import metrics
+from .access import ANONYMOUS, OPERATOR, Identity
 from .blobs import BlobInfo, BlobStore, BlobWriter, UploadInfo
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
 from .metadata import ChangeFeed, MetadataStore
@@ -50,9 +56,13 @@ from .model import (
     new_file_id,
     parse_expires_after,
 )
-from .processes import is_running, this_process
+from .processes import default_host, is_running, this_process
 
 ORPHAN_GRACE = 300  # seconds a row may wait for its object before a read may reap it
+# The lease under which one process at a time settles rows hidden for want of their object; held
+# only for the few requests that takes, and released at once.
+SETTLE_LEASE = "settle-missing"
+SETTLE_LEASE_SECONDS = 120.0
 
 
 @dataclass
@@ -161,7 +171,7 @@ class PendingFile:
             raise
         file = FileObject(**{**self._file.to_row(), "bytes": size})
         try:
-            service.metadata.insert(file.to_row())
+            service.metadata.insert(file.to_row(), writer=service.identity)
         except BaseException:
             service.blobs.delete(file.id)
             service.metadata.intent_remove(file.id)
@@ -192,24 +202,39 @@ class FileService:
         blobs: BlobStore,
         purposes: tuple[str, ...] = PURPOSES,
         clock: Callable[[], float] = time.time,
+        host: str | None = None,
+        identity: Identity = OPERATOR,
     ):
+        self.identity = identity
+        self._root = self  # views (``acting_as``) share this one's readiness and uploads under way
         self.metadata = metadata
         self._blobs = blobs
         self.purposes = tuple(purposes)
         self.clock = clock
+        # The host id (``host_id``) this process works as: its uploads under way, journal entries and
+        # staging records carry it, and only its own are ever cleaned up or resolved here.
+        self.host = host or default_host()
         self._ready = False
         self._ready_lock = threading.Lock()
         self._live: set[str] = set()  # ids this process is uploading right now
         self._stranded: set[str] = set()  # ids this process gave up on, whose leftovers may remain
 
+    def acting_as(self, identity: Identity) -> FileService:
+        """This service for ``identity``: the same database, store and uploads under way, writing
+        rows owned by ``identity`` and seeing only what it may see. Cheap: one per request is fine."""
+        view = copy.copy(self)
+        view.identity = identity
+        return view
+
     @property
     def blobs(self) -> BlobStore:
         """The blob store, checked once on first use (metadata-only commands never wait on S3)."""
-        if not self._ready:
-            with self._ready_lock:
-                if not self._ready:
-                    self._blobs.ensure_ready()
-                    self._ready = True
+        root = self._root
+        if not root._ready:
+            with root._ready_lock:
+                if not root._ready:
+                    root._blobs.ensure_ready()
+                    root._ready = True
         return self._blobs
 
     @property
@@ -223,11 +248,16 @@ class FileService:
         For long-running callers: a bucket that vanished (an emptied test server, a re-created
         environment) comes back under ``auto_create_bucket`` instead of failing forever.
         """
-        with self._ready_lock:
-            self._ready = False
+        with self._root._ready_lock:
+            self._root._ready = False
 
     def now(self) -> int:
         return int(self.clock())
+
+    @property
+    def owner(self) -> str:
+        """This process's owner name, ``host:pid:start`` (recomputed after a fork)."""
+        return this_process(self.host)
 
     # --- create ------------------------------------------------------------------------------
 
@@ -251,7 +281,7 @@ class FileService:
         )
         blobs = self.blobs  # a missing bucket fails here, before anything is recorded
         self._live.add(file.id)
-        self.metadata.intent_add(file.id, this_process(), self.now())
+        self.metadata.intent_add(file.id, self.owner, self.now())
         return PendingFile(self, file, blobs.writer(file.id, object_metadata(file)))
 
     def create(
@@ -276,9 +306,9 @@ class FileService:
     # --- read --------------------------------------------------------------------------------
 
     def retrieve(self, file_id: str) -> FileObject:
-        row = self.metadata.get(file_id) if is_file_id(file_id) else None
+        row = self.metadata.get(file_id, viewer=self.identity) if is_file_id(file_id) else None
         if row is None:
-            raise NotFound(file_id)
+            raise NotFound(file_id)  # missing, or not this identity's to see: the same answer
         file = FileObject.from_row(row)
         if file.is_expired(self.clock()):
             self._remove(file_id)
@@ -302,14 +332,13 @@ class FileService:
             check_purpose(purpose, PURPOSES)
         cursor = None
         if after:
-            row = self.metadata.get(after) if is_file_id(after) else None
+            row = self.metadata.get(after, viewer=self.identity) if is_file_id(after) else None
             if row is None:
                 raise InvalidRequest(f"after: no file '{after}' to continue from", "after")
             cursor = (int(row["created_at"]), row["id"])
         self._settle_missing()
-        rows = self.metadata.page(
-            now=self.now(), limit=limit + 1, descending=order == "desc", purpose=purpose, after=cursor
-        )
+        rows = self.metadata.page(viewer=self.identity, now=self.now(), limit=limit + 1,
+                                  descending=order == "desc", purpose=purpose, after=cursor)
         return FilePage([FileObject.from_row(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
     def iter_all(self, purpose: str | None = None, order: str = "asc") -> Iterator[FileObject]:
@@ -354,7 +383,7 @@ class FileService:
     def _vanished(self, file: FileObject) -> NotFound:
         """A read found no object: delete the row if it is past the grace, else hide it."""
         if self.now() - file.created_at >= ORPHAN_GRACE:
-            self.metadata.delete(file.id)
+            self.metadata.delete(file.id, viewer=OPERATOR)
         else:
             self.metadata.missing_add(file.id, self.now())
         return NotFound(file.id)
@@ -366,8 +395,30 @@ class FileService:
 
     def _settle_missing(self) -> None:
         """Hidden rows past the grace: deleted if their object is still missing, else shown again.
-        One look per row, once; a store that does not answer leaves them hidden until it does."""
-        for file_id, has_row in self.metadata.missing_due(self.now() - ORPHAN_GRACE):
+        One look per row, once; a store that does not answer leaves them hidden until it does.
+
+        Every listing of every process on every host sharing the database comes here. The query for
+        what is due is cheap and usually empty; when something is due, only the holder of the
+        ``settle-missing`` lease settles it (one HEAD and one delete per row for the whole store, not
+        one per process, and never two deciding about one row at once); the others list without
+        it, the rows staying hidden meanwhile."""
+        due = self.metadata.missing_due(self.now() - ORPHAN_GRACE)
+        if not due:
+            return
+        holder = f"{self.owner}/{id(self):x}"
+        try:
+            if not self.hold_lease(SETTLE_LEASE, holder, SETTLE_LEASE_SECONDS):
+                return
+        except S3FilesError:
+            return  # the database will not take the lease now: the rows stay hidden until it does
+        try:
+            self._settle(due)
+        finally:
+            with contextlib.suppress(S3FilesError):
+                self.release_lease(SETTLE_LEASE, holder)
+
+    def _settle(self, due: builtins.list[tuple[str, bool]]) -> None:
+        for file_id, has_row in due:
             if not has_row:  # deleted meanwhile (by us or by another server): only the note is left
                 self.metadata.missing_remove(file_id)
                 continue
@@ -378,7 +429,7 @@ class FileService:
             if found:
                 self.metadata.missing_remove(file_id)
             else:
-                self.metadata.delete(file_id)
+                self.metadata.delete(file_id, viewer=OPERATOR)
 
     # --- what a long-running reader (the mount) asks --------------------------------------------
 
@@ -396,7 +447,7 @@ class FileService:
 
     def live(self, file_id: str) -> FileObject | None:
         """The file ``file_id`` if listings show it (not expired, not hidden), else None."""
-        row = self.metadata.live(file_id, self.now()) if is_file_id(file_id) else None
+        row = self.metadata.live(file_id, self.now(), viewer=self.identity) if is_file_id(file_id) else None
         return None if row is None else FileObject.from_row(row)
 
     def named(self, purpose: str, filenames: builtins.list[str], file_id: str | None = None,
@@ -404,11 +455,12 @@ class FileService:
         """The live files of ``purpose`` with one of ``filenames`` (or the id ``file_id``, or a
         filename that reads ``slash_form`` with ``／`` for ``/``), oldest first."""
         return [FileObject.from_row(row)
-                for row in self.metadata.named(purpose, filenames, file_id, self.now(), slash_form)]
+                for row in self.metadata.named(purpose, filenames, file_id, self.now(), slash_form,
+                                               viewer=self.identity)]
 
     def unusual(self, purpose: str | None = None) -> builtins.list[FileObject]:
         """The live files whose shown name may not be their filename (see ``MetadataStore.unusual``)."""
-        return [FileObject.from_row(row) for row in self.metadata.unusual(self.now(), purpose)]
+        return [FileObject.from_row(row) for row in self.metadata.unusual(self.now(), purpose, viewer=self.identity)]
 
     # --- rename ------------------------------------------------------------------------------
 
@@ -416,20 +468,21 @@ class FileService:
         """Give a file a new name and/or purpose: metadata only, the object is not touched."""
         check_purpose(purpose, self.purposes)
         file = self.retrieve(file_id)
-        if not self.metadata.update(file_id, filename=filename, purpose=purpose):
+        if not self.metadata.update(file_id, viewer=self.identity, filename=filename, purpose=purpose):
             raise NotFound(file_id)  # deleted by someone else between the two statements
         return FileObject(**{**file.to_row(), "filename": filename, "purpose": purpose})
 
     # --- delete ------------------------------------------------------------------------------
 
     def delete(self, file_id: str) -> dict:
-        self.retrieve(file_id)  # not found, or expired (and now removed): NotFound
+        self.retrieve(file_id)  # not found, not ours to see, or expired (and now removed): NotFound
         self._remove(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
-    def _remove(self, file_id: str) -> None:
+    def _remove(self, file_id: str, viewer: Identity | None = None) -> None:
+        """Delete a file the caller has seen (``viewer``: this service's identity unless given)."""
         self.blobs.delete(file_id)
-        self.metadata.delete(file_id)
+        self.metadata.delete(file_id, viewer=viewer or self.identity)
 
     def abandon(self, file_id: str) -> bool:
         """Remove what an interrupted create left under ``file_id``: an upload never completed
@@ -437,7 +490,7 @@ class FileService:
 
         A registered file (one with a row) is left alone; returns True if the id was free of a row.
         """
-        if self.metadata.get(file_id) is not None:
+        if self.has_row(file_id):
             self.metadata.intent_remove(file_id)
             self._stranded.discard(file_id)
             return False
@@ -472,14 +525,20 @@ class FileService:
     def reap_abandoned(self) -> builtins.list[str]:
         """Clean up after every upload that its process (on this host) gave up or died in before
         finishing; returns the ids whose leftovers were removed. Uploads under way in any process,
-        and those of processes on other hosts, are left alone. One failure does not stop the rest."""
+        and those of processes on other hosts, are left alone. One failure does not stop the rest.
+
+        Per host by construction, so no lease is needed although every mount start, daemon scan
+        and ``retry`` on every host runs it: only this host can tell that one of its processes has
+        ended (``processes.is_running``), and an owner named by another host id (another machine,
+        or a process here configured as another host) is never judged dead here. What a host that
+        is gone for good left is reaped by a ``repair`` run with its ``host_id``."""
         reaped, failures = [], []
-        me = this_process()
+        me = self.owner
         for intent in self.metadata.intents():
             if intent["owner"] == me:
                 if intent["id"] in self._live:
                     continue  # ours and still under way
-            elif is_running(intent["owner"]) is not False:
+            elif is_running(intent["owner"], self.host) is not False:
                 continue
             try:
                 if self.abandon(intent["id"]):
@@ -500,7 +559,7 @@ class FileService:
             if before_each is not None and not before_each():
                 break
             try:
-                self._remove(file_id)
+                self._remove(file_id, OPERATOR)
                 removed.append(file_id)
             except S3FilesError as exc:
                 failures.append(exc)
@@ -515,8 +574,8 @@ class FileService:
         return (info for info in self.blobs.keys() if is_file_id(info.key))
 
     def has_row(self, file_id: str) -> bool:
-        """True if ``file_id`` has a row, expired or not."""
-        return self.metadata.get(file_id) is not None
+        """True if ``file_id`` has a row, expired or not, whoever owns it."""
+        return self.metadata.get(file_id, viewer=OPERATOR) is not None
 
     def describe_object(self, file_id: str) -> BlobInfo | None:
         """The object of ``file_id`` with its metadata and time, or None if there is none."""
@@ -528,26 +587,27 @@ class FileService:
 
     def restore(self, file: FileObject) -> bool:
         """Register ``file``, whose object is already in the store, unless its id has a row (which
-        is left as it is); True if the row was added."""
-        return self.metadata.insert_missing(file.to_row())
+        is left as it is); True if the row was added. The row is public: an object does not say
+        who owned it."""
+        return self.metadata.insert_missing(file.to_row(), writer=ANONYMOUS)
 
     def drop_row_without_object(self, file_id: str, grace: float = ORPHAN_GRACE) -> str:
         """Remove ``file_id``'s row if its object is gone and the row is ``grace`` seconds old or
         more (younger, the seed may still be writing the object). Says what it found:
         ``removed``, ``young``, ``has object`` (it arrived meanwhile) or ``gone`` (no row now)."""
-        row = self.metadata.get(file_id)
+        row = self.metadata.get(file_id, viewer=OPERATOR)
         if row is None:
             return "gone"
         if self.now() - int(row["created_at"] or 0) < grace:
             return "young"
         if self.blobs.head(file_id) is not None:
             return "has object"
-        self.metadata.delete(file_id)
+        self.metadata.delete(file_id, viewer=OPERATOR)
         return "removed"
 
     def delete_object_without_row(self, file_id: str) -> bool:
         """Delete the object of ``file_id`` unless it has a row (by now); True if deleted."""
-        if self.metadata.get(file_id) is not None:
+        if self.has_row(file_id):
             return False
         self.blobs.delete(file_id)
         return True
@@ -590,7 +650,8 @@ class FileService:
 
 def open_service(settings) -> FileService:
     """Wire a FileService from ``config.Settings``: the embedded local store or S3, and the
-    metadata on SQLite or PostgreSQL."""
+    metadata on SQLite or PostgreSQL. It acts as the operator (every row): a face that serves a
+    caller uses ``acting_as(settings.identity)`` or the caller's own identity."""
     if settings.backend == "s3":
         from .blobs.s3 import S3BlobStore  # boto3 is only imported when S3 is used
 
@@ -613,4 +674,5 @@ def open_service(settings) -> FileService:
         from .blobs.local import LocalBlobStore
 
         blobs = LocalBlobStore(settings.local_store_dir)
-    return FileService(MetadataStore(settings.metadata_location), blobs, purposes=settings.purposes)
+    return FileService(MetadataStore(settings.metadata_location, host=settings.host_id), blobs,
+                       purposes=settings.purposes, host=settings.host_id)

@@ -13,8 +13,9 @@ judged are its rules (files.py). This module walks the store, decides, counts an
   multipart uploads. Nothing younger than its grace is touched, nor anything recorded as being
   uploaded right now;
 * **ExpiryTimer** removes expired files every ``expiry.interval_seconds`` in the mount and the
-  daemon. On a shared database one process at a time does it: the one holding the ``expiry``
-  lease, which it renews before every removal.
+  daemon. On a shared database one process at a time does it, whichever host it runs on: the one
+  holding the ``expiry`` lease, which it renews before every removal. Without the lease, N hosts
+  would each list and remove the same expired files every interval.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from .blobs import BlobInfo, UploadInfo
 from .errors import S3FilesError
 from .files import ORPHAN_GRACE, CheckReport, FileService, file_from_object
 from .model import FileObject, expires_at_for
-from .processes import this_process
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,12 @@ def repair(service: FileService, found: CheckReport, report: Report, *, grace: f
     ``aborted upload`` (open for ``upload_grace`` seconds). Left, and reported as ``left``: anything
     younger, recorded as under way, or (without ``delete_orphans``) without metadata to register it
     by. Size mismatches are not changed. A failure is reported and the rest still done.
+
+    Run by hand (``s3filesfs check --repair``), never on a timer, so no lease: two hosts repairing
+    at once only repeat checks (a registration and an abort are idempotent). It never takes another
+    host's work: the abandoned uploads are this host's own (``reap_abandoned``), and an upload
+    recorded as under way by any host, its process dead or not, is left alone; a host that is gone
+    for good has its leftovers reaped by a repair run with its ``host_id``.
     """
     counts: Counter = Counter()
 
@@ -274,7 +280,7 @@ class ExpiryTimer:
         self.service = service
         self.interval = interval
         self.lease_seconds = lease_seconds if lease_seconds is not None else 2 * interval + LEASE_MARGIN
-        self.holder = f"{this_process()}/{uuid.uuid4().hex[:8]}"  # unique even among timers of one process
+        self.holder = f"{service.owner}/{uuid.uuid4().hex[:8]}"  # unique even among timers of one process
         self.counts: Counter = Counter()  # sweeps, removed, skipped (the lease was elsewhere), failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -85,12 +85,17 @@ class BlobStore(ABC):
 
     def abort_unfinished(self, key: str) -> int:
         """Remove what writers of ``key`` that never finished left in the store (S3: its
-        incomplete multipart uploads); returns how many. Other keys are never touched."""
+        incomplete multipart uploads); returns how many. Other keys are never touched.
+
+        Safe with several hosts on one bucket: every file id is new and written by one writer
+        only, and callers ask this only for ids whose writer has ended (their own, or one of their
+        host's dead processes), so it never cuts off another host's upload."""
         return 0
 
     def open_uploads(self) -> Iterator[UploadInfo]:
         """Every upload begun and neither completed nor aborted, streamed. A store whose writers
-        leave nothing behind that outlives them (the local store) has none."""
+        leave nothing behind that outlives them (the local store) has none. Every host sees every
+        host's uploads here: only ``repair`` looks, and it leaves those recorded as under way."""
         return iter(())
 
     def abort_upload(self, upload: UploadInfo) -> None:

@@ -3,7 +3,10 @@
 ``GET /metrics`` answers the process's Prometheus metrics (``metrics.py``).
 
 The main listener is a Unix socket (mode 0600 in a 0700 folder: only its owner can connect); an
-optional TCP listener serves the same app behind a bearer key. Every error leaves as an OpenAI-shaped
+optional TCP listener serves the same app behind a bearer key. Each request acts as an identity
+(``access.py``): the one its bearer key is mapped to, or, on the Unix socket, the local user's when it
+sends no key; a key that is not one of them is refused (401). It sees only the files that identity may
+see: any other id answers 404, exactly as a missing one. Every error leaves as an OpenAI-shaped
 body ``{"error": {"message", "type", "param", "code"}}`` whose status comes from ``errors.py``:
 validation problems are 400 (not FastAPI's 422), unknown ids 404, storage failures 502/503.
 Handlers are plain functions, so FastAPI runs the blocking FileService calls in its thread pool.
@@ -17,7 +20,7 @@ import os
 import socket
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -27,6 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import metrics
+from ..access import Identity
 from ..errors import ConfigError, InvalidRequest, S3FilesError, internal_error
 from ..runtime_dir import ensure_private
 from . import schema
@@ -57,21 +61,37 @@ def content_disposition(filename: str) -> str:
     return header
 
 
-def create_app(service, status: Callable[[], dict], api_key: str | None = None) -> FastAPI:
+def _identity_of(given: bytes, keys: list[tuple[bytes, Identity]]) -> Identity | None:
+    """The identity of the ``Authorization`` header ``given``, compared with every key in constant
+    time (how long it takes says nothing about which key came close)."""
+    found = None
+    for expected, identity in keys:
+        if hmac.compare_digest(given, expected) and found is None:
+            found = identity
+    return found
+
+
+def create_app(service, status: Callable[[], dict], keys: Mapping[str, Identity] | None = None,
+               without_key: Identity | None = None) -> FastAPI:
+    """The app over ``service``; ``keys`` maps each bearer key to the identity it acts as, and a
+    request without a key acts as ``without_key`` (None: a key is required, as on TCP)."""
     app = FastAPI(title="s3filesfs", description="The OpenAI Files API over an S3 bucket, plus the daemon's status.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    schema.install(app, bearer_key=api_key is not None)
+    schema.install(app, bearer_key=without_key is None)
+    expected = [(f"Bearer {key}".encode(), identity) for key, identity in (keys or {}).items()]
 
-    if api_key is not None:
-        expected = f"Bearer {api_key}".encode()
+    @app.middleware("http")
+    async def identify(request: Request, call_next):
+        given = request.headers.get("authorization", "").encode()
+        identity = without_key if not given else _identity_of(given, expected)
+        if identity is None:
+            return _error(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+                          "invalid_request_error", code="invalid_api_key")
+        request.state.identity = identity
+        return await call_next(request)
 
-        @app.middleware("http")
-        async def require_key(request: Request, call_next):
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'",
-                              "invalid_request_error", code="invalid_api_key")
-            return await call_next(request)
+    def caller(request: Request):
+        return service.acting_as(request.state.identity)
 
     @app.exception_handler(S3FilesError)
     async def store_error(request: Request, exc: S3FilesError):
@@ -99,35 +119,35 @@ def create_app(service, status: Callable[[], dict], api_key: str | None = None) 
         return JSONResponse(internal_error(exc).to_openai(), status_code=500)
 
     @app.get("/v1/files", responses={200: {"model": schema.OpenAIFileList}, **schema.errors(400, 502, 503)})
-    def list_files(after: str | None = None, limit: int | None = None, order: str | None = None,
-                   purpose: str | None = None):
-        return service.list(after=after, limit=limit, order=order, purpose=purpose).to_openai()
+    def list_files(request: Request, after: str | None = None, limit: int | None = None,
+                   order: str | None = None, purpose: str | None = None):
+        return caller(request).list(after=after, limit=limit, order=order, purpose=purpose).to_openai()
 
     @app.get("/v1/files/{file_id}", responses={200: {"model": schema.OpenAIFile}, **schema.errors(404, 502, 503)})
-    def retrieve(file_id: str):
-        return service.retrieve(file_id).to_openai()
+    def retrieve(request: Request, file_id: str):
+        return caller(request).retrieve(file_id).to_openai()
 
     @app.get("/v1/files/{file_id}/content", response_class=StreamingResponse,
              responses={**schema.CONTENT, **schema.errors(404, 502, 503)})
-    def content(file_id: str):
-        file, chunks = service.content(file_id)
+    def content(request: Request, file_id: str):
+        file, chunks = caller(request).content(file_id)
         return StreamingResponse(chunks, media_type="application/octet-stream",
                                  headers={"Content-Length": str(file.bytes),
                                           "Content-Disposition": content_disposition(file.filename)})
 
     @app.delete("/v1/files/{file_id}",
                 responses={200: {"model": schema.OpenAIFileDeleted}, **schema.errors(404, 502, 503)})
-    def delete(file_id: str):
-        return service.delete(file_id)
+    def delete(request: Request, file_id: str):
+        return caller(request).delete(file_id)
 
     @app.post("/v1/files", responses={200: {"model": schema.OpenAIFile}, **schema.errors(400, 502, 503)})
-    def upload(file: UploadFile = File(...), purpose: str = Form(...),
+    def upload(request: Request, file: UploadFile = File(...), purpose: str = Form(...),
                anchor: str | None = Form(None, alias="expires_after[anchor]"),
                seconds: str | None = Form(None, alias="expires_after[seconds]")):
         expires_after = None
         if anchor is not None or seconds is not None:
             expires_after = {"anchor": anchor, "seconds": seconds}
-        return service.create(file.file, file.filename, purpose, expires_after).to_openai()
+        return caller(request).create(file.file, file.filename, purpose, expires_after).to_openai()
 
     @app.get("/v1/status", responses={200: {"description": "What the daemon is doing (see docs/daemon.md)"}})
     def get_status():

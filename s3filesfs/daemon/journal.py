@@ -1,6 +1,9 @@
 """The daemon's journal: which local file (``purpose/name``) holds which file id, and in what state.
 
-Entries live in the ``s3filesfs_journal`` table (its SQL is in ``metadata/``). This module owns
+Entries live in the ``s3filesfs_journal`` table (its SQL is in ``metadata/``), keyed by host id and
+path: a journal is one host's (``host_id``), and sees only that host's entries, so the daemons of
+several hosts sharing one database may have the same file names in their drop folders without
+resolving each other's pending uploads or overwriting each other's entries. This module owns
 their meaning and the order of writes that makes uploads exactly-once across crashes:
 
 1. ``begin_upload`` records the pre-generated id as ``pending_id`` *before* anything is committed;
@@ -31,6 +34,7 @@ STATES = (UPLOADING, INTERRUPTED, RETRYING, FAILED, DONE)
 
 @dataclass(frozen=True)
 class Entry:
+    host: str
     path: str
     purpose: str | None
     state: str | None
@@ -53,25 +57,26 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, metadata):
-        # The MetadataStore: only its journal_* methods are used here.
+    def __init__(self, metadata, host: str):
+        # The MetadataStore: only its journal_* methods are used here, each for ``host``'s entries.
         self._db = metadata
+        self.host = host
 
     def _put(self, path: str, **values) -> None:
-        self._db.journal_put(path, updated_at=int(time.time()), **values)
+        self._db.journal_put(self.host, path, updated_at=int(time.time()), **values)
 
     def get(self, path: str) -> Entry | None:
-        row = self._db.journal_get(path)
+        row = self._db.journal_get(self.host, path)
         return Entry(**row) if row else None
 
     def all(self) -> list[Entry]:
-        return [Entry(**row) for row in self._db.journal_all()]
+        return [Entry(**row) for row in self._db.journal_all(self.host)]
 
     def counts(self) -> dict[str, int]:
-        return self._db.journal_counts()
+        return self._db.journal_counts(self.host)
 
     def failures(self, limit: int = 20) -> list[dict]:
-        return self._db.journal_failures(limit)
+        return self._db.journal_failures(self.host, limit)
 
     def begin_upload(self, path: str, purpose: str, pending_id: str, size: int, mtime_ns: int) -> None:
         self._put(path, purpose=purpose, state=UPLOADING, pending_id=pending_id, pending_size=size,
@@ -107,4 +112,4 @@ class Journal:
         self._put(path, purpose=purpose, state=FAILED if final else RETRYING, attempts=attempts, error=error)
 
     def forget(self, path: str) -> None:
-        self._db.journal_delete(path)
+        self._db.journal_delete(self.host, path)

@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import __version__, metrics, sdnotify
+from .. import __version__, logs, metrics, sdnotify
+from ..access import Identity
 from ..errors import ConfigError, S3FilesError
 from ..files import open_service
 from ..upkeep import ExpiryTimer, start_expiry_timer
@@ -37,10 +38,13 @@ class DaemonService:
                  rescan_seconds: float = RESCAN_SECONDS, grace: float = 10.0):
         self.settings = settings
         self.service = service or open_service(settings)
-        self.journal = Journal(self.service.metadata)
+        self.journal = Journal(self.service.metadata, self.service.host)
         self.root = Path(settings.sync_watch_dir).expanduser()
         self.purposes = tuple(settings.purposes)
-        self.uploader = Uploader(self.service, self.journal, self.root, settle=settings.sync_settle_seconds,
+        # The drop folders' files are written as the daemon's identity; the uploader sees every row,
+        # as it replaces and deletes only the ids its own journal recorded.
+        writer = self.service.acting_as(settings.identity.with_full_view())
+        self.uploader = Uploader(writer, self.journal, self.root, settle=settings.sync_settle_seconds,
                                  workers=settings.sync_workers, max_retries=settings.sync_max_retries,
                                  delete=settings.sync_delete, retry_base=retry_base, retry_cap=retry_cap)
         self.watcher = Watcher(self.root, self.purposes, self.uploader)
@@ -67,18 +71,15 @@ class DaemonService:
         # The bucket first: a missing bucket (without auto_create_bucket), refused credentials or
         # an unreachable endpoint stop the daemon at start with the error, before it serves.
         _ = self.service.blobs
-        api_key = None
-        if self.settings.api_listen:
-            api_key = os.environ.get(self.settings.api_api_key_env or "")
-            if not api_key:
-                raise ConfigError(f"--listen needs a key: set the environment variable "
-                                  f"{self.settings.api_api_key_env or '(see --api-key-env)'}")
+        keys = self._api_keys()
         metrics.watch_queue(self.uploader.depth)
-        self._servers.append(ApiServer(create_app(self.service, self.status), bind_unix(self.socket_path), "unix"))
+        local = self.settings.identity
+        self._servers.append(ApiServer(create_app(self.service, self.status, keys, without_key=local),
+                                       bind_unix(self.socket_path), "unix"))
         self._owns_socket = True
         if self.settings.api_listen:
             sock = bind_tcp(self.settings.api_listen)
-            self._servers.append(ApiServer(create_app(self.service, self.status, api_key), sock, "tcp"))
+            self._servers.append(ApiServer(create_app(self.service, self.status, keys), sock, "tcp"))
         self.started_at = time.time()
         self.uploader.start()
         self.watcher.start()  # events from here on; the scan below covers what came before
@@ -90,12 +91,37 @@ class DaemonService:
         self._expiry = start_expiry_timer(self.service, self.settings.expiry_interval_seconds)
         log.info("watching %s; API on %s", self.root, self.socket_path)
 
+    def _api_keys(self) -> dict[str, Identity]:
+        """Each bearer key, read from its environment variable, and the identity it acts as: the
+        daemon's own for ``api.api_key_env``, its own for each of ``api.keys``."""
+        settings = self.settings
+        keys: dict[str, Identity] = {}
+        sources: dict[str, str] = {}
+        wanted = [(settings.api_api_key_env, settings.identity)] if settings.api_api_key_env else []
+        wanted += [(key.env, key.identity) for key in settings.api_keys]
+        for env, identity in wanted:
+            value = os.environ.get(env or "")
+            if not value:
+                if env == settings.api_api_key_env and not settings.api_listen:
+                    continue  # only the TCP listener needs this one
+                what = "--listen needs a key" if env == settings.api_api_key_env else "api.keys names a key"
+                raise ConfigError(f"{what}: set the environment variable {env}")
+            logs.protect(value)
+            if value in keys and keys[value] != identity:
+                raise ConfigError(f"api.keys: {sources[value]} and {env} hold the same key for different identities")
+            keys[value], sources[value] = identity, env
+        return keys
+
     def reconcile(self) -> int:
         """Submit every journal entry and every file on disk: new, changed and removed files, and
         unchanged ones whose xattr does not show their registered id.
 
         First, remove what uploads cut off by a crash (of this daemon, a mount, the CLI) or given
-        up during an outage left in the store."""
+        up during an outage left in the store.
+
+        Per host by construction, so it runs on every host's daemon at start and every rescan
+        without a lease: the journal entries and the watch folder are this host's own, and only
+        this host's dead processes' uploads are reaped (``FileService.reap_abandoned``)."""
         try:
             self.service.reap_abandoned()
         except S3FilesError as exc:
@@ -168,6 +194,7 @@ class DaemonService:
             "delete": self.uploader.delete,
             "bucket": self.settings.bucket_name,
             "database": self.settings.database,
+            "identity": self.settings.identity.to_dict(),
             "queue_length": snapshot["queue_length"],
             "waiting_to_settle": snapshot["waiting_to_settle"],
             "in_flight": snapshot["in_flight"],

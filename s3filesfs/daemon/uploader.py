@@ -6,7 +6,8 @@ being worked on is looked at again afterwards. The work on one path (``_sync_onc
 so a crash, a restart or a duplicate event can only repeat checks, never uploads:
 
 * a pending id left by an interrupted upload is resolved first (promoted if its row exists, its
-  leftover object removed if not), then a replaced id still waiting is deleted;
+  leftover object removed if not), then a replaced id still waiting is deleted; the journal is this
+  host's, so a pending id is always one this host's daemon chose, never another host's upload;
 * a file whose size and mtime match the journal is unchanged; one with the same size and sha256 was
   only touched; anything else is uploaded under a new id which then replaces the old one;
 * a missing file forgets its entry, and deletes its id only in ``delete`` mode;

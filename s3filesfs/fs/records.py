@@ -12,6 +12,11 @@ mount holds a shared lock on the records of the files it has; a record nobody ho
 * ``writing`` (its mount died) counts as interrupted; ``closed``/``uploading`` as failed, after
   ``uploading`` is first checked: if its row exists, it was registered and is finished instead.
 
+A record names the store it is for and the host (``host_id``) whose mount wrote it: ``status``,
+``retry`` and a mount's recovery take only their own host's records for their own store. A staging
+folder is meant to be one host's, but one in a home folder shared by several hosts (NFS) may hold
+another host's records, which that host's own ``retry`` or next mount registers, not this one.
+
 Records are written atomically, the lock taken before the rename. ``retry`` writes the id it will
 register under into the record before sending a byte, so a ``retry`` killed at any point is
 finished by the next one, never registered twice. No mfusepy here: the CLI imports this module.
@@ -50,6 +55,12 @@ class StagedRecord:
     bytes: int
     uploading_id: str | None = None
     store: str | None = None  # where it is to be registered (records of older mounts have none)
+    host: str | None = None  # the host id of the mount that wrote it (records of older mounts have none)
+
+    def belongs_to(self, store: str | None, host: str | None) -> bool:
+        """Meant for ``store`` and written on ``host`` (None: any); a record of an older mount, which
+        names neither, belongs everywhere, as it did before records named them."""
+        return (store is None or self.store in (None, store)) and (host is None or self.host in (None, host))
 
     @property
     def interrupted(self) -> bool:
@@ -67,7 +78,7 @@ class StagedRecord:
     def to_dict(self) -> dict:
         return {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
                 "state": "interrupted" if self.interrupted else "failed", "error": self.reason,
-                "bytes": self.bytes, "uploading_id": self.uploading_id, "store": self.store}
+                "bytes": self.bytes, "uploading_id": self.uploading_id, "store": self.store, "host": self.host}
 
 
 def write_record(folder: Path, token: str, record: dict, hold: bool = False) -> int | None:
@@ -111,7 +122,7 @@ def discard(folder: Path, token: str) -> None:
 def finish_registered(service: FileService, folder: Path, record: StagedRecord) -> bool:
     """If the upload a record names did register, finish it (remove the file it replaced, drop
     the staged copy) and return True. A registered file is never uploaded twice."""
-    if not record.uploading_id or service.metadata.get(record.uploading_id) is None:
+    if not record.uploading_id or not service.has_row(record.uploading_id):
         return False
     if record.replaces and record.replaces != record.uploading_id:
         delete_quietly(service, record.replaces)
@@ -133,28 +144,30 @@ def records(folder: Path) -> list[StagedRecord]:
             found.append(StagedRecord(token=path.stem, purpose=raw["purpose"], filename=raw["filename"],
                                       replaces=raw.get("replaces"), state=raw.get("state", "failed"),
                                       error=raw.get("error"), bytes=size, uploading_id=raw.get("uploading_id"),
-                                      store=raw.get("store")))
+                                      store=raw.get("store"), host=raw.get("host")))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable staging record %s: %s", path, exc)
     return found
 
 
-def waiting(folder: Path, store: str | None = None) -> list[StagedRecord]:
+def waiting(folder: Path, store: str | None = None, host: str | None = None) -> list[StagedRecord]:
     """Uploads no running mount has: failed or interrupted ones, oldest first; with ``store``,
-    only those meant for it (a staging folder may have served mounts of other stores).
+    only those meant for it (a staging folder may have served mounts of other stores), and with
+    ``host`` only those of that host's mounts.
 
     Temporary names (an editor's swap file a dead mount left) are never uploaded.
     """
     return [r for r in records(folder) if not is_temporary_name(r.filename)
-            and r.state not in ("registered", "unlinked") and not _held(folder, r.token)
-            and (store is None or r.store in (None, store))]
+            and r.state not in ("registered", "unlinked") and r.belongs_to(store, host)
+            and not _held(folder, r.token)]
 
 
-def in_progress(folder: Path) -> list[StagedRecord]:
-    """Files a running mount has closed and is registering, or trying again to (in write-back
-    mode, its queue)."""
+def in_progress(folder: Path, host: str | None = None) -> list[StagedRecord]:
+    """Files a running mount (with ``host``: of that host) has closed and is registering, or
+    trying again to (in write-back mode, its queue)."""
     return [r for r in records(folder) if not is_temporary_name(r.filename)
-            and r.state in ("closed", "uploading", "failed") and _held(folder, r.token)]
+            and r.state in ("closed", "uploading", "failed") and r.belongs_to(None, host)
+            and _held(folder, r.token)]
 
 
 def remember(data_dir: Path, folder: Path) -> None:
@@ -234,7 +247,7 @@ def retry(service: FileService, folder: Path, names: list[tuple[str, str]] | Non
     """
     service.reap_abandoned()
     done, failing = [], []
-    for record in waiting(folder, service.location):
+    for record in waiting(folder, service.location, service.host):
         if not _selected(record, names, include_interrupted):
             continue
         with _claimed(folder, record.token) as claimed:
@@ -264,7 +277,7 @@ def retry(service: FileService, folder: Path, names: list[tuple[str, str]] | Non
 def _raw(record: StagedRecord) -> dict:
     return {"purpose": record.purpose, "filename": record.filename, "replaces": record.replaces,
             "state": record.state, "error": record.error, "bytes": record.bytes,
-            "uploading_id": record.uploading_id}
+            "uploading_id": record.uploading_id, "store": record.store, "host": record.host}
 
 
 def _register(service: FileService, folder: Path, record: StagedRecord) -> FileObject:
@@ -290,7 +303,7 @@ def drop(service: FileService, folder: Path, purpose: str, filename: str) -> lis
     """
     service.reap_abandoned()
     dropped = []
-    for record in waiting(folder, service.location):
+    for record in waiting(folder, service.location, service.host):
         if (record.purpose, record.filename) != (purpose, filename):
             continue
         with _claimed(folder, record.token) as claimed:

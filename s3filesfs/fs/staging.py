@@ -94,6 +94,11 @@ class Staging:
 
     def _recover(self, service: FileService) -> None:
         for record in records(self.folder):
+            if not record.belongs_to(None, service.host):
+                # Another host's (a staging folder in a shared home): its upload, registered or
+                # not, is that host's to settle. It takes room here all the same.
+                self._used += record.bytes
+                continue
             if record.state in ("registered", "unlinked") or (
                     record.state != "uploading" and is_temporary_name(record.filename)):
                 discard(self.folder, record.token)  # nothing to keep: registered, removed, or a swap file
@@ -628,7 +633,8 @@ class StagedFile:
         record = {"purpose": self.purpose, "filename": self.filename, "replaces": self.replaces,
                   "state": self.kept_as if self.state == State.KEPT else self.state.value,
                   "error": self.failure.message if self.failure else None,
-                  "bytes": self.size, "uploading_id": self.uploading_id, "store": self.service.location}
+                  "bytes": self.size, "uploading_id": self.uploading_id, "store": self.service.location,
+                  "host": self.service.host}
         held = write_record(self.staging.folder, self.token, record, hold=self.state != State.KEPT)
         if self._record_fd is not None:
             os.close(self._record_fd)

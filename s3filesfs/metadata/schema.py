@@ -10,8 +10,10 @@ it all the same). On SQLite, ``INTEGER`` is 64-bit already and the DDL is the se
 
 A table that exists is used as it is: created only when missing, the access-control columns added
 to a table of an older seed that lacks them (as the seed itself does), and our indexes added when
-the table lets us. Nothing is ever dropped, retyped or rewritten. Our own tables and indexes carry
-the ``s3filesfs_`` prefix.
+the table lets us. Nothing of the seed's is ever dropped, retyped or rewritten. Our own tables and
+indexes carry the ``s3filesfs_`` prefix; one of them has changed shape once: the journal of a
+version that keyed it by path alone is rebuilt keyed by (host, path), its rows given to the host
+that opens it first (``_migrate_journal``).
 """
 
 import logging
@@ -25,13 +27,19 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     inspect,
+    literal,
+    select,
+    sql,
     text,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
+
+from ..processes import default_host
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +72,17 @@ Index("s3filesfs_openai_files_order", openai_files.c.created_at, openai_files.c.
 Index("s3filesfs_openai_files_purpose", openai_files.c.purpose, openai_files.c.created_at, openai_files.c.id)
 Index("s3filesfs_openai_files_name", openai_files.c.purpose, openai_files.c.filename)
 
-# The sync daemon's record of local files: one row per local path ("purpose/name"). ``file_id``,
-# ``size``, ``mtime_ns`` and ``sha256`` describe the content that is registered; ``pending_*`` an
-# upload whose id was chosen but that may not have been committed (a crash leaves it for the next
-# start to resolve); ``old_id`` a replaced id still to be deleted.
+# The sync daemons' record of local files: one row per host and local path ("purpose/name"), so
+# that daemons on several hosts with the same file names in their drop folders never see each
+# other's entries. ``file_id``, ``size``, ``mtime_ns`` and ``sha256`` describe the content that is
+# registered; ``pending_*`` an upload whose id was chosen but that may not have been committed (a
+# crash leaves it for the next start to resolve); ``old_id`` a replaced id still to be deleted.
+JOURNAL = "s3filesfs_journal"
 journal = Table(
-    "s3filesfs_journal",
+    JOURNAL,
     metadata,
-    Column("path", String, primary_key=True),
+    Column("host", String, nullable=False),
+    Column("path", String, nullable=False),
     Column("purpose", String),
     Column("state", String),
     Column("file_id", String),
@@ -86,9 +97,11 @@ journal = Table(
     Column("attempts", Integer),
     Column("error", String),
     Column("updated_at", WIDE_INTEGER),
+    # Named, so that it keeps its name when a journal rebuilt under another name is renamed.
+    PrimaryKeyConstraint("host", "path", name="s3filesfs_journal_host_path"),
 )
 JOURNAL_COLUMNS = tuple(column.name for column in journal.columns)
-Index("s3filesfs_journal_state", journal.c.state)
+Index("s3filesfs_journal_host_state", journal.c.host, journal.c.state)
 
 # Uploads under way: each file id is recorded here (with the process that sends it) before its first
 # byte goes to the store, and removed once its row is in or its upload is aborted. What a crash leaves
@@ -140,15 +153,18 @@ leases = Table(
 )
 
 
-def create_missing(conn: Connection) -> None:
+def create_missing(conn: Connection, host: str | None = None) -> None:
     """Create what is missing, inside the caller's transaction (which holds the engine's schema lock,
-    so two processes starting at once do not both create). What exists is only looked at: a user
-    who may use a table but not alter it can still work with it."""
+    so two processes starting at once do not both create). What exists is only looked at, but for
+    a journal of the previous shape, which is rebuilt with its rows given to ``host`` (this
+    process's host id; default the machine's hostname): a user who may use a table but not alter
+    it can still work with it."""
     tables = metadata.sorted_tables
     present = set(inspect(conn).get_table_names())
     for table in tables:
         if table.name not in present:
             conn.execute(CreateTable(table, if_not_exists=True))
+    _migrate_journal(conn, host or default_host())
     look = inspect(conn)  # fresh: an inspector keeps what it saw
     existing = {column["name"] for column in look.get_columns(TABLE)}
     for name in ACCESS_COLUMNS:
@@ -161,6 +177,29 @@ def create_missing(conn: Connection) -> None:
         for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
             if index.name not in indexed.get(table.name, set()):
                 _add_index(conn, index)
+
+
+def _migrate_journal(conn: Connection, host: str) -> None:
+    """Rebuild a journal keyed by ``path`` alone (the previous version's) keyed by (host, path).
+
+    Its entries were written by the daemon of whichever host used it, which can only be the one
+    upgrading: they become ``host``'s. The new table is made under another name, filled, and put in
+    the old one's place, all in the schema transaction, so another process sees the old journal or
+    the new one, never a half-copied one; the old table's index goes with it, and the new indexes
+    are added by the caller. Our own table: nothing of the seed's is touched."""
+    old_columns = [found["name"] for found in inspect(conn).get_columns(JOURNAL)]
+    if "host" in old_columns:
+        return
+    carried = [name for name in JOURNAL_COLUMNS if name in old_columns and name != "host"]
+    rebuilt = journal.to_metadata(MetaData(), name=f"{JOURNAL}_rebuilt")
+    conn.execute(CreateTable(rebuilt))
+    old = sql.table(JOURNAL, *(sql.column(name) for name in carried))
+    moved = conn.execute(rebuilt.insert().from_select(
+        ["host", *carried], select(literal(host, String).label("host"), *old.c))).rowcount
+    conn.execute(text(f"DROP TABLE {JOURNAL}"))
+    conn.execute(text(f"ALTER TABLE {rebuilt.name} RENAME TO {JOURNAL}"))
+    log.info("journal %s rebuilt keyed by host and path: its %d entr%s now belong to host %r",
+             JOURNAL, moved, "y" if moved == 1 else "ies", host)
 
 
 def _add_index(conn: Connection, index: Index) -> None:

@@ -1,9 +1,11 @@
 """MetadataStore: every query on ``openai_files`` and on our ``s3filesfs_*`` tables, once for both engines.
 
 The statements are SQLAlchemy Core expressions over the tables of ``schema``; the engine (``engines``)
-supplies connections and transactions. Rows written here are public rows as the seed writes them
-for an unauthenticated caller: ``owner_principal`` '' and ``access_attributes`` JSON null, which the
-seed's default access policy shows to everyone.
+supplies connections and transactions. Rows are written as the seed writes them (``Identity.row_access``):
+for the anonymous writer a public row, ``owner_principal`` '' and ``access_attributes`` JSON null,
+which the seed's default access policy shows to everyone; for a principal, the principal and its
+attributes as JSON. Every method that reads or changes ``openai_files`` for a caller takes a
+``viewer`` and sees only what ``visibility.visible_to`` lets it (``OPERATOR`` sees every row).
 """
 
 import contextlib
@@ -16,11 +18,13 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 
+from ..access import ANONYMOUS, Identity
 from ..errors import FileTooLarge, StorageError
 from . import schema
 from .engines import Engine, PostgresEngine, SqliteEngine
 from .location import PostgresLocation
 from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, changes, intents, journal, leases, missing, openai_files
+from .visibility import visible_to
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
@@ -67,7 +71,9 @@ def _holds_nul_sqlite(element, compiler, **kw):
 class MetadataStore:
     """The metadata of one store: a SQLite file (a path) or a PostgreSQL database (a ``PostgresLocation``)."""
 
-    def __init__(self, location: Path | str | PostgresLocation, busy_timeout: float = 30.0):
+    def __init__(self, location: Path | str | PostgresLocation, busy_timeout: float = 30.0,
+                 host: str | None = None):
+        # ``host``: the host id that a journal of the previous shape is given to (schema.create_missing).
         self.busy_timeout = busy_timeout
         self._engine: Engine
         if isinstance(location, PostgresLocation):
@@ -81,7 +87,7 @@ class MetadataStore:
             if isinstance(self.location, Path):
                 self.location.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._engine.schema_transaction() as conn:
-                schema.create_missing(conn)
+                schema.create_missing(conn, host)
 
     @property
     def path(self) -> Path:
@@ -124,40 +130,46 @@ class MetadataStore:
 
     # --- openai_files ------------------------------------------------------------------------
 
-    def insert(self, row: dict) -> None:
-        self._insert(row)
+    def insert(self, row: dict, writer: Identity = ANONYMOUS) -> None:
+        """Insert ``row``, owned by ``writer`` (a public row for the anonymous writer)."""
+        self._insert(row, writer)
 
-    def insert_missing(self, row: dict) -> bool:
+    def insert_missing(self, row: dict, writer: Identity = ANONYMOUS) -> bool:
         """Insert ``row`` unless a row with its id is there already (then it is left as it is);
         True if it was inserted."""
         try:
-            self._insert(row)
+            self._insert(row, writer)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 return False
             raise
         return True
 
-    def _insert(self, row: dict) -> None:
+    def _insert(self, row: dict, writer: Identity) -> None:
         values = {name: row[name] for name in FILE_COLUMNS}
+        owner, attributes = writer.row_access()
         try:
             with self._errors("insert"), self._engine.writing() as conn:
-                conn.execute(openai_files.insert(), {**values, "owner_principal": "",
-                                                     "access_attributes": JSON.NULL})
+                conn.execute(openai_files.insert(), {
+                    **values, "owner_principal": owner,
+                    # JSON.NULL: the JSON 'null' the seed writes, not SQL NULL.
+                    "access_attributes": JSON.NULL if attributes is None else attributes})
                 self._changed(conn, values["id"])
         except StorageError as exc:
             if isinstance(exc.__cause__, DataError) and (values["bytes"] or 0) > INTEGER_MAX:
                 raise FileTooLarge(values["id"], values["bytes"], self.description) from exc
             raise
 
-    def get(self, file_id: str) -> dict | None:
-        rows = self._rows("get", select(*_FILE).where(openai_files.c.id == file_id))
+    def get(self, file_id: str, *, viewer: Identity) -> dict | None:
+        rows = self._rows("get", select(*_FILE).where(openai_files.c.id == file_id, visible_to(viewer)))
         return rows[0] if rows else None
 
-    def delete(self, file_id: str) -> bool:
+    def delete(self, file_id: str, *, viewer: Identity) -> bool:
         with self._errors("delete"), self._engine.writing() as conn:
-            deleted = conn.execute(openai_files.delete().where(openai_files.c.id == file_id)).rowcount
-            conn.execute(missing.delete().where(missing.c.id == file_id))
+            deleted = conn.execute(openai_files.delete().where(openai_files.c.id == file_id,
+                                                               visible_to(viewer))).rowcount
+            if deleted or viewer.sees_all:  # (a row the viewer may not see keeps its note)
+                conn.execute(missing.delete().where(missing.c.id == file_id))
             if deleted:
                 self._changed(conn, file_id)
         return deleted > 0
@@ -165,6 +177,7 @@ class MetadataStore:
     def page(
         self,
         *,
+        viewer: Identity,
         now: int,
         limit: int,
         descending: bool = True,
@@ -172,9 +185,9 @@ class MetadataStore:
         after: tuple[int, str] | None = None,
     ) -> list[dict]:
         """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``; rows
-        noted as missing their object are left out."""
+        noted as missing their object, and rows ``viewer`` may not see, are left out."""
         c = openai_files.c
-        query = self._live_rows(now)
+        query = self._live_rows(now, viewer)
         if purpose is not None:
             query = query.where(c.purpose == purpose)
         if after is not None:
@@ -198,14 +211,15 @@ class MetadataStore:
         """Every row, expired or not: for consistency checks."""
         return self._rows("list all", select(*_FILE))
 
-    def update(self, file_id: str, **fields) -> bool:
-        """Change ``filename``/``purpose`` of a row (renames are metadata only)."""
+    def update(self, file_id: str, *, viewer: Identity, **fields) -> bool:
+        """Change ``filename``/``purpose`` of a row (renames are metadata only); the owner and
+        attributes stay, as the seed keeps them."""
         unknown = set(fields) - {"filename", "purpose"}
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
         with self._errors("update"), self._engine.writing() as conn:
-            changed = conn.execute(
-                openai_files.update().where(openai_files.c.id == file_id).values(**fields)).rowcount
+            changed = conn.execute(openai_files.update().where(openai_files.c.id == file_id, visible_to(viewer))
+                                   .values(**fields)).rowcount
             if changed:
                 self._changed(conn, file_id)
         return changed > 0
@@ -280,13 +294,13 @@ class MetadataStore:
         rows = self._rows("list recent", select(openai_files.c.id).where(openai_files.c.created_at >= since))
         return [row["id"] for row in rows]
 
-    def live(self, file_id: str, now: int) -> dict | None:
-        """The row of ``file_id`` if a listing shows it: not expired, not noted missing."""
-        rows = self._rows("get", self._live_rows(now).where(openai_files.c.id == file_id))
+    def live(self, file_id: str, now: int, *, viewer: Identity) -> dict | None:
+        """The row of ``file_id`` if ``viewer``'s listing shows it: not expired, not noted missing."""
+        rows = self._rows("get", self._live_rows(now, viewer).where(openai_files.c.id == file_id))
         return rows[0] if rows else None
 
     def named(self, purpose: str, filenames: list[str], file_id: str | None, now: int,
-              slash_form: str | None = None) -> list[dict]:
+              slash_form: str | None = None, *, viewer: Identity) -> list[dict]:
         """The live rows of ``purpose`` that a shown name may stand for, oldest first: those whose
         filename is one of ``filenames``, the row ``file_id``, and (a name shown with ``／`` for
         ``/``) those whose filename reads ``slash_form`` once each ``/`` is written ``／``."""
@@ -300,18 +314,19 @@ class MetadataStore:
             return []
         # Sorted here, not by the query: an ORDER BY lets SQLite prefer the (purpose, created_at)
         # index and scan the whole folder instead of finding the few rows by name.
-        rows = self._rows("look up name", self._live_rows(now).where(c.purpose == purpose, or_(*matches)))
+        rows = self._rows("look up name", self._live_rows(now, viewer).where(c.purpose == purpose, or_(*matches)))
         return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
 
-    def unusual(self, now: int, purpose: str | None = None, max_bytes: int = 255) -> list[dict]:
+    def unusual(self, now: int, purpose: str | None = None, max_bytes: int = 255, *,
+                viewer: Identity) -> list[dict]:
         """The live rows whose shown name may differ from their filename, oldest first: a filename
         shared by another row of its purpose, one a path component cannot hold as it is, or one
         that looks like a shown form itself (a file id, ``stem (file-…)ext``). Every other row
         shows as ``purpose/filename``; so a listing needs to hold only these."""
         c = openai_files.c
-        live = self._live_rows(now)
+        live = self._live_rows(now, viewer)
         shared = (select(openai_files.c.purpose, openai_files.c.filename)
-                  .where(or_(c.expires_at.is_(None), c.expires_at > now))
+                  .where(or_(c.expires_at.is_(None), c.expires_at > now), visible_to(viewer))
                   .group_by(c.purpose, c.filename).having(func.count() > 1))
         if purpose is not None:
             shared = shared.where(c.purpose == purpose)
@@ -326,14 +341,14 @@ class MetadataStore:
             odd = odd.where(c.purpose == purpose)
         rows = {row["id"]: row for row in self._rows("look up names", odd)}
         for where_purpose, filename in shared_names:
-            for row in self.named(where_purpose, [filename], None, now):
+            for row in self.named(where_purpose, [filename], None, now, viewer=viewer):
                 rows[row["id"]] = row
         return sorted(rows.values(), key=lambda row: (row["created_at"], row["id"]))
 
-    def _live_rows(self, now: int):
+    def _live_rows(self, now: int, viewer: Identity):
         c = openai_files.c
         return select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now),
-                                    c.id.not_in(select(missing.c.id)))
+                                    c.id.not_in(select(missing.c.id)), visible_to(viewer))
 
     # --- s3filesfs_intents: uploads under way ---------------------------------------------------
 
@@ -349,44 +364,49 @@ class MetadataStore:
         """Every upload under way or cut off, oldest first."""
         return self._rows("list uploads", select(intents).order_by(intents.c.started_at, intents.c.id))
 
-    # --- s3filesfs_journal: the sync daemon's record of local files ----------------------------
+    # --- s3filesfs_journal: the sync daemons' record of local files, one host's at a time ------
+    #
+    # Every statement is about one ``host``'s entries: daemons of other hosts have their own, under
+    # the same paths perhaps, and never see these.
 
-    def journal_get(self, path: str) -> dict | None:
-        rows = self._rows("journal get", select(journal).where(journal.c.path == path))
+    def journal_get(self, host: str, path: str) -> dict | None:
+        rows = self._rows("journal get", select(journal).where(journal.c.host == host, journal.c.path == path))
         return rows[0] if rows else None
 
-    def journal_put(self, path: str, **values) -> None:
-        """Set columns of ``path``'s entry, creating it if missing."""
-        unknown = set(values) - set(JOURNAL_COLUMNS)
+    def journal_put(self, host: str, path: str, **values) -> None:
+        """Set columns of ``host``'s entry for ``path``, creating it if missing."""
+        unknown = set(values) - (set(JOURNAL_COLUMNS) - {"host", "path"})
         if unknown:
             raise ValueError(f"unknown journal columns {sorted(unknown)}")
+        key = (journal.c.host == host, journal.c.path == path)
         with self._errors("journal put"), self._engine.writing() as conn:
             # Update, else insert: plain statements both engines run, in one transaction.
-            if values and conn.execute(journal.update().where(journal.c.path == path).values(**values)).rowcount:
+            if values and conn.execute(journal.update().where(*key).values(**values)).rowcount:
                 return
             row: dict[str, object] = {name: None for name in JOURNAL_COLUMNS}
-            row.update(values, path=path)
+            row.update(values, host=host, path=path)
             conn.execute(journal.insert(), row)
 
-    def journal_delete(self, path: str) -> bool:
+    def journal_delete(self, host: str, path: str) -> bool:
         with self._errors("journal delete"), self._engine.writing() as conn:
-            return conn.execute(journal.delete().where(journal.c.path == path)).rowcount > 0
+            return conn.execute(journal.delete().where(journal.c.host == host, journal.c.path == path)).rowcount > 0
 
-    def journal_all(self) -> list[dict]:
-        return self._rows("journal list", select(journal).order_by(journal.c.path))
+    def journal_all(self, host: str) -> list[dict]:
+        return self._rows("journal list", select(journal).where(journal.c.host == host).order_by(journal.c.path))
 
-    def journal_counts(self) -> dict[str, int]:
-        """Number of entries per state."""
-        rows = self._rows("journal counts",
-                          select(journal.c.state, func.count().label("n")).group_by(journal.c.state))
+    def journal_counts(self, host: str) -> dict[str, int]:
+        """Number of ``host``'s entries per state."""
+        rows = self._rows("journal counts", select(journal.c.state, func.count().label("n"))
+                          .where(journal.c.host == host).group_by(journal.c.state))
         return {row["state"]: row["n"] for row in rows}
 
-    def journal_failures(self, limit: int = 20) -> list[dict]:
-        """The most recent entries whose last attempt failed."""
+    def journal_failures(self, host: str, limit: int = 20) -> list[dict]:
+        """``host``'s most recent entries whose last attempt failed."""
         c = journal.c
         return self._rows("journal failures",
                           select(c.path, c.purpose, c.error, c.attempts, c.updated_at)
-                          .where(c.state == "failed").order_by(c.updated_at.desc(), c.path).limit(limit))
+                          .where(c.host == host, c.state == "failed")
+                          .order_by(c.updated_at.desc(), c.path).limit(limit))
 
     # --- s3filesfs_leases: one process at a time ----------------------------------------------
 

@@ -9,6 +9,7 @@ import time
 import yaml
 
 from s3filesfs import config
+from s3filesfs.access import OPERATOR
 from s3filesfs.files import FileService, open_service
 from tests.helpers import wait_for
 
@@ -41,7 +42,7 @@ def test_the_daemon_removes_an_expired_file_within_its_interval(env, daemon_proc
     wait_for(lambda: not doomed & set(world.object_keys()), 10, "the expired object to go", interval=0.05)
     took = time.monotonic() - planted
     assert took < INTERVAL + 1.5, took
-    assert all(service.metadata.get(file_id) is None for file_id in doomed)
+    assert all(service.metadata.get(file_id, viewer=OPERATOR) is None for file_id in doomed)
     assert set(world.object_keys()) == {keep.id}
     wait_for(lambda: removed_in(tmp_path / "daemon.log") == sorted(doomed), 5, "the removal in the log")
     assert proc.kill(signal.SIGTERM) == 0

@@ -112,7 +112,7 @@ class Mount:
             env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                         "S3FILESFS_AUTO_CREATE_BUCKET": "true"})
         if self.postgres is not None:
-            env.update({"S3FILESFS_CONFIG": str(self._postgres_config()), "PGPASSWORD": self.postgres.password})
+            env.update({"S3FILESFS_CONFIG": str(self._postgres_config()), "PGPASSWORD": self.postgres.password or ""})
         return env
 
     def _postgres_config(self) -> Path:

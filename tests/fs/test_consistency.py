@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from s3filesfs.access import OPERATOR
 from tests.fs.mounting import Mount
 from tests.helpers import unique, wait_for
 
@@ -79,9 +80,9 @@ def changed(mount, tmp_path_factory):
     c.created = service.create(io.BytesIO(b"service"), unique("svc"), "evals")
     done("created")
     c.renamed_to = unique("after")
-    service.metadata.update(c.before.id, filename=c.renamed_to)
+    service.metadata.update(c.before.id, viewer=OPERATOR, filename=c.renamed_to)
     done("renamed")
-    service.metadata.update(c.mover.id, purpose="fine-tune")
+    service.metadata.update(c.mover.id, viewer=OPERATOR, purpose="fine-tune")
     done("moved")
     service.delete(c.first.id)
     done("promoted")

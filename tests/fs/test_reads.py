@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from s3filesfs.access import OPERATOR
 from tests.fs.mounting import Mount
 from tests.helpers import unique, wait_for
 
@@ -188,7 +189,7 @@ def test_reading_while_renamed_behind_the_mounts_back(mount, files):
     new_name = unique("elsewhere", ".bin")
     with open(mount / "evals" / planted.filename, "rb", buffering=0) as reader:
         first = reader.read(MiB // 2)
-        mount.service().metadata.update(planted.id, filename=new_name)
+        mount.service().metadata.update(planted.id, viewer=OPERATOR, filename=new_name)
         rest = reader.read()
     assert first + rest == body
     listed(mount, "evals", new_name)

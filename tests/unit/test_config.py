@@ -452,7 +452,8 @@ def test_masked_is_in_the_files_own_layout_and_loads_back(config_file, tmp_path,
     assert shown["upload"] == {"part_size_mb": 16, "concurrency": 4}
     assert shown["sync"]["workers"] == 2 and shown["sync"]["watch_dir"] == str(Path.home() / "S3Files")
     assert shown["api"] == {"socket": str(tmp_path / "run" / "s3filesfs" / "api.sock"), "listen": None,
-                            "api_key_env": None}
+                            "api_key_env": None, "keys": []}
+    assert shown["identity"] == {"principal": "", "attributes": {}}
     assert shown["mount"] == {"staging_dir": str(tmp_path / "data" / "staging"), "staging_max_mb": 10240,
                               "log_file": str(tmp_path / "data" / "mount.log"), "refresh_seconds": 0.5,
                               "write_back": False, "read_ahead_mb": 128}

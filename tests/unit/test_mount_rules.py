@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from s3filesfs import config
+from s3filesfs.access import OPERATOR
 from s3filesfs.errors import ConfigError, NameTooLong, NotFound, errno_of
 from s3filesfs.fs.namespace import decorated_name, parse, safe_name, shown_names
 from s3filesfs.model import PURPOSES, FileObject, new_file_id
@@ -196,14 +197,14 @@ def test_the_feed_names_every_change_in_order_once(metadata_db):
     a, b = file("a.txt").to_row(), file("b.txt").to_row()
     theirs.insert(a)
     ours.insert(b)
-    theirs.update(a["id"], filename="c.txt", purpose="batch")
+    theirs.update(a["id"], filename="c.txt", purpose="batch", viewer=OPERATOR)
     assert feed.next_round().file_ids == {a["id"], b["id"]}
     assert not feed.next_round()  # nothing twice
     ours.missing_add(b["id"], 0)
     ours.missing_add(b["id"], 0)  # already noted: not a change
     assert feed.next_round().file_ids == {b["id"]}
-    theirs.delete(a["id"])
-    theirs.delete(a["id"])  # already gone: not a change
+    theirs.delete(a["id"], viewer=OPERATOR)
+    theirs.delete(a["id"], viewer=OPERATOR)  # already gone: not a change
     assert feed.next_round().file_ids == {a["id"]}
     positions = [position for position, _ in ours.feed_since(0)]
     assert positions == sorted(positions) and len(positions) == len(set(positions)) == 5
