@@ -92,6 +92,8 @@ def world(mount):
 
     w.safe = {}
     for api_name, safe in SAFE_NAMES:
+        if "\0" in api_name and mount.postgres is not None:
+            continue  # PostgreSQL text cannot hold NUL: no file there has such a name
         prefix = unique("safe", "-")
         w.safe[api_name] = (plant(prefix + api_name, "assistants", b"safe", created_at=OLD), prefix + safe)
         shown.append(("assistants", prefix + safe))
@@ -289,6 +291,8 @@ def test_decorated_name_is_a_real_path(mount, world):
 
 @pytest.mark.parametrize("api_name", [api for api, _ in SAFE_NAMES])
 def test_names_with_slash_or_nul_are_shown_safely(mount, world, api_name):
+    if api_name not in world.safe:
+        pytest.skip("PostgreSQL text cannot hold NUL: no file there has such a name")
     planted, shown = world.safe[api_name]
     path = mount / "assistants" / shown
     assert path.read_bytes() == b"safe"
