@@ -201,7 +201,14 @@ class MountCore:
     def _staged_attrs(self, staged: StagedFile) -> dict:
         return self._file_attrs(staged.size, staged.shown_created_at * 1_000_000_000, 0o644)
 
-    def getattr(self, path: str) -> dict:
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        handle = self._handles.get(fh) if fh else None
+        if isinstance(handle, Reader):
+            return self._committed_attrs(handle.file, 0o444 if path.startswith(f"/{BY_ID}/") else 0o644)
+        if isinstance(handle, StagedFile):
+            return self._staged_attrs(handle)
+        if isinstance(handle, IndexSnapshot):
+            return self._file_attrs(handle.size, time.time_ns(), 0o444)
         where = self._parse(path)
         if where.kind == "root":
             return self._dir_attrs(0o555)

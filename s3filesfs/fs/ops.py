@@ -123,7 +123,9 @@ class S3FilesOperations(mfusepy.Operations):
 
     @_mapped
     def getattr(self, path, fh=None):
-        return self.core.getattr(path)
+        # With a handle (an fstat, or the kernel checking an open file's size before a read), the
+        # handle answers: its path may name another file by now, or none.
+        return self.core.getattr(path, None if fh is None else fh.fh)
 
     @_mapped
     def opendir(self, path):
