@@ -230,6 +230,7 @@ class Mount:
         self.mountpoint.mkdir()
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump({
+            "host_id": f"bench-{name}",  # two hosts, as far as the store can tell
             "data_dir": str(data),
             "metadata_store": metadata_store,
             "mount": {"staging_dir": str(root / "staging"), "log_file": str(self.log_path)},

@@ -42,7 +42,8 @@ from . import metrics
 from .access import ANONYMOUS, OPERATOR, Identity
 from .blobs import BlobInfo, BlobStore, BlobWriter, UploadInfo
 from .errors import BlobMissing, InvalidRequest, NotFound, S3FilesError, StorageUnavailable
-from .metadata import MetadataStore
+from .metadata import ChangeFeed, MetadataStore
+from .metadata.feed import KEEP_SECONDS
 from .model import (
     DEFAULT_FILENAME,
     LIST_LIMIT_MAX,
@@ -430,9 +431,36 @@ class FileService:
             else:
                 self.metadata.delete(file_id, viewer=OPERATOR)
 
-    def changes(self) -> int:
-        """A token that moves when another process (or connection) changed the table."""
-        return self.metadata.data_version()
+    # --- what a long-running reader (the mount) asks --------------------------------------------
+
+    def follow_changes(self, catch_up_seconds: float) -> ChangeFeed:
+        """A place in the store's change feed, starting now."""
+        return ChangeFeed(self.metadata, catch_up_seconds)
+
+    def count(self) -> int:
+        """How many rows the table holds (expired or hidden ones included): cheap, and exact."""
+        return self.metadata.count()
+
+    def trim_changes(self) -> int:
+        """Drop change feed entries older than any reader still needs (``feed.KEEP_SECONDS``)."""
+        return self.metadata.feed_trim(int(self.clock()) - KEEP_SECONDS)
+
+    def live(self, file_id: str) -> FileObject | None:
+        """The file ``file_id`` if listings show it (not expired, not hidden), else None."""
+        row = self.metadata.live(file_id, self.now(), viewer=self.identity) if is_file_id(file_id) else None
+        return None if row is None else FileObject.from_row(row)
+
+    def named(self, purpose: str, filenames: builtins.list[str], file_id: str | None = None,
+              slash_form: str | None = None) -> builtins.list[FileObject]:
+        """The live files of ``purpose`` with one of ``filenames`` (or the id ``file_id``, or a
+        filename that reads ``slash_form`` with ``／`` for ``/``), oldest first."""
+        return [FileObject.from_row(row)
+                for row in self.metadata.named(purpose, filenames, file_id, self.now(), slash_form,
+                                               viewer=self.identity)]
+
+    def unusual(self, purpose: str | None = None) -> builtins.list[FileObject]:
+        """The live files whose shown name may not be their filename (see ``MetadataStore.unusual``)."""
+        return [FileObject.from_row(row) for row in self.metadata.unusual(self.now(), purpose, viewer=self.identity)]
 
     # --- rename ------------------------------------------------------------------------------
 

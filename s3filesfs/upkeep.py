@@ -267,7 +267,8 @@ def _repair_upload(service: FileService, upload: UploadInfo, upload_grace: float
 
 
 class ExpiryTimer:
-    """Removes expired files every ``interval`` seconds, one process at a time per database.
+    """Removes expired files (and trims the change feed) every ``interval`` seconds, one process
+    at a time per database.
 
     A sweep runs only while this timer holds the ``expiry`` lease; it takes (or renews) it for
     ``2 × interval + LEASE_MARGIN`` seconds before the sweep and again before every removal, and
@@ -329,6 +330,7 @@ class ExpiryTimer:
             log.debug("expiry: another process holds the lease")
             return None
         removed = self.service.gc(before_each=self._hold)
+        self.service.trim_changes()  # the same once-per-store job: the feed's old entries
         self.counts["sweeps"] += 1
         self.counts["removed"] += len(removed)
         metrics.EXPIRY_REMOVED.inc(len(removed))

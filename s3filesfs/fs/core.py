@@ -19,12 +19,14 @@ Locks, in the order they may be taken, never the reverse (docs/architecture.md):
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import NoAttribute, NotFound, NotPermitted, NotSupported, ReadOnly, S3FilesError
@@ -100,12 +102,56 @@ class Opened:
     keep_cache: bool = False  # keep pages cached from an earlier open
 
 
+class IndexSnapshot:
+    """An open ``index.jsonl``: the scratch file it was opened on, whatever is written later."""
+
+    def __init__(self, file, size: int):
+        self.file, self.size = file, size
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self.file.fileno(), max(0, min(size, self.size - offset)), offset)
+
+
+class DirStream:
+    """An open folder's entries, produced as the kernel asks for them.
+
+    The kernel reads a folder in batches, each starting at the offset after the last entry it
+    kept, so only the entries from the last asked offset on are held. Going back (``rewinddir``)
+    lists the folder again from the start.
+    """
+
+    def __init__(self, produce: Callable[[], Iterator[tuple[str, dict]]]):
+        self._produce = produce
+        self._source: Iterator[tuple[str, dict]] | None = None
+        self._base = 0  # the offset of the first held entry
+        self._held: collections.deque[tuple[str, dict]] = collections.deque()
+
+    def entries(self, offset: int) -> Iterator[tuple[int, str, dict]]:
+        if self._source is None or offset < self._base:
+            self._source, self._base = self._produce(), 0
+            self._held.clear()
+        while self._base < offset:
+            if self._held:
+                self._held.popleft()
+            elif next(self._source, None) is None:
+                return
+            self._base += 1
+        number = offset
+        for entry in list(self._held):
+            number += 1
+            yield number, *entry
+        for entry in self._source:
+            self._held.append(entry)
+            number += 1
+            yield number, *entry
+
+
 class MountCore:
     def __init__(self, service: FileService, staging: Staging, refresh_seconds: float = 1.0,
                  read_only: bool = False, write_back: bool = False):
         self.service = service
         self.staging = staging
-        self.namespace = Namespace(service, refresh_seconds)
+        self.namespace = Namespace(service, refresh_seconds, scratch_dir=str(staging.folder))
         self.read_only = read_only
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -155,7 +201,14 @@ class MountCore:
     def _staged_attrs(self, staged: StagedFile) -> dict:
         return self._file_attrs(staged.size, staged.shown_created_at * 1_000_000_000, 0o644)
 
-    def getattr(self, path: str) -> dict:
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        handle = self._handles.get(fh) if fh else None
+        if isinstance(handle, Reader):
+            return self._committed_attrs(handle.file, 0o444 if path.startswith(f"/{BY_ID}/") else 0o644)
+        if isinstance(handle, StagedFile):
+            return self._staged_attrs(handle)
+        if isinstance(handle, IndexSnapshot):
+            return self._file_attrs(handle.size, time.time_ns(), 0o444)
         where = self._parse(path)
         if where.kind == "root":
             return self._dir_attrs(0o555)
@@ -164,7 +217,7 @@ class MountCore:
         if where.kind == "by-id":
             return self._dir_attrs(0o555)
         if where.kind == "index":
-            return self._file_attrs(len(self.namespace.index()), time.time_ns(), 0o444)
+            return self._file_attrs(self.namespace.index_size(), time.time_ns(), 0o444)
         if where.kind == "id":
             return self._committed_attrs(self.namespace.by_id(where.name), 0o444)
         if where.kind == "top":
@@ -178,35 +231,42 @@ class MountCore:
         where = self._parse(path)
         if where.kind not in ("root", "folder", "by-id"):
             raise NotFound(path)
-        return self._new_handle([])  # the entries, listed at the first readdir
+        return self._new_handle(DirStream(lambda: self._entries(path)))
 
-    def readdir(self, path: str, fh: int) -> list:
-        """This open folder's entries with their attributes, listed once per ``opendir``."""
-        entries = self._handles[fh]
-        assert isinstance(entries, list)
-        if not entries:
-            entries.extend(self._entries(path))
-        return entries
+    def readdir(self, path: str, fh: int, offset: int = 0) -> Iterator[tuple[int, str, dict]]:
+        """This open folder's entries from ``offset`` on, each ``(offset of the next, name,
+        attributes)``, streamed: a folder of a million files is never held whole."""
+        stream = self._handles[fh]
+        assert isinstance(stream, DirStream)
+        return stream.entries(offset)
 
     def releasedir(self, fh: int) -> None:
         with self._lock:
             self._handles.pop(fh, None)
 
-    def _entries(self, path: str) -> list:
+    def _entries(self, path: str) -> Iterator[tuple[str, dict]]:
         where = self._parse(path)
-        dots = [(".", self._dir_attrs(0o555 if where.kind != "folder" else 0o755)), ("..", self._dir_attrs(0o555))]
+        yield ".", self._dir_attrs(0o555 if where.kind != "folder" else 0o755)
+        yield "..", self._dir_attrs(0o555)
         if where.kind == "root":
-            return dots + [(p, self._dir_attrs(0o755)) for p in self.service.purposes] + [
-                (BY_ID, self._dir_attrs(0o555)), (INDEX, self._file_attrs(0, self.started, 0o444))]
+            for purpose in self.service.purposes:
+                yield purpose, self._dir_attrs(0o755)
+            yield BY_ID, self._dir_attrs(0o555)
+            yield INDEX, self._file_attrs(0, self.started, 0o444)
+            return
         if where.kind == "by-id":
-            return dots + [(f.id, self._committed_attrs(f, 0o444)) for f in self.namespace.ids()]
+            for file in self.namespace.ids():
+                yield file.id, self._committed_attrs(file, 0o444)
+            return
         if where.kind != "folder":
             raise NotPermitted(f"{path} is not a folder")
         with self._lock:
             local = {name: staged for (purpose, name), staged in self._staged.items() if purpose == where.purpose}
-        listed = [(name, self._committed_attrs(file)) for name, file in self.namespace.names(where.purpose)
-                  if name not in local]
-        return dots + listed + [(name, self._staged_attrs(staged)) for name, staged in local.items()]
+        for name, file in self.namespace.names(where.purpose):
+            if name not in local:
+                yield name, self._committed_attrs(file)
+        for name, staged in local.items():
+            yield name, self._staged_attrs(staged)
 
     def statfs(self) -> dict:
         block = 4096
@@ -319,7 +379,7 @@ class MountCore:
         if where.kind == "index":
             if writing:
                 raise NotPermitted("index.jsonl is read-only")
-            return Opened(self._new_handle(self.namespace.index()), direct_io=True)  # its size changes
+            return Opened(self._new_handle(IndexSnapshot(*self.namespace.index())), direct_io=True)  # its size changes
         if where.kind == "id":
             if writing:
                 raise NotPermitted("by-id/ is read-only; write through a purpose folder")
@@ -346,8 +406,6 @@ class MountCore:
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         handle = self._handles[fh]
-        if isinstance(handle, bytes):
-            return handle[offset:offset + size]
         return handle.read(size, offset)  # type: ignore[attr-defined]
 
     def write(self, fh: int, data, offset: int) -> int:

@@ -133,6 +133,9 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
     # end the mount at once, without waiting for the files being written.
     service.keep_clean(settings.stall_timeout_seconds)
     start_expiry_timer(service, 0 if read_only else settings.expiry_interval_seconds)  # stopped at exit
+    # Changes made elsewhere (another mount, a daemon, another host) reach the kernel as they land.
+    core.namespace.on_change = operations.invalidate
+    core.namespace.follow()
     control = _serve_control(core, staging, settings, mountpoint, pid_path)
     if settings.mount_write_back:  # what an earlier mount closed but had not uploaded yet
         threading.Thread(target=resume, args=(service, staging.folder), name="resume", daemon=True).start()
@@ -148,6 +151,7 @@ def run(service: FileService, settings, mountpoint: Path, allow_other: bool = Fa
         if str(exc) != str(LOOP_ENDED) or not operations.started_serving:
             raise StorageError(f"mounting {mountpoint} failed (libfuse error {exc}); see the log above") from None
     finally:
+        core.namespace.stop()
         control.stop()
         pid_path.unlink(missing_ok=True)
     sdnotify.stopping(f"unmounted {mountpoint}")

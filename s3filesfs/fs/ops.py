@@ -32,9 +32,30 @@ FUSE_READDIR_PLUS = 1  # libfuse3: the kernel asked for entries with their attri
 FUSE_FILL_DIR_PLUS = 2  # libfuse3: this entry's attributes are complete, cache them
 QUIET_ERRNOS = (errno.ENOENT, errno.ENODATA, errno.ENOTSUP)  # answers `ls` and `cp` ask for all the time
 
+# libfuse3's own call for "this path changed behind the kernel's back" (mfusepy does not wrap it).
+_invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_invalidate_path.restype = ctypes.c_int
+
 
 def _caller() -> Caller:
     return Caller(mfusepy.fuse_get_context()[2])  # FUSE names the thread that made the request
+
+
+def _refused(operation: str, where, exc: Exception) -> mfusepy.FuseOSError:
+    """The errno for ``exc`` as a FuseOSError, counted and (unless it is routine) logged once."""
+    code = errno_of(exc)
+    metrics.error(exc, operation, keep=code not in QUIET_ERRNOS)
+    if isinstance(where, str):
+        where = where.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(exc, S3FilesError):
+        if code not in QUIET_ERRNOS:
+            log.warning("%s %s refused (%s): %s", operation, where, errno.errorcode.get(code, code), exc.message)
+    elif isinstance(exc, OSError):
+        log.warning("%s %s failed: %s", operation, where, exc)
+    else:
+        log.exception("%s %s: unexpected error, answering EIO", operation, where)
+    return mfusepy.FuseOSError(code)
 
 
 def _mapped(method):
@@ -47,22 +68,20 @@ def _mapped(method):
         except mfusepy.FuseOSError:
             raise
         except Exception as exc:
-            code = errno_of(exc)
-            metrics.error(exc, method.__name__, keep=code not in QUIET_ERRNOS)
             where = f"{args[0]} -> {args[1]}" if method.__name__ in ("rename", "link", "symlink") else args[0]
-            if isinstance(where, str):
-                where = where.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            if isinstance(exc, S3FilesError):
-                if code not in QUIET_ERRNOS:
-                    log.warning("%s %s refused (%s): %s", method.__name__, where, errno.errorcode.get(code, code),
-                                exc.message)
-            elif isinstance(exc, OSError):
-                log.warning("%s %s failed: %s", method.__name__, where, exc)
-            else:
-                log.exception("%s %s: unexpected error, answering EIO", method.__name__, where)
-            raise mfusepy.FuseOSError(code) from None
+            raise _refused(method.__name__, where, exc) from None
 
     return wrapper
+
+
+def _mapped_entries(entries, path: str):
+    """A listing's entries, produced as they are asked for, with failures mapped as ``_mapped`` does."""
+    try:
+        yield from entries
+    except mfusepy.FuseOSError:
+        raise
+    except Exception as exc:
+        raise _refused("readdir", path, exc) from None
 
 
 def _handle(fi, opened: Opened) -> int:
@@ -80,19 +99,33 @@ class S3FilesOperations(mfusepy.Operations):
     def __init__(self, core: MountCore):
         self.core = core
         self.started_serving = False  # set once libfuse has mounted and called init
+        self._fuse: int | None = None  # libfuse's handle of this mount, for invalidations
 
     def init_with_config(self, conn, config):
         # Always list with attributes: in "auto" mode the kernel does so only for the first batch
         # of a big folder, and `ls -l` then looks up every later file one by one.
         if conn is not None and conn.capable & FUSE_CAP_READDIRPLUS:
             conn.want = (conn.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+        self._fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
         self.started_serving = True
+
+    def invalidate(self, paths: list[str]) -> None:
+        """Make the kernel forget what it cached about ``paths`` (relative to the mount), which
+        changed elsewhere: their next lookup asks us again instead of waiting out the timeout.
+        A path the kernel does not know is skipped (libfuse answers ENOENT)."""
+        if self._fuse is None:
+            return
+        for path in paths:
+            encoded = ("/" + path).encode("utf-8", "surrogateescape")
+            _invalidate_path(self._fuse, encoded)
 
     # --- attributes and listing ------------------------------------------------------------
 
     @_mapped
     def getattr(self, path, fh=None):
-        return self.core.getattr(path)
+        # With a handle (an fstat, or the kernel checking an open file's size before a read), the
+        # handle answers: its path may name another file by now, or none.
+        return self.core.getattr(path, None if fh is None else fh.fh)
 
     @_mapped
     def opendir(self, path):
@@ -104,8 +137,8 @@ class S3FilesOperations(mfusepy.Operations):
         return 0
 
     @_mapped
-    def readdir(self, path, fh):
-        return self.core.readdir(path, fh)
+    def readdir(self, path, fh, offset=0):
+        return _mapped_entries(self.core.readdir(path, fh, offset), path)
 
     @_mapped
     def statfs(self, path):
@@ -242,13 +275,11 @@ class FUSE(mfusepy.FUSE):
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.readdir(decoded, fip.contents.fh)
         st = mfusepy.c_stat()
-        for number in range(offset, len(entries)):
-            name, attrs = entries[number]
+        for number, name, attrs in self.operations.readdir(decoded, fip.contents.fh, offset):
             ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
             mfusepy.set_st_attrs(st, attrs, use_ns=True)
             fill = 0 if name in (".", "..", INDEX) else plus  # libfuse looks these up on its own
-            if filler(buf, name.encode(self.encoding, self.errors), st, number + 1, fill) != 0:
+            if filler(buf, name.encode(self.encoding, self.errors), st, number, fill) != 0:
                 break
         return 0

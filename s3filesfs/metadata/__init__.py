@@ -2,14 +2,16 @@
 on SQLite or PostgreSQL. The only place that speaks SQL.
 
 * ``schema``: the tables, declared once with SQLAlchemy Core, and how they are created when missing;
-* ``engines``: what differs between the two engines (connections, write transactions, the change
-  token behind ``data_version``, what an error means);
+* ``engines``: what differs between the two engines (connections, write transactions, how a
+  reader of the change feed is woken, what an error means);
 * ``store``: ``MetadataStore``, every query, written once for both engines;
+* ``feed``: ``ChangeFeed``, one reader's place in the change feed;
 * ``location``: ``PostgresLocation``, where a PostgreSQL store lives (a SQLite one is a path).
 """
 
+from .feed import ChangeFeed
 from .location import PostgresLocation
 from .schema import FILE_COLUMNS, PUBLIC_ROW, TABLE
 from .store import MetadataStore
 
-__all__ = ["FILE_COLUMNS", "PUBLIC_ROW", "TABLE", "MetadataStore", "PostgresLocation"]
+__all__ = ["ChangeFeed", "FILE_COLUMNS", "PUBLIC_ROW", "TABLE", "MetadataStore", "PostgresLocation"]

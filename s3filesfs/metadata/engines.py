@@ -1,31 +1,30 @@
-"""What differs between SQLite and PostgreSQL: connections, write transactions, the change token
-behind ``data_version``, and what an error means. The statements themselves are in ``store``.
+"""What differs between SQLite and PostgreSQL: connections, write transactions, how a reader of the
+change feed is woken, and what an error means. The statements themselves are in ``store``.
 
 SQLite: one file shared by the mount, the daemon and the CLI, in WAL mode with a busy timeout.
 Reads take a connection from a pool; every write of a process goes through one connection, one
 transaction at a time (``BEGIN IMMEDIATE``, so a writer waits for the lock up front instead of
-failing half-way). ``data_version`` is SQLite's ``PRAGMA data_version`` on that connection: it moves
-for every commit of another connection (another process, a Llama Stack server) and never for ours.
+failing half-way), which also keeps the change feed's positions in commit order. A reader of the
+feed is woken by SQLite's ``PRAGMA data_version`` on the writer connection: it moves for every
+commit of another connection (another process, a Llama Stack server) and never for ours.
 
 PostgreSQL: a pool of connections per process (the pool keys of the seed's ``sql_postgres``
-backend), each write in a transaction of its own. ``data_version`` is built from the server's
-statistics: the rows inserted, updated and deleted in ``openai_files`` by anyone
-(``pg_stat_user_tables``), less the rows this store changed itself, plus those of
-``s3filesfs_missing`` by anyone, this store included (a read that hides a row reloads the listing of
-the mount that read it). Every write of ours asks the
-server to publish its statistics before the commit returns (``pg_stat_force_next_flush``, PostgreSQL
-15 and later), so the token moves at once for other s3filesfs processes, does not move for our own
-writes, and moves for other programs (a Llama Stack server) once the server publishes their
-statistics, which it does within a second or so of their commit (at most its idle flush interval,
-10 s). Before PostgreSQL 15 our own writes move it too (one needless reload of a mount's listing),
-and a server with ``track_counts = off`` never moves it. A change feed will replace this.
+backend), each write in a transaction of its own. A write that appends to the change feed first
+takes a transaction-level advisory lock, so positions (from a sequence, handed out in call order)
+also become visible in commit order, and announces itself with ``NOTIFY``; a reader of the feed
+``LISTEN``s on one connection of its own. PostgreSQL has no cheap token for "another program
+changed the table", so ``data_version`` is None there: readers find rows of writers that do not
+write the feed by their ``created_at`` (see ``feed``).
 """
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import URL, Connection, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -33,12 +32,19 @@ from sqlalchemy.pool import QueuePool
 
 from ..errors import StorageError, StorageUnavailable
 from .location import PostgresLocation
-from .schema import MISSING, TABLE
+
+log = logging.getLogger(__name__)
 
 # Seconds to wait for a PostgreSQL server to accept a connection before calling it unreachable.
 CONNECT_TIMEOUT = 10
 # Taken by every process while it creates missing tables, so two starting at once do not collide.
 SCHEMA_LOCK_KEY = 0x7333_6673_7363_6865  # "s3fssche"
+# Taken by every write that appends to the change feed, until it commits: positions commit in order.
+FEED_LOCK_KEY = 0x7333_6673_6665_6564  # "s3fsfeed"
+# The channel a feed writer notifies and a feed reader listens on.
+FEED_CHANNEL = "s3filesfs_changes"
+# How often a SQLite reader of the feed looks at data_version while it waits.
+SQLITE_POLL_SECONDS = 0.05
 # SQLSTATEs that mean "try again later": lock timeout, serialization failure, deadlock, too many
 # connections, and the server shutting down or starting up.
 BUSY_STATES = {"55P03", "40001", "40P01", "53300", "57P01", "57P02", "57P03"}
@@ -53,7 +59,7 @@ def _detail(exc: BaseException) -> str:
 
 
 class Engine:
-    """One database: connections for reading, a transaction for writing, the change token."""
+    """One database: connections for reading, a transaction for writing, waking feed readers."""
 
     description: str
 
@@ -64,22 +70,25 @@ class Engine:
         """A connection in a transaction, committed when the block ends, rolled back if it fails."""
         raise NotImplementedError
 
-    def writing_visibly(self) -> contextlib.AbstractContextManager[Connection]:
-        """Like ``writing``, but what it changes moves this process's own ``data_version`` too (as if
-        another process had written it): for the notes that hide a row from every listing, the
-        mount's own included."""
-        raise NotImplementedError
-
     def schema_transaction(self) -> contextlib.AbstractContextManager[Connection]:
         """A write transaction that no other process's schema step runs beside."""
         raise NotImplementedError
 
-    def files_changed(self, conn: Connection, rows: int) -> None:
-        """Note that this store's write (not yet committed on ``conn``) changed ``rows`` rows of
-        ``openai_files``, for ``data_version``."""
+    def order_changes(self, conn: Connection) -> None:
+        """Called in a write transaction just before it appends to the change feed: from here to
+        its commit, no other writer of the feed commits (positions become visible in order)."""
 
-    def data_version(self) -> int:
-        raise NotImplementedError
+    def announce_changes(self, conn: Connection) -> None:
+        """Called after the append: wake the feed's readers once this transaction commits."""
+
+    def wait_for_changes(self, timeout: float) -> None:
+        """Return when another process may have changed something, or after ``timeout`` seconds.
+        Never raises: a reader that cannot be woken catches up on its next round anyway."""
+        time.sleep(timeout)
+
+    def data_version(self) -> int | None:
+        """A number that moves whenever another connection commits (None: the engine cannot tell)."""
+        return None
 
     def close(self) -> None:
         raise NotImplementedError
@@ -155,12 +164,6 @@ class SqliteEngine(Engine):
             yield conn
 
     @contextlib.contextmanager
-    def writing_visibly(self) -> Iterator[Connection]:
-        # Through a connection of the pool, not the writer: the writer's data_version then moves.
-        with self.reading() as conn, self._transaction(conn):
-            yield conn
-
-    @contextlib.contextmanager
     def schema_transaction(self) -> Iterator[Connection]:
         with self._writer_connection() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode = WAL")  # kept by the file; not inside a transaction
@@ -170,6 +173,18 @@ class SqliteEngine(Engine):
     def data_version(self) -> int:
         with self._writer_connection() as conn:
             return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+
+    def wait_for_changes(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            start = self.data_version()
+            while time.monotonic() < deadline:
+                time.sleep(min(SQLITE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                if self.data_version() != start:
+                    return
+        except (SQLAlchemyError, OSError) as exc:
+            log.debug("waiting for changes: %s", _detail(exc))
+            time.sleep(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         with self._writer_lock:
@@ -205,9 +220,9 @@ class PostgresEngine(Engine):
         )
         # Reads need no transaction: one round trip each.
         self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._own_rows = 0  # rows of openai_files this store changed, counted by the server too
-        self._own_lock = threading.Lock()
-        self._pending = threading.local()
+        self._location = location
+        self._listener: psycopg.Connection | None = None  # used by the one thread that waits
+        self._closed = False
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -216,14 +231,8 @@ class PostgresEngine(Engine):
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Connection]:
-        self._pending.rows = 0
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        finally:
-            # The server counts rows a statement changed whether or not its transaction commits.
-            with self._own_lock:
-                self._own_rows += self._pending.rows
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def schema_transaction(self) -> Iterator[Connection]:
@@ -231,36 +240,38 @@ class PostgresEngine(Engine):
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             yield conn
 
-    def _publishes_own_statistics(self) -> bool:
-        version = self.engine.dialect.server_version_info
-        return version is not None and version >= (15,)
+    def order_changes(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
 
-    @contextlib.contextmanager
-    def writing_visibly(self) -> Iterator[Connection]:
-        # Rows of s3filesfs_missing count in data_version as anyone's, ours included: published at
-        # once (before the first statement, which may fail), never subtracted.
-        with self.writing() as conn:
-            if self._publishes_own_statistics():
-                conn.execute(text("SELECT pg_stat_force_next_flush()"))
-            yield conn
+    def announce_changes(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": FEED_CHANNEL})
 
-    def files_changed(self, conn: Connection, rows: int) -> None:
-        if rows and self._publishes_own_statistics():
-            # Published when this session goes idle after the commit, before the commit returns.
-            conn.execute(text("SELECT pg_stat_force_next_flush()"))
-            self._pending.rows += rows
+    def _listening(self) -> psycopg.Connection:
+        if self._listener is None or self._listener.closed:
+            where = self._location
+            self._listener = psycopg.connect(
+                host=where.host, port=where.port, user=where.user, password=where.password,
+                dbname=where.db, connect_timeout=CONNECT_TIMEOUT, application_name="s3filesfs",
+                autocommit=True)
+            self._listener.execute(f"LISTEN {FEED_CHANNEL}")
+        return self._listener
 
-    def data_version(self) -> int:
-        with self.reading() as conn:
-            changed = conn.execute(
-                text("SELECT sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables "
-                     "WHERE relid IN (to_regclass(:table), to_regclass(:missing))"),
-                {"table": TABLE, "missing": MISSING},
-            ).scalar()
-        with self._own_lock:
-            return int(changed or 0) - self._own_rows
+    def wait_for_changes(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            for _ in self._listening().notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.Error as exc:
+            log.debug("waiting for changes: %s", " ".join(str(exc).split()))
+            if self._listener is not None:
+                self._listener.close()
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        if self._closed and self._listener is not None:
+            self._listener.close()
 
     def close(self) -> None:
+        # The listening connection belongs to the thread that waits on it: it closes it on waking.
+        self._closed = self._listener is not None
         self.engine.dispose()
 
     def _is_busy(self, exc: BaseException) -> bool:

@@ -70,6 +70,7 @@ PUBLIC_ROW = {"owner_principal": "", "access_attributes": "null"}
 
 Index("s3filesfs_openai_files_order", openai_files.c.created_at, openai_files.c.id)
 Index("s3filesfs_openai_files_purpose", openai_files.c.purpose, openai_files.c.created_at, openai_files.c.id)
+Index("s3filesfs_openai_files_name", openai_files.c.purpose, openai_files.c.filename)
 
 # The sync daemons' record of local files: one row per host and local path ("purpose/name"), so
 # that daemons on several hosts with the same file names in their drop folders never see each
@@ -124,6 +125,22 @@ missing = Table(
     Column("id", String, primary_key=True),
     Column("seen_at", WIDE_INTEGER),
 )
+
+# The change feed: every insert, delete and rename of a row of ``openai_files`` (and every row hidden
+# or shown again through ``s3filesfs_missing``) appends the file's id here, in the same transaction.
+# ``position`` only grows, and rows become visible in position order (writers take a lock for it on
+# PostgreSQL; SQLite has one writer at a time), so a reader that has applied everything up to a
+# position only ever needs what comes after it. ``at`` (epoch seconds) lets old entries be trimmed.
+CHANGES = "s3filesfs_changes"
+changes = Table(
+    CHANGES,
+    metadata,
+    Column("position", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("file_id", String),
+    Column("at", WIDE_INTEGER),
+    sqlite_autoincrement=True,  # positions are never reused, even after the newest entries are trimmed
+)
+Index("s3filesfs_changes_at", changes.c.at)
 
 # Leases: a named job that one process at a time may do on a shared database (the expiry sweep).
 # ``expires_at`` is epoch seconds with a fraction; a holder renews its lease before it lapses.

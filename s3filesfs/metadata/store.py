@@ -9,23 +9,63 @@ attributes as JSON. Every method that reads or changes ``openai_files`` for a ca
 """
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import JSON, and_, func, or_, select
+from sqlalchemy import JSON, Boolean, ColumnElement, Integer, and_, func, or_, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
 
 from ..access import ANONYMOUS, Identity
 from ..errors import FileTooLarge, StorageError
 from . import schema
 from .engines import Engine, PostgresEngine, SqliteEngine
 from .location import PostgresLocation
-from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, intents, journal, leases, missing, openai_files
+from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, changes, intents, journal, leases, missing, openai_files
 from .visibility import visible_to
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
 INTEGER_MAX = 2**31 - 1
+# Entries of the change feed read at once.
+FEED_PAGE = 1000
+
+
+class byte_length(GenericFunction):  # noqa: N801 (named like the SQL function it stands for)
+    """The length of a string in UTF-8 bytes: ``octet_length`` on PostgreSQL; SQLite before 3.43
+    has no such function, so there the string is measured as a blob."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(byte_length)
+def _byte_length(element, compiler, **kw):
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(byte_length, "sqlite")
+def _byte_length_sqlite(element, compiler, **kw):
+    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
+
+
+class holds_nul(GenericFunction):  # noqa: N801
+    """Whether a string holds a NUL character: SQLite stores one; PostgreSQL text cannot."""
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(holds_nul)
+def _holds_nul(element, compiler, **kw):
+    return "false"
+
+
+@compiles(holds_nul, "sqlite")
+def _holds_nul_sqlite(element, compiler, **kw):
+    return f"(instr({compiler.process(element.clauses, **kw)}, char(0)) > 0)"
 
 
 class MetadataStore:
@@ -65,15 +105,15 @@ class MetadataStore:
         """Close every connection of this store (it opens new ones if used again)."""
         self._engine.close()
 
-    def data_version(self) -> int:
-        """A number that moves whenever another process has changed the table.
-
-        Cheap enough to ask every second: a long-running reader (the mount) reloads its listing
-        only when it moves, and not because of its own writes. How each engine knows is in
-        ``engines``; on PostgreSQL changes made by other programs may take a second or so to show.
-        """
+    def data_version(self) -> int | None:
+        """A number that moves whenever another connection has committed, on SQLite; None on
+        PostgreSQL, which has no cheap way to tell (see ``engines``)."""
         with self._errors("data_version"):
             return self._engine.data_version()
+
+    def wait_for_changes(self, timeout: float) -> None:
+        """Return when another process may have changed something, or after ``timeout`` seconds."""
+        self._engine.wait_for_changes(timeout)
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -84,7 +124,9 @@ class MetadataStore:
 
     def _rows(self, action: str, query) -> list[dict]:
         with self._errors(action), self._engine.reading() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            result = conn.execute(query)
+            keys = list(result.keys())  # once: asking each row for its mapping costs more than the query
+            return [dict(zip(keys, row, strict=True)) for row in result]
 
     # --- openai_files ------------------------------------------------------------------------
 
@@ -112,9 +154,7 @@ class MetadataStore:
                     **values, "owner_principal": owner,
                     # JSON.NULL: the JSON 'null' the seed writes, not SQL NULL.
                     "access_attributes": JSON.NULL if attributes is None else attributes})
-                # (An insert refused on its key is counted by the PostgreSQL server but not here:
-                # the token then moves once more, a needless reload of a listing, nothing worse.)
-                self._engine.files_changed(conn, 1)
+                self._changed(conn, values["id"])
         except StorageError as exc:
             if isinstance(exc.__cause__, DataError) and (values["bytes"] or 0) > INTEGER_MAX:
                 raise FileTooLarge(values["id"], values["bytes"], self.description) from exc
@@ -128,9 +168,10 @@ class MetadataStore:
         with self._errors("delete"), self._engine.writing() as conn:
             deleted = conn.execute(openai_files.delete().where(openai_files.c.id == file_id,
                                                                visible_to(viewer))).rowcount
-            self._engine.files_changed(conn, deleted)
             if deleted or viewer.sees_all:  # (a row the viewer may not see keeps its note)
                 conn.execute(missing.delete().where(missing.c.id == file_id))
+            if deleted:
+                self._changed(conn, file_id)
         return deleted > 0
 
     def page(
@@ -146,8 +187,7 @@ class MetadataStore:
         """Up to ``limit`` live rows ordered by ``(created_at, id)``, strictly past ``after``; rows
         noted as missing their object, and rows ``viewer`` may not see, are left out."""
         c = openai_files.c
-        query = select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now),
-                                     c.id.not_in(select(missing.c.id)), visible_to(viewer))
+        query = self._live_rows(now, viewer)
         if purpose is not None:
             query = query.where(c.purpose == purpose)
         if after is not None:
@@ -159,6 +199,9 @@ class MetadataStore:
                 query = query.where(or_(c.created_at > created_at, and_(c.created_at == created_at, c.id > file_id)))
         order = (c.created_at.desc(), c.id.desc()) if descending else (c.created_at.asc(), c.id.asc())
         return self._rows("list", query.order_by(*order).limit(limit))
+
+    def count(self) -> int:
+        return int(self._rows("count", select(func.count().label("n")).select_from(openai_files))[0]["n"])
 
     def expired(self, now: int) -> list[str]:
         rows = self._rows("list expired", select(openai_files.c.id).where(openai_files.c.expires_at <= now))
@@ -177,22 +220,24 @@ class MetadataStore:
         with self._errors("update"), self._engine.writing() as conn:
             changed = conn.execute(openai_files.update().where(openai_files.c.id == file_id, visible_to(viewer))
                                    .values(**fields)).rowcount
-            self._engine.files_changed(conn, changed)
+            if changed:
+                self._changed(conn, file_id)
         return changed > 0
 
     # --- s3filesfs_missing: rows hidden because their object was not found ----------------------
     #
-    # Written so that this process's own data_version moves too (``writing_visibly``): the mount
-    # reloads its listing even when its own read hid a row.
+    # Hiding a row and showing it again are changes of what a listing shows: they go to the feed.
 
     def missing_add(self, file_id: str, seen_at: int) -> None:
         with self._errors("note missing object"), contextlib.suppress(IntegrityError), \
-                self._engine.writing_visibly() as conn:
+                self._engine.writing() as conn:
             conn.execute(missing.insert(), {"id": file_id, "seen_at": seen_at})
+            self._changed(conn, file_id)
 
     def missing_remove(self, file_id: str) -> None:
-        with self._errors("forget missing object"), self._engine.writing_visibly() as conn:
-            conn.execute(missing.delete().where(missing.c.id == file_id))
+        with self._errors("forget missing object"), self._engine.writing() as conn:
+            if conn.execute(missing.delete().where(missing.c.id == file_id)).rowcount:
+                self._changed(conn, file_id)
 
     def is_missing(self, file_id: str) -> bool:
         return bool(self._rows("look up missing object", select(missing.c.id).where(missing.c.id == file_id)))
@@ -206,6 +251,104 @@ class MetadataStore:
                  .where(or_(f.id.is_(None), f.created_at <= created_before))
                  .order_by(missing.c.id))
         return [(row["id"], row["row_id"] is not None) for row in self._rows("list missing objects", query)]
+
+    # --- s3filesfs_changes: the change feed ----------------------------------------------------
+
+    def _changed(self, conn, file_id: str) -> None:
+        """Append ``file_id`` to the change feed, in the transaction that changed its row."""
+        self._engine.order_changes(conn)
+        conn.execute(changes.insert(), {"file_id": file_id, "at": int(time.time())})
+        self._engine.announce_changes(conn)
+
+    def feed_position(self) -> int:
+        """The position of the newest entry of the change feed (0 if it has none)."""
+        rows = self._rows("read change feed", select(func.max(changes.c.position).label("top")))
+        return int(rows[0]["top"] or 0)
+
+    def feed_since(self, position: int, limit: int = FEED_PAGE) -> list[tuple[int, str]]:
+        """``(position, file id)`` of the entries after ``position``, oldest first."""
+        c = changes.c
+        rows = self._rows("read change feed", select(c.position, c.file_id).where(c.position > position)
+                          .order_by(c.position).limit(limit))
+        return [(int(row["position"]), row["file_id"]) for row in rows]
+
+    def feed_oldest(self) -> int | None:
+        """The position of the oldest entry still kept (None if there is none)."""
+        rows = self._rows("read change feed", select(func.min(changes.c.position).label("low")))
+        low = rows[0]["low"]
+        return None if low is None else int(low)
+
+    def feed_trim(self, before: int) -> int:
+        """Drop the feed's entries written before ``before`` (epoch seconds), always keeping the
+        newest (it holds the position new readers start from); returns how many went."""
+        c = changes.c
+        with self._errors("trim change feed"), self._engine.writing() as conn:
+            newest = conn.execute(select(func.max(c.position))).scalar()
+            if newest is None:
+                return 0
+            return conn.execute(changes.delete().where(c.at < before, c.position < newest)).rowcount
+
+    def created_since(self, since: int) -> list[str]:
+        """Ids of the rows created at or after ``since``, live or not: how a reader of the feed
+        finds rows that a writer without the feed (a Llama Stack server) added."""
+        rows = self._rows("list recent", select(openai_files.c.id).where(openai_files.c.created_at >= since))
+        return [row["id"] for row in rows]
+
+    def live(self, file_id: str, now: int, *, viewer: Identity) -> dict | None:
+        """The row of ``file_id`` if ``viewer``'s listing shows it: not expired, not noted missing."""
+        rows = self._rows("get", self._live_rows(now, viewer).where(openai_files.c.id == file_id))
+        return rows[0] if rows else None
+
+    def named(self, purpose: str, filenames: list[str], file_id: str | None, now: int,
+              slash_form: str | None = None, *, viewer: Identity) -> list[dict]:
+        """The live rows of ``purpose`` that a shown name may stand for, oldest first: those whose
+        filename is one of ``filenames``, the row ``file_id``, and (a name shown with ``／`` for
+        ``/``) those whose filename reads ``slash_form`` once each ``/`` is written ``／``."""
+        c = openai_files.c
+        matches: list[ColumnElement[bool]] = [c.filename.in_(filenames)] if filenames else []
+        if file_id is not None:
+            matches.append(c.id == file_id)
+        if slash_form is not None:
+            matches.append(func.replace(c.filename, "/", "\uff0f") == slash_form)
+        if not matches:
+            return []
+        # Sorted here, not by the query: an ORDER BY lets SQLite prefer the (purpose, created_at)
+        # index and scan the whole folder instead of finding the few rows by name.
+        rows = self._rows("look up name", self._live_rows(now, viewer).where(c.purpose == purpose, or_(*matches)))
+        return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
+
+    def unusual(self, now: int, purpose: str | None = None, max_bytes: int = 255, *,
+                viewer: Identity) -> list[dict]:
+        """The live rows whose shown name may differ from their filename, oldest first: a filename
+        shared by another row of its purpose, one a path component cannot hold as it is, or one
+        that looks like a shown form itself (a file id, ``stem (file-…)ext``). Every other row
+        shows as ``purpose/filename``; so a listing needs to hold only these."""
+        c = openai_files.c
+        live = self._live_rows(now, viewer)
+        shared = (select(openai_files.c.purpose, openai_files.c.filename)
+                  .where(or_(c.expires_at.is_(None), c.expires_at > now), visible_to(viewer))
+                  .group_by(c.purpose, c.filename).having(func.count() > 1))
+        if purpose is not None:
+            shared = shared.where(c.purpose == purpose)
+        shared_names = {(row["purpose"], row["filename"]) for row in self._rows("look up names", shared)}
+        odd = live.where(or_(
+            c.filename.is_(None), c.filename.in_(["", ".", ".."]), byte_length(c.filename) > max_bytes,
+            c.filename.contains("/", autoescape=True), c.filename.contains("\uff0f", autoescape=True),
+            c.filename.contains("\u2400", autoescape=True), holds_nul(c.filename),
+            c.filename.startswith("file-", autoescape=True), c.filename.contains(" (file-", autoescape=True),
+        ))
+        if purpose is not None:
+            odd = odd.where(c.purpose == purpose)
+        rows = {row["id"]: row for row in self._rows("look up names", odd)}
+        for where_purpose, filename in shared_names:
+            for row in self.named(where_purpose, [filename], None, now, viewer=viewer):
+                rows[row["id"]] = row
+        return sorted(rows.values(), key=lambda row: (row["created_at"], row["id"]))
+
+    def _live_rows(self, now: int, viewer: Identity):
+        c = openai_files.c
+        return select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now),
+                                    c.id.not_in(select(missing.c.id)), visible_to(viewer))
 
     # --- s3filesfs_intents: uploads under way ---------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Fixtures for the mount tests: real FUSE mounts in a subprocess over two backends.
 
 * ``mount``: one mount per test module and backend ("local": the embedded store; "s3": a fresh
-  bucket on the session's moto server). Tests share it, so they use unique names (``unique()``).
+  bucket on the session's moto server; "s3-postgres": the same with its metadata on the session's
+  PostgreSQL server instead of a SQLite file). Tests share it, so they use unique names
+  (``unique()``).
 * ``fresh_mount``: a mount of the test's own, for tests that need an empty store.
 
 After every test the store is checked: bucket and table agree and no staging file or multipart
@@ -17,6 +19,8 @@ import pytest
 from tests.fs.mounting import Mount
 
 BACKENDS = ["local", "s3"]
+# The shared mount also runs on PostgreSQL: every behaviour of the mount on both metadata engines.
+SHARED_BACKENDS = [*BACKENDS, "s3-postgres"]
 
 
 def _fuse_missing() -> str | None:
@@ -37,8 +41,10 @@ def fuse():
 
 
 def _start(request, backend: str) -> Mount:
+    postgres = request.getfixturevalue("postgres_server").new_role() if backend == "s3-postgres" else None
+    backend = "s3" if postgres is not None else backend
     server = request.getfixturevalue("s3_server") if backend == "s3" else None
-    m = Mount(backend, server)
+    m = Mount(backend, server, postgres=postgres)
     try:
         return m.start()
     except BaseException:
@@ -47,7 +53,7 @@ def _start(request, backend: str) -> Mount:
         raise
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=SHARED_BACKENDS)
 def mount(request, fuse):
     m = _start(request, request.param)
     yield m

@@ -19,8 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from s3filesfs import config
 from s3filesfs.files import FileService, object_metadata, open_service
+from s3filesfs.metadata import PostgresLocation
 from s3filesfs.model import FileObject, expires_at_for, new_file_id
 from tests.helpers import LEAKY_ENV
 from tests.s3server import ACCESS_KEY, SECRET_KEY
@@ -62,11 +65,15 @@ def dead_mount_at(path: Path) -> bool:
 
 
 class Mount:
-    """One mount process. ``backend`` is "local" (embedded store) or "s3" (needs ``server``)."""
+    """One mount process. ``backend`` is "local" (embedded store) or "s3" (needs ``server``); the
+    metadata is a SQLite file in the data folder, or the PostgreSQL database ``postgres`` (given in
+    a config file, as a user would, with the password in the environment)."""
 
-    def __init__(self, backend: str, server=None, root: Path | None = None, extra_args=()):
+    def __init__(self, backend: str, server=None, root: Path | None = None, extra_args=(),
+                 postgres: PostgresLocation | None = None):
         self.backend = backend
         self.server = server
+        self.postgres = postgres
         self.root = Path(root or tempfile.mkdtemp(prefix="s3fs-", dir="/tmp"))
         self.mountpoint = self.root / "mnt"
         self.staging = self.root / "staging"
@@ -104,7 +111,19 @@ class Mount:
         if self.backend == "s3":
             env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                         "S3FILESFS_AUTO_CREATE_BUCKET": "true"})
+        if self.postgres is not None:
+            env.update({"S3FILESFS_CONFIG": str(self._postgres_config()), "PGPASSWORD": self.postgres.password or ""})
         return env
+
+    def _postgres_config(self) -> Path:
+        path = self.root / "postgres.yaml"
+        if not path.exists():
+            where = self.postgres
+            assert where is not None
+            path.write_text(yaml.safe_dump({"metadata_store": {
+                "type": "postgres", "host": where.host, "port": where.port, "db": where.db, "user": where.user,
+                "password": "${env.PGPASSWORD}"}}))
+        return path
 
     def flags(self) -> dict:
         flags: dict[str, object] = {"data_dir": str(self.data_dir)}
@@ -112,6 +131,11 @@ class Mount:
             flags.update(bucket_name=self.bucket, endpoint_url=self.server.endpoint_url,
                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
                          auto_create_bucket=True)
+        if self.postgres is not None:
+            where = self.postgres
+            flags.update(metadata_store_type="postgres", metadata_store_host=where.host,
+                         metadata_store_port=where.port, metadata_store_db=where.db,
+                         metadata_store_user=where.user, metadata_store_password=where.password)
         return flags
 
     def command(self, *args) -> list[str]:

@@ -183,7 +183,7 @@ def test_file_that_expires_while_mounted_disappears(mount, changed):
 @pytest.fixture
 def second_mount(mount):
     """Another mount process on the same store (database and bucket), with its own staging."""
-    other = Mount(mount.backend, mount.server)
+    other = Mount(mount.backend, mount.server, postgres=mount.postgres)
     other.data_dir, other.bucket = mount.data_dir, mount.bucket
     try:
         yield other.start()

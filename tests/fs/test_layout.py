@@ -7,6 +7,7 @@ the ``world`` fixture, so one listing refresh (about a second) shows them all.
 """
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from s3filesfs.errors import StorageError
 from s3filesfs.model import EXPIRES_AFTER_MAX, PURPOSES, new_file_id
 from tests.fs.mounting import Mount
 from tests.helpers import unique, wait_for
@@ -92,6 +94,8 @@ def world(mount):
 
     w.safe = {}
     for api_name, safe in SAFE_NAMES:
+        if "\0" in api_name and mount.postgres is not None:
+            continue  # PostgreSQL text cannot hold NUL: no file there has such a name (see the test)
         prefix = unique("safe", "-")
         w.safe[api_name] = (plant(prefix + api_name, "assistants", b"safe", created_at=OLD), prefix + safe)
         shown.append(("assistants", prefix + safe))
@@ -289,6 +293,11 @@ def test_decorated_name_is_a_real_path(mount, world):
 
 @pytest.mark.parametrize("api_name", [api for api, _ in SAFE_NAMES])
 def test_names_with_slash_or_nul_are_shown_safely(mount, world, api_name):
+    if api_name not in world.safe:
+        # PostgreSQL text cannot hold NUL: such a name is refused whole, and nothing is left of it.
+        with pytest.raises(StorageError, match="NUL"):
+            mount.service().create(io.BytesIO(b"safe"), api_name, "assistants")
+        return
     planted, shown = world.safe[api_name]
     path = mount / "assistants" / shown
     assert path.read_bytes() == b"safe"

@@ -862,7 +862,7 @@ def test_sequential_write_uploads_parts_before_close(mount):
 @pytest.fixture
 def twin_mount(mount, fuse):
     """A second mount on the same store and database as ``mount`` (its own staging folder)."""
-    twin = Mount(mount.backend, mount.server)
+    twin = Mount(mount.backend, mount.server, postgres=mount.postgres)
     twin.data_dir, twin.bucket = mount.data_dir, mount.bucket
     try:
         twin.start()

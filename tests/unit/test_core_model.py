@@ -577,7 +577,7 @@ class CoreModel(RuleBasedStateMachine):
                 file.base_read = True
         for purpose in PURPOSES:
             fh = self.core.opendir(f"/{purpose}")
-            names = {name for name, _ in self.core.readdir(f"/{purpose}", fh)} - {".", ".."}
+            names = {name for _, name, _ in self.core.readdir(f"/{purpose}", fh)} - {".", ".."}
             self.core.releasedir(fh)
             expected_names = {n for p, n in (*self.staged, *self.registered) if p == purpose}
             assert names == expected_names, purpose

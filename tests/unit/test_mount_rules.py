@@ -5,6 +5,10 @@ The behaviour through a real mount is in ``tests/fs``; these pin the rules thems
 
 import errno
 import io
+import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +16,8 @@ import pytest
 from s3filesfs import config
 from s3filesfs.access import OPERATOR
 from s3filesfs.errors import ConfigError, NameTooLong, NotFound, errno_of
-from s3filesfs.fs.namespace import Listing, decorated_name, parse, safe_name
+from s3filesfs.fs.namespace import decorated_name, parse, safe_name, shown_names
 from s3filesfs.model import PURPOSES, FileObject, new_file_id
-from tests.helpers import wait_for
 
 
 def file(name, created_at=1000, purpose="assistants", file_id=None):
@@ -101,76 +104,164 @@ def test_names_that_cannot_be_shown_become_the_id(name):
 
 def test_duplicates_oldest_keeps_the_plain_name():
     older, newer, newest = file("r.pdf", 10), file("r.pdf", 20), file("r.pdf", 30)
-    listing = Listing([newest, older, newer], PURPOSES)
-    folder = listing.folders["assistants"]
-    assert folder["r.pdf"] == older
-    assert folder[f"r ({newer.id}).pdf"] == newer
-    assert folder[f"r ({newest.id}).pdf"] == newest
+    shown = shown_names([older, newer, newest])
+    assert shown[older.id] == "r.pdf"
+    assert shown[newer.id] == f"r ({newer.id}).pdf"
+    assert shown[newest.id] == f"r ({newest.id}).pdf"
     assert decorated_name("README", newer.id) == f"README ({newer.id})"
 
 
-def test_same_second_duplicates_are_ordered_by_id():
-    a, b = file("x", 5, file_id="file-" + "0" * 32), file("x", 5, file_id="file-" + "f" * 32)
-    assert Listing([b, a], PURPOSES).folders["assistants"]["x"] == a
-
-
-def test_removing_the_plain_name_asks_for_a_rebuild_that_promotes_the_next():
+def test_a_plain_name_wins_over_a_decorated_one():
     older, newer = file("r.pdf", 10), file("r.pdf", 20)
-    listing = Listing([older, newer], PURPOSES)
-    assert listing.remove(older.id) is False  # a duplicate may move up: rebuild
-    rebuilt = Listing(listing.files(), PURPOSES)
-    assert rebuilt.folders["assistants"] == {"r.pdf": newer}
-    lone = file("solo", 1)
-    assert Listing([lone], PURPOSES).remove(lone.id) is True
+    literal = file(f"r ({newer.id}).pdf", 30)  # someone named a file like a decorated duplicate
+    shown = shown_names([older, newer, literal])
+    assert shown[literal.id] == literal.filename and shown[newer.id] == newer.id
 
 
-def test_files_of_purposes_not_shown_stay_reachable_by_id():
-    hidden = file("x", purpose="evals")
-    listing = Listing([hidden], ("assistants",))
-    assert listing.by_id[hidden.id] == hidden and hidden.id not in listing.path_of
+# --- the namespace on a real store --------------------------------------------------------------
 
 
-# --- change detection ------------------------------------------------------------------------
+def _namespace(tmp_path, metadata_db):
+    from s3filesfs.files import open_service
+    from s3filesfs.fs.namespace import Namespace
+
+    settings = config.load(flags={"data_dir": str(tmp_path / "data"), **metadata_db.settings_values()})
+    service = open_service(settings)
+    return service, Namespace(service, refresh_seconds=0.2, scratch_dir=str(tmp_path))
 
 
-def test_data_version_moves_for_other_writers_only(metadata_db):
-    """The mount reloads its listing when others change the table, not after its own writes."""
-    from s3filesfs.metadata import MetadataStore
+def _create(service, name, purpose="assistants"):
+    return service.create(io.BytesIO(name.encode()), name, purpose)
+
+
+def test_lookups_and_listings_follow_the_duplicate_rule(tmp_path, metadata_db):
+    service, namespace = _namespace(tmp_path, metadata_db)
+    first, second = sorted([_create(service, "r.pdf"), _create(service, "r.pdf")], key=lambda f: (f.created_at, f.id))
+    odd = _create(service, "a/b")
+    plain = _create(service, "plain.txt")
+    listed = dict(namespace.names("assistants"))
+    assert set(listed) == {"r.pdf", f"r ({second.id}).pdf", "a\uff0fb", "plain.txt"}
+    for name, file in listed.items():
+        assert namespace.lookup("assistants", name).id == file.id
+    assert namespace.find("assistants", f"r ({first.id}).pdf") is None  # the oldest is never decorated
+    assert namespace.find("batch", "plain.txt") is None
+    assert namespace.find("assistants", plain.id) is None  # a bare id is only shown for names that need it
+    assert listed["a\uff0fb"].id == odd.id
+    service.delete(first.id)
+    namespace.removed(first.id)
+    assert namespace.lookup("assistants", "r.pdf").id == second.id  # the next takes the plain name
+    assert namespace.find("assistants", f"r ({second.id}).pdf") is None
+
+
+def test_files_of_purposes_not_shown_stay_reachable_by_id(tmp_path, metadata_db):
+    service, namespace = _namespace(tmp_path, metadata_db)
+    hidden = _create(service, "x", purpose="evals")
+    namespace.purposes = ("assistants",)
+    assert namespace.by_id(hidden.id) == hidden
+    index, size = namespace.index()
+    lines = os.pread(index.fileno(), size, 0).decode().splitlines()
+    assert [json.loads(line)["path"] for line in lines] == [f"by-id/{hidden.id}"]
+
+
+def test_a_change_made_elsewhere_reaches_a_cached_lookup_through_the_feed(tmp_path, metadata_db):
+    """Another process renames and deletes: one round of the feed names the file, and the
+    namespace forgets what it had cached (and says which paths the kernel must forget)."""
+    service, namespace = _namespace(tmp_path, metadata_db)
+    _, elsewhere = _namespace(tmp_path, metadata_db)
+    feed = service.follow_changes(0.2)
+    file = _create(elsewhere.service, "moving.txt")
+    assert namespace.lookup("assistants", "moving.txt").id == file.id  # cached now
+    elsewhere.service.rename(file.id, "moved.txt", "batch")
+    found = feed.next_round()
+    assert file.id in found.file_ids
+    paths = namespace.apply(found.file_ids, found.everything)
+    assert {"assistants/moving.txt", "batch/moved.txt", f"by-id/{file.id}"} <= set(paths)
+    assert namespace.find("assistants", "moving.txt") is None
+    assert namespace.lookup("batch", "moved.txt").id == file.id
+    elsewhere.service.delete(file.id)
+    found = feed.next_round()
+    assert found.file_ids == {file.id}
+    namespace.apply(found.file_ids, found.everything)
+    assert namespace.find("batch", "moved.txt") is None
+
+
+# --- the change feed ---------------------------------------------------------------------------
+
+
+def test_the_feed_names_every_change_in_order_once(metadata_db):
+    from s3filesfs.metadata import ChangeFeed, MetadataStore
 
     ours, theirs = MetadataStore(metadata_db.location), MetadataStore(metadata_db.location)
-    row = file("a.txt").to_row()
-    start = ours.data_version()
-    ours.insert(row)
-    ours.update(row["id"], viewer=OPERATOR, filename="b.txt", purpose="batch")
-    ours.delete(row["id"], viewer=OPERATOR)
-    assert ours.data_version() == start
-    other = file("c.txt").to_row()
-    theirs.insert(other)
-    moved = ours.data_version()
-    assert moved != start
-    theirs.update(other["id"], viewer=OPERATOR, filename="d.txt", purpose="batch")
-    assert ours.data_version() != moved
+    feed = ChangeFeed(ours)
+    assert not feed.next_round()
+    a, b = file("a.txt").to_row(), file("b.txt").to_row()
+    theirs.insert(a)
+    ours.insert(b)
+    theirs.update(a["id"], filename="c.txt", purpose="batch", viewer=OPERATOR)
+    assert feed.next_round().file_ids == {a["id"], b["id"]}
+    assert not feed.next_round()  # nothing twice
+    ours.missing_add(b["id"], 0)
+    ours.missing_add(b["id"], 0)  # already noted: not a change
+    assert feed.next_round().file_ids == {b["id"]}
+    theirs.delete(a["id"], viewer=OPERATOR)
+    theirs.delete(a["id"], viewer=OPERATOR)  # already gone: not a change
+    assert feed.next_round().file_ids == {a["id"]}
+    positions = [position for position, _ in ours.feed_since(0)]
+    assert positions == sorted(positions) and len(positions) == len(set(positions)) == 5
     ours.close()
     theirs.close()
 
 
-def test_data_version_moves_for_a_change_by_another_program(metadata_db):
-    """A Llama Stack server writes the table through its own connections: the token moves for its
-    rows too (on PostgreSQL once the server publishes their statistics, within seconds)."""
-    from s3filesfs.metadata import MetadataStore
+def test_the_feed_finds_rows_of_a_writer_that_does_not_write_it(metadata_db):
+    """A Llama Stack server inserts through its own connection and writes no feed entry: the
+    round finds its row by created_at; on SQLite a delete of its own is reported as 'everything'."""
+    from s3filesfs.metadata import ChangeFeed, MetadataStore
 
     ours = MetadataStore(metadata_db.location)
-    start = ours.data_version()
-    row = file("seed.txt").to_row()
+    feed = ChangeFeed(ours, catch_up_seconds=0)
+    row = file("seed.txt", created_at=int(time.time()) - 60).to_row()  # stamped before its upload
     with metadata_db.plain() as seed:
         seed.execute("INSERT INTO openai_files (id, filename, purpose, bytes, created_at, expires_at, "
                      "access_attributes, owner_principal) VALUES (?, ?, ?, ?, ?, ?, 'null', '')",
                      [row[k] for k in ("id", "filename", "purpose", "bytes", "created_at", "expires_at")])
-    wait_for(lambda: ours.data_version() != start, timeout=20, what="data_version to move")
-    moved = ours.data_version()
+    assert row["id"] in feed.next_round().file_ids
+    assert row["id"] not in feed.next_round().file_ids
     with metadata_db.plain() as seed:
         assert seed.execute("DELETE FROM openai_files WHERE id = ?", [row["id"]]) == 1
-    wait_for(lambda: ours.data_version() != moved, timeout=20, what="data_version to move again")
+    assert feed.next_round().everything is (metadata_db.engine == "sqlite")
+    ours.close()
+
+
+def test_a_reader_is_woken_by_another_writer(metadata_db):
+    from s3filesfs.metadata import ChangeFeed, MetadataStore
+
+    ours, theirs = MetadataStore(metadata_db.location), MetadataStore(metadata_db.location)
+    feed = ChangeFeed(ours, catch_up_seconds=30)
+    feed.next_round()
+    row = file("wake.txt").to_row()
+    timer = threading.Timer(0.5, theirs.insert, [row])
+    timer.start()
+    started = time.monotonic()
+    feed.wait()
+    waited = time.monotonic() - started
+    timer.join()
+    assert 0.3 < waited < 5, waited
+    assert row["id"] in feed.next_round().file_ids
+    ours.close()
+    theirs.close()
+
+
+def test_a_reader_behind_the_trimmed_feed_is_told_to_forget_everything(metadata_db):
+    from s3filesfs.metadata import ChangeFeed, MetadataStore
+
+    ours = MetadataStore(metadata_db.location)
+    ours.insert(file("one").to_row())
+    feed = ChangeFeed(ours)
+    ours.insert(file("two").to_row())
+    ours.insert(file("three").to_row())
+    assert ours.feed_trim(int(time.time()) + 10) == 2  # the newest entry always stays
+    found = feed.next_round()
+    assert found.everything
     ours.close()
 
 
