@@ -11,7 +11,10 @@ the embedded local blob store), and measures:
   (after the kernel's entry cache of the listing has lapsed), median and p95;
 * change propagation from A to B: a file written through A (open, write, close), then renamed, then
   deleted, each polled for on B with ``os.stat`` every few ms; p50, p95 and max over ``--trials``;
-* the peak RSS of each mount process over the whole run (psutil samples and ``ru_maxrss``).
+* the peak RSS of each mount process over the whole run (psutil samples, and the kernel's high-water
+  mark of the process's memory since it started the mount program, ``VmHWM``, read just before it
+  is stopped; not ``ru_maxrss`` from ``wait4``, which for a forked child also counts the parent's
+  memory at the fork, here the benchmark's own few hundred MB).
 
 Run by hand; it prints one table, a column per engine. A measure that fails (a timeout, a mount
 that died) says so in its cell; the others still run. Exit status 1 if a target is missed.
@@ -212,6 +215,16 @@ def mounted_at(path: Path) -> bool:
         return any(len(f) > 4 and f[4] == target for f in (line.split() for line in mountinfo))
 
 
+def _high_water(pid: int) -> int:
+    """The process's peak resident memory since it started its program (``VmHWM``), in bytes."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return 0
+
+
 class Mount:
     """One ``s3filesfs --config CFG mount MNT --foreground`` with a home of its own, its RSS sampled.
 
@@ -243,7 +256,7 @@ class Mount:
                         FUSE_LIBRARY_NAME="fuse3", PYTHONUNBUFFERED="1")
         self.process: subprocess.Popen | None = None
         self.exit_status: int | None = None
-        self.ru_maxrss = 0
+        self.high_water = 0  # VmHWM just before the stop, bytes
         self.peak_rss = 0
         self.samples = 0
         self._stop_sampling = threading.Event()
@@ -295,6 +308,8 @@ class Mount:
         """``fusermount3 -u``; the process then ends on its own. SIGTERM if it does not, then SIGKILL
         and a lazy unmount."""
         process = self.process
+        if process is not None and process.poll() is None:
+            self.high_water = max(self.high_water, _high_water(process.pid))
         if process is not None and process.poll() is None and mounted_at(self.mountpoint):
             subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True, timeout=30)
         if process is not None:
@@ -317,20 +332,19 @@ class Mount:
     def _reap(self, process: subprocess.Popen, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
-            if process.returncode is not None:  # reaped already (poll): no rusage left to read
+            if process.returncode is not None:  # reaped already (poll)
                 self.exit_status = process.returncode
                 return True
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG if deadline else 0)
+            pid, status, _ = os.wait4(process.pid, os.WNOHANG if deadline else 0)
             if pid:
                 process.returncode = self.exit_status = os.waitstatus_to_exitcode(status)
-                self.ru_maxrss = usage.ru_maxrss * 1024
                 return True
             time.sleep(0.05)
         return False
 
     @property
     def peak(self) -> int:
-        return max(self.peak_rss, self.ru_maxrss)
+        return max(self.peak_rss, self.high_water)
 
     def log_tail(self, lines: int = 6) -> str:
         with contextlib.suppress(OSError):
@@ -470,9 +484,9 @@ class EngineRun:
             for m in mounts:
                 m.stop()
                 self.cells[f"rss {m.name}"] = {
-                    "value": m.peak, "sampled": m.peak_rss, "ru_maxrss": m.ru_maxrss, "samples": m.samples,
+                    "value": m.peak, "sampled": m.peak_rss, "high_water": m.high_water, "samples": m.samples,
                     "exit_status": m.exit_status, "say": f"{m.peak / 1e6:.0f} MB ({m.samples} samples, "
-                                                         f"ru_maxrss {m.ru_maxrss / 1e6:.0f} MB)"}
+                                                         f"VmHWM {m.high_water / 1e6:.0f} MB)"}
                 if m.exit_status not in (0, None):
                     self.cells[f"rss {m.name}"]["say"] += f"; exited {m.exit_status}"
                 self.details[f"log {m.name}"] = m.log_tail(20)
