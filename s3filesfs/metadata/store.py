@@ -31,6 +31,8 @@ _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
 INTEGER_MAX = 2**31 - 1
 # Entries of the change feed read at once.
 FEED_PAGE = 1000
+# Filenames looked up in one query (well under SQLite's limit of bound parameters).
+NAMES_AT_ONCE = 500
 
 
 class byte_length(GenericFunction):  # noqa: N801 (named like the SQL function it stands for)
@@ -126,7 +128,7 @@ class MetadataStore:
         with self._errors(action), self._engine.reading() as conn:
             result = conn.execute(query)
             keys = list(result.keys())  # once: asking each row for its mapping costs more than the query
-            return [dict(zip(keys, row, strict=True)) for row in result]
+            return [dict(zip(keys, row, strict=True)) for row in result.all()]  # one fetch, not one per row
 
     # --- openai_files ------------------------------------------------------------------------
 
@@ -330,7 +332,9 @@ class MetadataStore:
                   .group_by(c.purpose, c.filename).having(func.count() > 1))
         if purpose is not None:
             shared = shared.where(c.purpose == purpose)
-        shared_names = {(row["purpose"], row["filename"]) for row in self._rows("look up names", shared)}
+        shared_names: dict[str, list[str]] = {}
+        for row in self._rows("look up names", shared):
+            shared_names.setdefault(row["purpose"], []).append(row["filename"])
         odd = live.where(or_(
             c.filename.is_(None), c.filename.in_(["", ".", ".."]), byte_length(c.filename) > max_bytes,
             c.filename.contains("/", autoescape=True), c.filename.contains("\uff0f", autoescape=True),
@@ -340,9 +344,10 @@ class MetadataStore:
         if purpose is not None:
             odd = odd.where(c.purpose == purpose)
         rows = {row["id"]: row for row in self._rows("look up names", odd)}
-        for where_purpose, filename in shared_names:
-            for row in self.named(where_purpose, [filename], None, now, viewer=viewer):
-                rows[row["id"]] = row
+        for where_purpose, filenames in shared_names.items():
+            for start in range(0, len(filenames), NAMES_AT_ONCE):  # a few queries, not one per name
+                for row in self.named(where_purpose, filenames[start:start + NAMES_AT_ONCE], None, now, viewer=viewer):
+                    rows[row["id"]] = row
         return sorted(rows.values(), key=lambda row: (row["created_at"], row["id"]))
 
     def _live_rows(self, now: int, viewer: Identity):
