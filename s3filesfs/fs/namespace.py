@@ -203,6 +203,9 @@ class _Groups(_Lru):
 
 
 class Namespace:
+    """The mount's view of the table: lookups by shown name and by id, streamed listings, and the
+    change feed's follower that keeps the cache (and the kernel's) fresh. See the module's doc."""
+
     def __init__(self, service: FileService, refresh_seconds: float = 1.0, scratch_dir: str | None = None,
                  cache_entries: int = CACHE_ENTRIES):
         self.service = service
