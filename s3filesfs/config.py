@@ -124,7 +124,7 @@ class Settings:
     mount_log_file: Path | None = None  # None: <data_dir>/mount.log
     mount_refresh_seconds: float = 1.0
     mount_write_back: bool = False  # close() returns once the data is durable in staging
-    mount_read_ahead_mb: int = 128  # memory that all files being read share for parts fetched ahead
+    mount_read_ahead_mb: int = 96  # memory that all files being read share for parts fetched ahead
     # Expired files removed by the mount and the daemon every this many seconds; 0 turns it off.
     expiry_interval_seconds: float = 3600.0
     # Where the settings came from, for messages.

@@ -49,7 +49,7 @@ PARTS_AHEAD = 4  # ...in parts of a quarter of that (and of the reader's share):
 FORWARD_GAP = 1 * MiB  # a read this far past a run's end still continues it (the kernel's reads overtake)
 KEEP_BEHIND = 1 * MiB  # the kernel may ask again just behind the furthest read; keep that much
 MAX_RUNS = 4  # runs kept per open file: interleaved sequential readers of one descriptor
-DEFAULT_BUDGET = 128 * MiB  # mount.read_ahead_mb
+DEFAULT_BUDGET = 96 * MiB  # mount.read_ahead_mb
 WORKERS = 16  # with the upload workers (2 x upload.concurrency) fits the S3 client's 24 connections
 
 

@@ -387,7 +387,7 @@ def test_bad_environment_values_fail_the_same_way(monkeypatch, variable, value, 
 
 
 def test_read_ahead_budget_from_the_file_and_the_environment(config_file, monkeypatch):
-    assert config.load().mount_read_ahead_mb == 128
+    assert config.load().mount_read_ahead_mb == 96
     config_file("mount:\n  read_ahead_mb: 64\n")
     assert config.load().mount_read_ahead_mb == 64
     monkeypatch.setenv("S3FILESFS_MOUNT_READ_AHEAD_MB", "32")
@@ -456,7 +456,7 @@ def test_masked_is_in_the_files_own_layout_and_loads_back(config_file, tmp_path,
     assert shown["identity"] == {"principal": "", "attributes": {}}
     assert shown["mount"] == {"staging_dir": str(tmp_path / "data" / "staging"), "staging_max_mb": 10240,
                               "log_file": str(tmp_path / "data" / "mount.log"), "refresh_seconds": 0.5,
-                              "write_back": False, "read_ahead_mb": 128}
+                              "write_back": False, "read_ahead_mb": 96}
     assert shown["metadata_store"] == {"type": "sqlite", "db_path": str(tmp_path / "data" / "s3-team-files.db")}
     assert not [key for key in shown if "_" in key and key.split("_")[0] in ("upload", "sync", "api", "mount")]
     # Written back as a config file, it loads to the same settings (the masked secret aside).
