@@ -9,7 +9,8 @@ table, shown under two documented rules:
   ``.``, ``..`` or over 255 bytes is shown as the bare file id.
 
 Nothing here holds the table. ``Namespace`` answers each lookup with one or two indexed queries
-(the rows a shown name may stand for, oldest first), keeps what it found in a bounded cache, and
+(the rows a shown name may stand for, oldest first), keeps the files it found (never an absence:
+a missing name is asked again each time) in a bounded cache, and
 lists a folder (or ``by-id/``, or ``index.jsonl``) by streaming its rows page by page. Only the
 rows whose shown name may differ from their filename (duplicates and names a path cannot hold:
 ``MetadataStore.unusual``) are named up front; every other row shows as its filename.
@@ -214,7 +215,7 @@ class Namespace:
         self.scratch_dir = scratch_dir
         self.on_change: Callable[[list[str]], None] = lambda paths: None  # the mount tells the kernel
         self._lock = threading.Lock()
-        self._files = _Lru(cache_entries)  # id -> FileObject | None
+        self._files = _Lru(cache_entries)  # id -> FileObject
         self._groups = _Groups(cache_entries)  # (purpose, safe name) -> files, oldest first
         self._generation = 0  # counts every change seen, ours or a round of the feed
         self._index: tuple[int, float, float, object, int] | None = None  # generation, built, stale at, file, size
@@ -228,10 +229,12 @@ class Namespace:
             known, file = self._files.fresh(file_id, now)
             generation = self._generation
         if known:
-            return None if file is None or file.is_expired(time.time()) else file
+            return None if file.is_expired(time.time()) else file
         file = self.service.live(file_id)
         with self._lock:
-            if generation == self._generation:  # nothing changed while we asked
+            # Only what exists is kept: a name or id that is not there is asked again each time (one
+            # cheap query), so a file registered elsewhere shows at once, even before the feed says so.
+            if file is not None and generation == self._generation:  # nothing changed while we asked
                 self._files.store(file_id, file, now)
         return file
 
@@ -249,7 +252,7 @@ class Namespace:
         found = self.service.named(purpose, filenames, plain if is_file_id(plain) else None, slash_form)
         files = [file for file in found if safe_name(file) == plain]
         with self._lock:
-            if generation == self._generation:
+            if files and generation == self._generation:  # (see _file: absences are not kept)
                 self._groups.store(key, tuple(files), now)
         return files
 
