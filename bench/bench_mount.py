@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     print_table,
     run_measured,
     server_from_args,
+    source_state,
     upload_command,
     write_results,
 )
@@ -1057,20 +1058,6 @@ def main(argv=None) -> int:
     print(f"\nresults: {saved.relative_to(BENCH_DIR.parent)}")
     s3filesfs = [summary[m]["s3filesfs"]["pass"] for m in summary if isinstance(summary[m].get("s3filesfs"), dict)]
     return 0 if all(s3filesfs) else 1
-
-
-def source_state() -> str:
-    """The commit the mount runs from, and whether s3filesfs/ has uncommitted changes (it runs the tree)."""
-    repo = str(BENCH_DIR.parent)
-    try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "s3filesfs"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    changes = f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else ""
-    return f"{head}{changes}"
 
 
 def rclone_path() -> str | None:

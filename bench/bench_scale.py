@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import BENCH_DIR, console_script, machine, print_table, write_results
+from common import BENCH_DIR, console_script, machine, print_table, source_state, write_results
 
 from s3filesfs.metadata import FILE_COLUMNS, PUBLIC_ROW, TABLE, MetadataStore
 from s3filesfs.model import EXPIRES_AFTER_MAX, NO_EXPIRY_SECONDS
@@ -638,18 +638,6 @@ def judge(runs: list[EngineRun]) -> tuple[list[list], bool]:
             line.append(text)
         table.append(line)
     return table, all_pass
-
-
-def source_state() -> str:
-    repo = str(BENCH_DIR.parent)
-    try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "s3filesfs"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return head + (f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else "")
 
 
 def main(argv=None) -> int:

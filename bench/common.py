@@ -226,6 +226,20 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def source_state() -> str:
+    """The commit the mount runs from, and whether s3filesfs/ has uncommitted changes (it runs the tree)."""
+    repo = str(BENCH_DIR.parent)
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "s3filesfs"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changes = f" + uncommitted changes in {len(dirty.splitlines())} file(s) under s3filesfs/" if dirty else ""
+    return f"{head}{changes}"
+
+
 def machine() -> dict:
     """What the numbers depend on, recorded beside them."""
     memory = psutil.virtual_memory()

@@ -58,7 +58,7 @@ def postgres_server():
     bindir = find_bindir()
     if bindir is None:
         reason = "PostgreSQL is not installed (no initdb; scripts/setup.sh installs the postgresql package)"
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)
     server = PostgresServer(bindir)

@@ -270,13 +270,17 @@ class Namespace:
     # --- the mount's own changes, and the feed's ---------------------------------------------
 
     def _forget(self, files: list[FileObject | None], file_ids: list[str]) -> None:
-        """Drop what is cached about ``file_ids`` and about the groups of ``files`` (old and new)."""
+        """Drop what is cached about ``file_ids`` (the files, and the groups holding them) and about
+        the groups of ``files`` (their old and new names)."""
         with self._lock:
             self._generation += 1
             for file_id in file_ids:
                 cached = self._files.pop(file_id, None)
-                if cached is not None and cached[0] is not None:
-                    files = [*files, cached[0]]
+                if cached is not None:
+                    files = [*files, cached[0]]  # its group as it was
+                held = self._groups.holding.get(file_id)
+                if held is not None:
+                    self._groups.drop(held)
             for file in files:
                 if file is not None:
                     self._groups.drop((file.purpose, safe_name(file)))
@@ -286,17 +290,9 @@ class Namespace:
 
     def removed(self, file_id: str) -> None:
         self._forget([], [file_id])
-        self._forget_groups_holding(file_id)
 
     def renamed(self, file: FileObject) -> None:
         self._forget([file], [file.id])
-        self._forget_groups_holding(file.id)
-
-    def _forget_groups_holding(self, file_id: str) -> None:
-        with self._lock:
-            key = self._groups.holding.get(file_id)
-            if key is not None:
-                self._groups.drop(key)
 
     def apply(self, file_ids: set[str], everything: bool = False) -> list[str]:
         """Take in one round of the change feed; returns the mount paths whose kernel entries are
@@ -315,10 +311,9 @@ class Namespace:
             # Every file whose shown name may move: this one as it was and is, and the duplicates
             # it shared a name with (one of them may now take the plain name).
             before = {f.id: f for f in held}
-            if cached is not None and cached[0] is not None:
+            if cached is not None:
                 before[file_id] = cached[0]
             self._forget([*before.values(), new], [file_id])
-            self._forget_groups_holding(file_id)
             paths.append(f"{BY_ID}/{file_id}")
             for file in [*before.values(), *([new] if new is not None else [])]:
                 if file.purpose in self.purposes:
