@@ -442,6 +442,21 @@ MOUNTS = {"s3filesfs": S3FilesFSMount, "s3filesfs-wb": S3FilesFSWriteBackMount, 
           "rclone": RcloneMount}
 
 
+def tree_mount(name: str, folder: Path) -> type[S3FilesFSMount]:
+    """The mount run from another source tree (``--tree NAME=DIR``), whose package goes first on the
+    path (``python -m`` would put the current folder, this checkout, before any PYTHONPATH)."""
+    run = f"import runpy, sys; sys.path.insert(0, {str(folder)!r}); runpy.run_module('s3filesfs', run_name='__main__')"
+
+    class TreeMount(S3FilesFSMount):
+        def command(self):
+            command = super().command()
+            assert command[1:3] == ["-m", "s3filesfs"]
+            return [command[0], "-c", run, *command[3:]]
+
+    TreeMount.name = f"s3filesfs@{name}"
+    return TreeMount
+
+
 # --- bulk S3 helpers ---------------------------------------------------------------------------
 
 def copy_large(client, src_bucket, src_key, bucket, key, size, metadata=None):
@@ -979,6 +994,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="working folder (default: a temp dir)")
     parser.add_argument("--mount-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the s3filesfs mount process (e.g. MALLOC_ARENA_MAX=2); repeatable")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                        help="also run the s3filesfs mount from another source tree (DIR/s3filesfs/), as the tool "
+                             "s3filesfs@NAME, to compare revisions in one run; repeatable")
     add_server_options(parser)
     args = parser.parse_args(argv)
     args.only = {m.strip() for m in args.only.split(",") if m.strip()}
@@ -1003,6 +1021,13 @@ def main(argv=None) -> int:
         if not sep or not key:
             parser.error(f"--mount-env {spec}: expected KEY=VALUE")
         S3FilesFSMount.extra_env[key] = value
+    for spec in args.tree:  # after --mount-env, which the other tree's mount gets too
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not (Path(folder) / "s3filesfs" / "__init__.py").is_file():
+            parser.error(f"--tree {spec}: expected NAME=DIR with DIR/s3filesfs/__init__.py")
+        MOUNTS[f"s3filesfs@{name}"] = tree_mount(name, Path(folder).resolve())
+        if f"s3filesfs@{name}" not in args.tools:
+            args.tools.append(f"s3filesfs@{name}")
     if bad := set(args.tools) - set(MOUNTS):
         parser.error(f"--tools: unknown tool(s) {', '.join(sorted(bad))}; choose from {','.join(MOUNTS)}")
 
