@@ -380,6 +380,13 @@ class FileService:
         except BlobMissing:
             raise self._vanished(file) from None
 
+    def stream_body(self, file: FileObject, offset: int) -> Iterator[bytes]:
+        """Like ``read_body``, from ``offset`` to the end, as chunks: one GET, read as it is used."""
+        try:
+            return self.blobs.stream(file.id, offset)
+        except BlobMissing:
+            raise self._vanished(file) from None
+
     def _vanished(self, file: FileObject) -> NotFound:
         """A read found no object: delete the row if it is past the grace, else hide it."""
         if self.now() - file.created_at >= ORPHAN_GRACE:

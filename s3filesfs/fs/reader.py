@@ -1,14 +1,26 @@
-"""Reading committed files through the mount: ranged GETs in parallel, read ahead within one budget.
+"""Reading committed files through the mount: read ahead on one stream, or on ranged GETs in
+parallel where one connection is too slow, within one budget.
 
-S3 answers each request after tens of milliseconds and sends one connection's bytes at a bounded
-rate, so a reader is fast only with several requests in flight. A ``Reader`` (one open file) keeps
-a few *runs*: stretches of the file being read in order. A run begins with one small GET
-(``FIRST_PART``: a ``head -c 100`` or a ``file`` probe costs no more) and, while reading goes on
-in order, fetches ahead of the reader: the more it has read, the further ahead (``AHEAD_FACTOR``
-times what it read, at most ``MAX_AHEAD``), in parts of a ``PARTS_AHEAD``th of that distance (at
-least ``FIRST_PART``, at most ``MAX_PART``), each part one ranged GET, several running at once. A
-read that lands nowhere near a run (a jump) starts a new small run there, so random reads stay
-exact: one GET of the bytes asked for (at least ``FIRST_PART``).
+A ``Reader`` (one open file) keeps a few *runs*: stretches of the file being read in order. A run
+begins with one small GET (``FIRST_PART``: a ``head -c 100`` or a ``file`` probe costs no more)
+and, while reading goes on in order, fetches ahead of the reader: the more it has read, the further
+ahead (``AHEAD_FACTOR`` times what it read, at most ``MAX_AHEAD``). A read that lands nowhere near
+a run (a jump) starts a new small run there, so random reads stay exact: one GET of the bytes asked
+for (at least ``FIRST_PART``).
+
+How a run fetches ahead depends on what one connection gives. Every request costs the client and
+the server a request's work, so reading ahead begins on one *stream*: a single GET from there to
+the end of the file, read in order into parts of ``STREAM_PART`` as the budget has room for them
+(the GET waits, unread, while it has none), at most ``STREAM_AHEAD`` ahead. Once the stream has
+given ``STREAM_MEASURE``, its rate decides. At ``FAST_STREAM`` or more (a fast network: more
+connections would only add requests) the run stays on it. Slower (S3 answers each request after
+tens of milliseconds and sends one connection's bytes at a bounded rate; a remote link), the run
+*fans out*: the parts still queued on the stream become GETs of their own, and it goes on in parts
+of a ``PARTS_AHEAD``th of its distance ahead (at least ``FIRST_PART``, at most ``MAX_PART``), each
+one ranged GET, several running at once. While more files are read at once than the pool can run
+``PARTS_AHEAD`` GETs for each, every run reads ahead on a stream whatever its rate: more GETs in
+flight cannot be had then, only more requests. A run's first part (the probe) is a GET of its own,
+so a jump never opens a stream it will not use.
 
 Two things are shared by every open file of the process, so that memory and connections do not
 grow with the number of files open:
@@ -19,21 +31,24 @@ grow with the number of files open:
   reads what it holds. The part a read is waiting for is never
   refused (so nothing can deadlock on the budget): it may overshoot the budget by at most one small
   part per read in progress.
-* ``Fetcher``: one pool of worker threads that runs the GETs, the parts a read is waiting for
-  before the ones fetched ahead.
+* ``Fetcher``: one pool of worker threads that runs the GETs and reads the streams, the parts a
+  read is waiting for before the ones fetched ahead.
 
 A GET that fails fails the read that needs its bytes, with the store's error (the kernel gets its
 errno); the run is given up, so reading again starts afresh. Closing a reader cancels its queued
-GETs and gives its budget back (a GET already running gives its part back when it ends).
+GETs, closes its streams and gives its budget back (a GET already running gives its part back when
+it ends).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 
 from ..errors import S3FilesError, internal_error
@@ -49,6 +64,10 @@ PARTS_AHEAD = 4  # ...in parts of a quarter of that (and of the reader's share):
 FORWARD_GAP = 1 * MiB  # a read this far past a run's end still continues it (the kernel's reads overtake)
 KEEP_BEHIND = 1 * MiB  # the kernel may ask again just behind the furthest read; keep that much
 MAX_RUNS = 4  # runs kept per open file: interleaved sequential readers of one descriptor
+STREAM_PART = 1 * MiB  # a stream's parts: the chunks its GET is read in (the stores' chunk size)
+STREAM_AHEAD = 32 * MiB  # a stream fast enough to keep reads ahead further than a fan-out needs
+STREAM_MEASURE = 4 * MiB  # what a stream gives before its rate decides whether the run fans out
+FAST_STREAM = 200 * MiB  # bytes/s: a stream this fast is about all the mount passes to the kernel
 DEFAULT_BUDGET = 96 * MiB  # mount.read_ahead_mb
 WORKERS = 16  # with the upload workers (2 x upload.concurrency) fits the S3 client's 24 connections
 
@@ -72,10 +91,11 @@ class ReadBudget:
             self._add(owner, size)
             return True
 
-    def share(self, owner: object) -> int:
-        """What ``owner`` may hold: an equal part of the budget among the readers holding some."""
+    def share(self, owner: object) -> tuple[int, int]:
+        """What ``owner`` may hold (an equal part of the budget), and among how many readers."""
         with self._lock:
-            return self.limit // (len(self._held) + (owner not in self._held))
+            readers = len(self._held) + (owner not in self._held)
+            return self.limit // readers, readers
 
     def take(self, owner: object, size: int) -> None:
         """Take ``size`` bytes whatever is left: for the part a read is waiting for."""
@@ -109,7 +129,7 @@ class Fetcher:
         self._lock = threading.Lock()
         self._started = 0
 
-    def submit(self, urgent: bool, work: Callable[[], bytes]) -> Future:
+    def submit(self, urgent: bool, work: Callable[[], object]) -> Future:
         future: Future = Future()
         self._queue.put((0 if urgent else 1, next(self._order), future, work))
         with self._lock:
@@ -158,6 +178,61 @@ class _Part:
         self.offset, self.end, self.future = offset, end, future
 
 
+class _Stream:
+    """One GET from some offset to the end of the file, read in order into the parts queued on it.
+
+    Only its drain (one task in the pool at a time, see ``Reader._drain``) reads it; ``closed``
+    says that no part will be queued any more, so the drain closes the GET when it is done."""
+
+    def __init__(self, service: FileService, file: FileObject):
+        self._service, self._file = service, file
+        self._chunks: Iterator[bytes] | None = None
+        self._at = 0  # the offset of the next byte the open GET gives
+        self._left = b""  # what was read of the GET and not yet given to a part
+        self.queued: deque[_Part] = deque()
+        self.draining = False
+        self.closed = False
+        self.given = 0  # bytes given to parts...
+        self.seconds = 0.0  # ...and the time spent waiting for them (not the time it lay unread)
+
+    def slow(self) -> bool:
+        return self.given >= STREAM_MEASURE and self.given < FAST_STREAM * self.seconds
+
+    def read(self, offset: int, length: int) -> bytes:
+        """The bytes ``offset..offset+length`` from the open GET (opened, or opened again, there)."""
+        if self._chunks is None or self._at != offset:
+            self.close()
+            self._chunks, self._at = self._service.stream_body(self._file, offset), offset
+        # Timed from here: the time to the first byte is paid once by a stream and once per part
+        # by a fan-out, so what says whether one connection is enough is its rate after that.
+        began = time.monotonic()
+        data = self._take(length)
+        self.given += length
+        self.seconds += time.monotonic() - began
+        return data
+
+    def _take(self, length: int) -> bytes:
+        assert self._chunks is not None
+        pieces, need = [], length
+        while need:
+            if not self._left:
+                self._left = next(self._chunks, b"")
+                if not self._left:
+                    raise internal_error(EOFError(f"the object ended at {self._at}, {need} bytes short"))
+            piece, self._left = (self._left, b"") if len(self._left) <= need else (self._left[:need], self._left[need:])
+            pieces.append(piece)
+            need -= len(piece)
+            self._at += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()  # the GET's connection goes, unless it was read to its end
+            self._chunks, self._left = None, b""
+
+
 class _Run:
     """Consecutive parts from ``start`` to ``end``, read in order from ``origin`` up to ``front``."""
 
@@ -166,6 +241,8 @@ class _Run:
         self.start = self.end = origin
         self.front = origin  # just past the furthest byte read
         self.parts: deque[_Part] = deque()
+        self.stream: _Stream | None = None  # reading ahead on one GET (see the module's docstring)
+        self.fanned_out = False  # its stream was too slow: fan out unless the pool is full
 
     def continues(self, offset: int) -> bool:
         return self.start <= offset <= self.end + FORWARD_GAP
@@ -245,19 +322,35 @@ class Reader:
 
     def _extend(self, run: _Run, stop: int) -> None:
         """Request up to ``stop`` now, for a read waiting there: a small part (at least what the
-        read needs, at least ``FIRST_PART``), taken from the budget whatever is left in it."""
-        end = min(self.file.bytes, max(stop, run.end + FIRST_PART))
+        read needs, at least ``FIRST_PART``), taken from the budget whatever is left in it. On a
+        stream, whole ``STREAM_PART``s: its parts then stay in step with the chunks its GET gives."""
+        if run.stream is None:
+            end = min(self.file.bytes, max(stop, run.end + FIRST_PART))
+        else:
+            end = min(self.file.bytes, run.end + -(-(stop - run.end) // STREAM_PART) * STREAM_PART)
         self._budget.take(self, end - run.end)
         self._add_part(run, end, urgent=True)
 
     def _read_ahead(self, run: _Run) -> None:
         """Request parts until the run reaches ``AHEAD_FACTOR`` times what it read ahead of the
         reader, in parts of a ``PARTS_AHEAD``th of that and of this reader's share of the budget (so
-        that several GETs run at once), as far as the budget lets it."""
+        that several GETs run at once), as far as the budget lets it; on a stream while more readers
+        share the pool than it can run ``PARTS_AHEAD`` GETs for."""
         total = self.file.bytes
         ahead = min(MAX_AHEAD, AHEAD_FACTOR * (run.front - run.origin))
         goal = min(total, run.front + ahead)
-        part = max(FIRST_PART, min(MAX_PART, min(ahead, self._budget.share(self)) // PARTS_AHEAD))
+        share, readers = self._budget.share(self)
+        pool_full = readers * PARTS_AHEAD > self._fetcher.workers
+        if run.stream is None and (pool_full or not run.fanned_out):
+            run.stream = _Stream(self.service, self.file)
+        elif run.stream is not None and not pool_full and run.stream.slow():
+            self._fan_out(run)
+        if run.stream is not None:
+            part = STREAM_PART
+            if not pool_full and not run.stream.slow():
+                goal = min(goal, run.front + STREAM_AHEAD)
+        else:
+            part = max(FIRST_PART, min(MAX_PART, min(ahead, share) // PARTS_AHEAD))
         while run.end < goal:
             size = min(part, total - run.end)
             if not self._budget.try_take(self, size):
@@ -265,10 +358,61 @@ class Reader:
             self._add_part(run, run.end + size, urgent=False)
 
     def _add_part(self, run: _Run, end: int, urgent: bool) -> None:
-        offset = run.end
-        future = self._fetcher.submit(urgent, lambda: self._get(offset, end - offset))
-        run.parts.append(_Part(offset, end, future))
+        offset, stream = run.end, run.stream
+        if stream is None:
+            run.parts.append(_Part(offset, end, self._fetcher.submit(urgent, lambda: self._get(offset, end - offset))))
+        else:
+            run.parts.append(_Part(offset, end, Future()))
+            stream.queued.append(run.parts[-1])
+            if not stream.draining:
+                stream.draining = True
+                self._fetcher.submit(urgent, lambda: self._drain(stream))
         run.end = end
+
+    def _drain(self, stream: _Stream) -> None:
+        """Read a stream's queued parts in order, until none is left; close its GET if its run is
+        done with it."""
+        while True:
+            with self._lock:
+                if not stream.queued:
+                    stream.draining = False
+                    if stream.closed:
+                        stream.close()
+                    return
+                part = stream.queued.popleft()
+            if not part.future.set_running_or_notify_cancel():
+                continue  # given up by its run (a dropped run gives up all it queued)
+            try:
+                part.future.set_result(stream.read(part.offset, part.end - part.offset))
+            except BaseException as exc:  # the read that needs these bytes gets the error
+                part.future.set_exception(exc)
+                stream.close()  # the next part opens it again, if its run still wants one
+
+    def _fan_out(self, run: _Run) -> None:
+        """Leave the run's slow stream: the parts still queued on it become GETs of their own."""
+        stream, run.fanned_out = run.stream, True
+        assert stream is not None
+        queued = list(stream.queued)
+        stream.queued.clear()
+        self._close_stream(run)
+        for part in queued:
+            self._fetcher.submit(False, functools.partial(self._fill, part))
+
+    def _fill(self, part: _Part) -> None:
+        if part.future.set_running_or_notify_cancel():  # else given up while it waited
+            try:
+                part.future.set_result(self._get(part.offset, part.end - part.offset))
+            except BaseException as exc:  # handed to the read that needs these bytes
+                part.future.set_exception(exc)
+
+    def _close_stream(self, run: _Run) -> None:
+        """The run reads ahead on the stream no more: its GET is closed once the parts queued on
+        it are read (or given up, as ``_drop`` gives them up), by its drain, or here if none runs."""
+        stream, run.stream = run.stream, None
+        if stream is not None:
+            stream.closed = True
+            if not stream.draining:
+                stream.close()
 
     def _forget(self, run: _Run, before: int) -> None:
         """Drop the parts that end at or before ``before``: read, and far enough behind."""
@@ -277,6 +421,7 @@ class Reader:
         run.start = run.parts[0].offset if run.parts else run.end
 
     def _drop(self, run: _Run) -> None:
+        self._close_stream(run)
         while run.parts:
             self._release(run.parts.popleft())
         run.start = run.end
