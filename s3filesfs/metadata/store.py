@@ -13,9 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, ColumnElement, Integer, and_, func, or_, select
+from sqlalchemy import JSON, Boolean, ColumnElement, Integer, and_, bindparam, func, or_, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.functions import GenericFunction
 
 from ..access import ANONYMOUS, Identity
@@ -27,6 +29,7 @@ from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, changes, intents, journal, le
 from .visibility import visible_to
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
+NAMED_QUERIES_KEPT = 64  # built statements of MetadataStore.named, by shape and viewer
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
 INTEGER_MAX = 2**31 - 1
 # Entries of the change feed read at once.
@@ -77,6 +80,7 @@ class MetadataStore:
                  host: str | None = None):
         # ``host``: the host id that a journal of the previous shape is given to (schema.create_missing).
         self.busy_timeout = busy_timeout
+        self._named_queries: dict[tuple, Select] = {}
         self._engine: Engine
         if isinstance(location, PostgresLocation):
             self.location: Path | PostgresLocation = location
@@ -124,9 +128,9 @@ class MetadataStore:
         except (SQLAlchemyError, OSError) as exc:
             raise self._engine.error(action, exc) from exc
 
-    def _rows(self, action: str, query) -> list[dict]:
+    def _rows(self, action: str, query, parameters: dict | None = None) -> list[dict]:
         with self._errors(action), self._engine.reading() as conn:
-            result = conn.execute(query)
+            result = conn.execute(query, parameters)
             keys = list(result.keys())  # once: asking each row for its mapping costs more than the query
             return [dict(zip(keys, row, strict=True)) for row in result.all()]  # one fetch, not one per row
 
@@ -298,7 +302,8 @@ class MetadataStore:
 
     def live(self, file_id: str, now: int, *, viewer: Identity) -> dict | None:
         """The row of ``file_id`` if ``viewer``'s listing shows it: not expired, not noted missing."""
-        rows = self._rows("get", self._live_rows(now, viewer).where(openai_files.c.id == file_id))
+        rows = self._rows("get", self._named_query(viewer, False, True, False, any_purpose=True),
+                          {"now": now, "file_id": file_id})
         return rows[0] if rows else None
 
     def named(self, purpose: str, filenames: list[str], file_id: str | None, now: int,
@@ -306,18 +311,37 @@ class MetadataStore:
         """The live rows of ``purpose`` that a shown name may stand for, oldest first: those whose
         filename is one of ``filenames``, the row ``file_id``, and (a name shown with ``／`` for
         ``/``) those whose filename reads ``slash_form`` once each ``/`` is written ``／``."""
-        c = openai_files.c
-        matches: list[ColumnElement[bool]] = [c.filename.in_(filenames)] if filenames else []
-        if file_id is not None:
-            matches.append(c.id == file_id)
-        if slash_form is not None:
-            matches.append(func.replace(c.filename, "/", "\uff0f") == slash_form)
-        if not matches:
+        if not (filenames or file_id is not None or slash_form is not None):
             return []
+        query = self._named_query(viewer, bool(filenames), file_id is not None, slash_form is not None)
+        rows = self._rows("look up name", query, {"now": now, "purpose": purpose, "names": filenames,
+                                                   "file_id": file_id, "slash_form": slash_form})
         # Sorted here, not by the query: an ORDER BY lets SQLite prefer the (purpose, created_at)
         # index and scan the whole folder instead of finding the few rows by name.
-        rows = self._rows("look up name", self._live_rows(now, viewer).where(c.purpose == purpose, or_(*matches)))
         return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
+
+    def _named_query(self, viewer: Identity, names: bool, by_id: bool, slashed: bool, any_purpose: bool = False):
+        """``named``'s query (and ``live``'s, of any purpose), built once per shape and viewer: a
+        mount looks names up several times per file it writes, and building the statement cost
+        more than running it."""
+        key = (viewer, names, by_id, slashed, any_purpose)
+        query = self._named_queries.get(key)
+        if query is None:
+            c = openai_files.c
+            matches: list[ColumnElement[bool]] = []
+            if names:
+                matches.append(c.filename.in_(bindparam("names", expanding=True)))
+            if by_id:
+                matches.append(c.id == bindparam("file_id"))
+            if slashed:
+                matches.append(func.replace(c.filename, "/", "\uff0f") == bindparam("slash_form"))
+            query = self._live_rows(bindparam("now"), viewer).where(or_(*matches))
+            if not any_purpose:
+                query = query.where(c.purpose == bindparam("purpose"))
+            if len(self._named_queries) >= NAMED_QUERIES_KEPT:  # viewers are few: the mount's, the API keys'
+                self._named_queries.clear()
+            self._named_queries[key] = query
+        return query
 
     def unusual(self, now: int, purpose: str | None = None, max_bytes: int = 255, *,
                 viewer: Identity) -> list[dict]:
@@ -350,7 +374,7 @@ class MetadataStore:
                     rows[row["id"]] = row
         return sorted(rows.values(), key=lambda row: (row["created_at"], row["id"]))
 
-    def _live_rows(self, now: int, viewer: Identity):
+    def _live_rows(self, now: int | BindParameter, viewer: Identity) -> Select:
         c = openai_files.c
         return select(*_FILE).where(or_(c.expires_at.is_(None), c.expires_at > now),
                                     c.id.not_in(select(missing.c.id)), visible_to(viewer))
