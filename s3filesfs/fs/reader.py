@@ -35,7 +35,9 @@ grow with the number of files open:
   read is waiting for before the ones fetched ahead.
 
 A GET that fails fails the read that needs its bytes, with the store's error (the kernel gets its
-errno); the run is given up, so reading again starts afresh. Closing a reader cancels its queued
+errno); the run is given up, so reading again starts afresh. A stream's GET that breaks after it
+was opened (a server drops a connection left unread while its reader paused) is first opened again
+once, from the part it was reading. Closing a reader cancels its queued
 GETs, closes its streams and gives its budget back (a GET already running gives its part back when
 it ends).
 """
@@ -200,16 +202,28 @@ class _Stream:
 
     def read(self, offset: int, length: int) -> bytes:
         """The bytes ``offset..offset+length`` from the open GET (opened, or opened again, there)."""
-        if self._chunks is None or self._at != offset:
-            self.close()
-            self._chunks, self._at = self._service.stream_body(self._file, offset), offset
+        was_open = self._chunks is not None and self._at == offset
+        if not was_open:
+            self._open(offset)
         # Timed from here: the time to the first byte is paid once by a stream and once per part
         # by a fan-out, so what says whether one connection is enough is its rate after that.
         began = time.monotonic()
-        data = self._take(length)
+        try:
+            data = self._take(length)
+        except S3FilesError:
+            if not was_open:
+                raise
+            # A GET left unread for a while (its reader paused) may be dropped by the server: that
+            # is no failure of the store, so it is opened again once from here before a read fails.
+            self._open(offset)
+            data = self._take(length)
         self.given += length
         self.seconds += time.monotonic() - began
         return data
+
+    def _open(self, offset: int) -> None:
+        self.close()
+        self._chunks, self._at = self._service.stream_body(self._file, offset), offset
 
     def _take(self, length: int) -> bytes:
         assert self._chunks is not None

@@ -320,7 +320,8 @@ class MetadataStore:
         # index and scan the whole folder instead of finding the few rows by name.
         return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
 
-    def _named_query(self, viewer: Identity, names: bool, by_id: bool, slashed: bool, any_purpose: bool = False):
+    def _named_query(self, viewer: Identity, names: bool, by_id: bool, slashed: bool,
+                     any_purpose: bool = False) -> Select:
         """``named``'s query (and ``live``'s, of any purpose), built once per shape and viewer: a
         mount looks names up several times per file it writes, and building the statement cost
         more than running it."""

@@ -17,7 +17,7 @@ import tracemalloc
 import pytest
 
 from s3filesfs.blobs import BlobStore
-from s3filesfs.errors import StorageUnavailable
+from s3filesfs.errors import StorageError, StorageUnavailable
 from s3filesfs.files import FileService
 from s3filesfs.fs import reader as reader_module
 from s3filesfs.fs.reader import (
@@ -47,6 +47,7 @@ class WatchedStore(BlobStore):
         self.closed_streams = 0
         self.running = self.most_running = 0
         self.fail_at: int | None = None  # a GET whose range holds this byte fails
+        self.drop_at: int | None = None  # a stream is dropped, once, before giving this byte
         self._lock = threading.Lock()
 
     def read(self, key, offset, length):
@@ -84,6 +85,9 @@ class WatchedStore(BlobStore):
                     time.sleep(self.chunk_delay)
                     if self.fail_at is not None and start + span[1] <= self.fail_at < start + span[1] + len(chunk):
                         raise StorageUnavailable("S3 endpoint is unreachable: connection reset")
+                    if self.drop_at is not None and start + span[1] <= self.drop_at < start + span[1] + len(chunk):
+                        self.drop_at = None
+                        raise StorageError("S3 request failed: Connection broken: IncompleteRead")
                     span[1] += len(chunk)
                     yield chunk
             finally:
@@ -288,6 +292,19 @@ def test_a_stream_that_fails_fails_the_read_that_needs_its_bytes(bodies, server_
     assert failure.value.errno == 5  # EIO at the kernel
     store.fail_at = None  # the store is back: reading again starts afresh
     assert read_all(reader, file.bytes - offset, start=offset) == data[offset:]
+    reader.close()
+    wait_for(lambda: store.closed_streams == len(store.streams), 5, "every stream's GET closed")
+
+
+def test_a_stream_dropped_while_its_reader_paused_is_opened_again(bodies, server_backend):
+    (file, data), = bodies(12 * MiB)
+    store = WatchedStore(server_backend.service.blobs)
+    store.drop_at = dropped = 6 * MiB  # the server drops the connection once, mid-file
+    service = FileService(server_backend.service.metadata, store)
+    reader = Reader(service, file, ReadBudget(4 * MiB), Fetcher(2))  # a stream, kept short by the budget
+    assert read_all(reader, file.bytes) == data, "no read failed"
+    assert dropped - STREAM_PART < store.streams[-1][0] <= dropped, "opened again where it broke"
+    assert len(store.streams) == 2
     reader.close()
     wait_for(lambda: store.closed_streams == len(store.streams), 5, "every stream's GET closed")
 
