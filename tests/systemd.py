@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+from tests.helpers import lacking
 
 
 class NotifySocket:
@@ -95,9 +95,7 @@ def analyze_verify(*paths: Path) -> subprocess.CompletedProcess:
     """``systemd-analyze --user verify`` on unit files. Missing: a skip, but a failure under CI=true."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("systemd-analyze is missing (Debian package systemd): the units cannot be verified")
-        pytest.skip("systemd-analyze is missing (Debian package systemd)")
+        lacking("systemd-analyze is missing (Debian package systemd): the units cannot be verified")
     runtime = tempfile.mkdtemp(dir="/tmp", prefix="s3fr-")  # --user needs a runtime folder
     try:
         return subprocess.run([analyze, "--user", "verify", *map(str, paths)], capture_output=True, text=True,

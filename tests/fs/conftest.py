@@ -17,6 +17,7 @@ import shutil
 import pytest
 
 from tests.fs.mounting import Mount
+from tests.helpers import lacking
 
 BACKENDS = ["local", "s3"]
 # The shared mount also runs on PostgreSQL: every behaviour of the mount on both metadata engines.
@@ -35,9 +36,7 @@ def _fuse_missing() -> str | None:
 def fuse():
     missing = _fuse_missing()
     if missing:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"FUSE mount tests cannot run: {missing}")
-        pytest.skip(f"FUSE mount tests need FUSE: {missing}")
+        lacking(f"FUSE mount tests need FUSE: {missing}")
 
 
 def _start(request, backend: str) -> Mount:

@@ -76,11 +76,11 @@ from s3filesfs.fs import records
 from s3filesfs.fs.core import Caller, MountCore
 from s3filesfs.fs.staging import StagedFile, Staging
 from s3filesfs.model import is_temporary_name
+from tests.helpers import UNDER_CI
 
 EXAMPLES = int(os.environ.get("S3FILESFS_PROPERTY_EXAMPLES") or 0) or 60
 EXAMPLES_S3 = max(3, EXAMPLES // 20)  # every step talks HTTP to the moto server
 STEPS = 50
-CI = os.environ.get("CI") == "true"
 
 PURPOSES = ("assistants", "batch")
 PATHS = (("assistants", "a.txt"), ("assistants", "b.txt"), ("assistants", "a.part"),
@@ -657,7 +657,7 @@ def _run(workdir: Path, settings_for: Callable[[Path], config.Settings], example
     started = time.monotonic()
     try:
         run_state_machine_as_test(machine, settings=settings(
-            max_examples=examples, stateful_step_count=STEPS, deadline=None, derandomize=CI, print_blob=True,
+            max_examples=examples, stateful_step_count=STEPS, deadline=None, derandomize=UNDER_CI, print_blob=True,
             phases=phases, report_multiple_bugs=shrink,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     finally:
