@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -56,6 +57,8 @@ from concurrent.futures import CancelledError, Future
 from ..errors import S3FilesError, internal_error
 from ..files import FileService
 from ..model import FileObject
+
+log = logging.getLogger(__name__)
 
 KiB, MiB = 1024, 1024 * 1024
 FIRST_PART = 256 * KiB  # a run's first GET: what a probe or a random read costs
@@ -131,25 +134,23 @@ class Fetcher:
         self._lock = threading.Lock()
         self._started = 0
 
-    def submit(self, urgent: bool, work: Callable[[], object]) -> Future:
-        future: Future = Future()
-        self._queue.put((0 if urgent else 1, next(self._order), future, work))
+    def submit(self, urgent: bool, work: Callable[[], None]) -> None:
+        """Run ``work`` (which hands its own outcome on: see ``_Part.fill``) in the pool."""
+        self._queue.put((0 if urgent else 1, next(self._order), work))
         with self._lock:
             if self._started < self.workers:
                 self._started += 1
                 threading.Thread(target=self._work, daemon=True, name=f"read-{self._started}").start()
-        return future
 
     def _work(self) -> None:
         while True:
-            _, _, future, work = self._queue.get()
-            if future.set_running_or_notify_cancel():  # else cancelled while queued: its reader is done
-                try:
-                    future.set_result(work())
-                except BaseException as exc:  # handed to the read that needs these bytes
-                    future.set_exception(exc)
+            _, _, work = self._queue.get()
+            try:
+                work()
+            except Exception:  # work hands its errors to its reads; this is a bug, and the worker stays
+                log.exception("a read-ahead task failed")
             # An idle worker must not keep the last part it fetched (and its bytes) alive.
-            del future, work
+            del work
 
 
 _shared_lock = threading.Lock()
@@ -172,12 +173,23 @@ def shared() -> tuple[ReadBudget, Fetcher]:
 
 
 class _Part:
-    """One ranged GET: the bytes ``offset..end``, once its future is done."""
+    """The bytes ``offset..end`` of the file, once its future is done: a ranged GET's, or a
+    stream's. Cancelling the future gives the part up before it is fetched."""
 
     __slots__ = ("offset", "end", "future")
 
-    def __init__(self, offset: int, end: int, future: Future):
-        self.offset, self.end, self.future = offset, end, future
+    def __init__(self, offset: int, end: int):
+        self.offset, self.end = offset, end
+        self.future: Future[bytes] = Future()
+
+    def fill(self, fetch: Callable[[int, int], bytes]) -> None:
+        """Fetch the part's bytes with ``fetch(offset, length)``, unless it was given up; an error
+        is handed to the read that needs these bytes."""
+        if self.future.set_running_or_notify_cancel():
+            try:
+                self.future.set_result(fetch(self.offset, self.end - self.offset))
+            except BaseException as exc:
+                self.future.set_exception(exc)
 
 
 class _Stream:
@@ -209,14 +221,18 @@ class _Stream:
         # by a fan-out, so what says whether one connection is enough is its rate after that.
         began = time.monotonic()
         try:
-            data = self._take(length)
-        except S3FilesError:
-            if not was_open:
-                raise
-            # A GET left unread for a while (its reader paused) may be dropped by the server: that
-            # is no failure of the store, so it is opened again once from here before a read fails.
-            self._open(offset)
-            data = self._take(length)
+            try:
+                data = self._take(length)
+            except S3FilesError:
+                if not was_open:
+                    raise
+                # A GET left unread for a while (its reader paused) may be dropped by the server: no
+                # failure of the store, so it is opened again once from here before a read fails.
+                self._open(offset)
+                data = self._take(length)
+        except BaseException:
+            self.close()  # the next part opens it again, if its run still wants one
+            raise
         self.given += length
         self.seconds += time.monotonic() - began
         return data
@@ -372,16 +388,16 @@ class Reader:
             self._add_part(run, run.end + size, urgent=False)
 
     def _add_part(self, run: _Run, end: int, urgent: bool) -> None:
-        offset, stream = run.end, run.stream
+        part, stream = _Part(run.end, end), run.stream
+        run.parts.append(part)
+        run.end = end
         if stream is None:
-            run.parts.append(_Part(offset, end, self._fetcher.submit(urgent, lambda: self._get(offset, end - offset))))
+            self._fetcher.submit(urgent, functools.partial(part.fill, self._get))
         else:
-            run.parts.append(_Part(offset, end, Future()))
-            stream.queued.append(run.parts[-1])
+            stream.queued.append(part)
             if not stream.draining:
                 stream.draining = True
-                self._fetcher.submit(urgent, lambda: self._drain(stream))
-        run.end = end
+                self._fetcher.submit(urgent, functools.partial(self._drain, stream))
 
     def _drain(self, stream: _Stream) -> None:
         """Read a stream's queued parts in order, until none is left; close its GET if its run is
@@ -394,13 +410,7 @@ class Reader:
                         stream.close()
                     return
                 part = stream.queued.popleft()
-            if not part.future.set_running_or_notify_cancel():
-                continue  # given up by its run (a dropped run gives up all it queued)
-            try:
-                part.future.set_result(stream.read(part.offset, part.end - part.offset))
-            except BaseException as exc:  # the read that needs these bytes gets the error
-                part.future.set_exception(exc)
-                stream.close()  # the next part opens it again, if its run still wants one
+            part.fill(stream.read)  # (a part given up, as a dropped run gives up all it queued, is skipped)
 
     def _fan_out(self, run: _Run) -> None:
         """Leave the run's slow stream: the parts still queued on it become GETs of their own."""
@@ -410,14 +420,7 @@ class Reader:
         stream.queued.clear()
         self._close_stream(run)
         for part in queued:
-            self._fetcher.submit(False, functools.partial(self._fill, part))
-
-    def _fill(self, part: _Part) -> None:
-        if part.future.set_running_or_notify_cancel():  # else given up while it waited
-            try:
-                part.future.set_result(self._get(part.offset, part.end - part.offset))
-            except BaseException as exc:  # handed to the read that needs these bytes
-                part.future.set_exception(exc)
+            self._fetcher.submit(False, functools.partial(part.fill, self._get))
 
     def _close_stream(self, run: _Run) -> None:
         """The run reads ahead on the stream no more: its GET is closed once the parts queued on

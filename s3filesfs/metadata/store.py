@@ -29,7 +29,7 @@ from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, changes, intents, journal, le
 from .visibility import visible_to
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
-NAMED_QUERIES_KEPT = 64  # built statements of MetadataStore.named, by shape and viewer
+LOOKUP_QUERIES_KEPT = 64  # statements of MetadataStore._lookup_query kept, by shape and viewer
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
 INTEGER_MAX = 2**31 - 1
 # Entries of the change feed read at once.
@@ -80,7 +80,7 @@ class MetadataStore:
                  host: str | None = None):
         # ``host``: the host id that a journal of the previous shape is given to (schema.create_missing).
         self.busy_timeout = busy_timeout
-        self._named_queries: dict[tuple, Select] = {}
+        self._lookup_queries: dict[tuple, Select] = {}
         self._engine: Engine
         if isinstance(location, PostgresLocation):
             self.location: Path | PostgresLocation = location
@@ -302,8 +302,7 @@ class MetadataStore:
 
     def live(self, file_id: str, now: int, *, viewer: Identity) -> dict | None:
         """The row of ``file_id`` if ``viewer``'s listing shows it: not expired, not noted missing."""
-        rows = self._rows("get", self._named_query(viewer, False, True, False, any_purpose=True),
-                          {"now": now, "file_id": file_id})
+        rows = self._rows("get", self._lookup_query(viewer, by_id=True), {"now": now, "file_id": file_id})
         return rows[0] if rows else None
 
     def named(self, purpose: str, filenames: list[str], file_id: str | None, now: int,
@@ -313,20 +312,22 @@ class MetadataStore:
         ``/``) those whose filename reads ``slash_form`` once each ``/`` is written ``／``."""
         if not (filenames or file_id is not None or slash_form is not None):
             return []
-        query = self._named_query(viewer, bool(filenames), file_id is not None, slash_form is not None)
+        query = self._lookup_query(viewer, names=bool(filenames), by_id=file_id is not None,
+                                   slashed=slash_form is not None, in_purpose=True)
         rows = self._rows("look up name", query, {"now": now, "purpose": purpose, "names": filenames,
                                                    "file_id": file_id, "slash_form": slash_form})
         # Sorted here, not by the query: an ORDER BY lets SQLite prefer the (purpose, created_at)
         # index and scan the whole folder instead of finding the few rows by name.
         return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
 
-    def _named_query(self, viewer: Identity, names: bool, by_id: bool, slashed: bool,
-                     any_purpose: bool = False) -> Select:
-        """``named``'s query (and ``live``'s, of any purpose), built once per shape and viewer: a
-        mount looks names up several times per file it writes, and building the statement cost
-        more than running it."""
-        key = (viewer, names, by_id, slashed, any_purpose)
-        query = self._named_queries.get(key)
+    def _lookup_query(self, viewer: Identity, *, names: bool = False, by_id: bool = False, slashed: bool = False,
+                      in_purpose: bool = False) -> Select:
+        """The live rows ``viewer`` sees that match any of the tests asked for (bound at each call:
+        ``names``, ``file_id``, ``slash_form``, within ``purpose``), for ``named`` and ``live``. Built
+        once per shape and viewer: a mount looks names up several times per file it writes, and
+        building the statement cost more than running it."""
+        key = (viewer, names, by_id, slashed, in_purpose)
+        query = self._lookup_queries.get(key)
         if query is None:
             c = openai_files.c
             matches: list[ColumnElement[bool]] = []
@@ -337,11 +338,11 @@ class MetadataStore:
             if slashed:
                 matches.append(func.replace(c.filename, "/", "\uff0f") == bindparam("slash_form"))
             query = self._live_rows(bindparam("now"), viewer).where(or_(*matches))
-            if not any_purpose:
+            if in_purpose:
                 query = query.where(c.purpose == bindparam("purpose"))
-            if len(self._named_queries) >= NAMED_QUERIES_KEPT:  # viewers are few: the mount's, the API keys'
-                self._named_queries.clear()
-            self._named_queries[key] = query
+            if len(self._lookup_queries) >= LOOKUP_QUERIES_KEPT:  # viewers are few: the mount's, the API keys'
+                self._lookup_queries.clear()
+            self._lookup_queries[key] = query
         return query
 
     def unusual(self, now: int, purpose: str | None = None, max_bytes: int = 255, *,
