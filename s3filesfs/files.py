@@ -444,6 +444,11 @@ class FileService:
         """A place in the store's change feed, starting now."""
         return ChangeFeed(self.metadata, catch_up_seconds)
 
+    def change_token(self) -> int | None:
+        """A number that moves whenever anyone changes the table; None if the store cannot tell
+        cheaply (see ``MetadataStore.change_token``)."""
+        return self.metadata.change_token()
+
     def count(self) -> int:
         """How many rows the table holds (expired or hidden ones included): cheap, and exact."""
         return self.metadata.count()

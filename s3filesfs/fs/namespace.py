@@ -9,9 +9,8 @@ table, shown under two documented rules:
   ``.``, ``..`` or over 255 bytes is shown as the bare file id.
 
 Nothing here holds the table. ``Namespace`` answers each lookup with one or two indexed queries
-(the rows a shown name may stand for, oldest first), keeps the files it found (never an absence:
-a missing name is asked again each time) in a bounded cache, and
-lists a folder (or ``by-id/``, or ``index.jsonl``) by streaming its rows page by page. Only the
+(the rows a shown name may stand for, oldest first), keeps the files it found in a bounded cache,
+and lists a folder (or ``by-id/``, or ``index.jsonl``) by streaming its rows page by page. Only the
 rows whose shown name may differ from their filename (duplicates and names a path cannot hold:
 ``MetadataStore.unusual``) are named up front; every other row shows as its filename.
 
@@ -21,6 +20,12 @@ paths the kernel must forget too. The mount's own changes are applied at once, s
 its file without waiting for a round. Rows of writers without the feed (a Llama Stack server) are
 found by the feed's query on ``created_at``; cached rows are also looked up again after
 ``CACHE_SECONDS``, which bounds how long a delete by such a writer can go unseen on PostgreSQL.
+
+A name found missing is kept too, but only on a store that can say cheaply that nothing at all was
+committed since (SQLite's ``data_version``, read before the query and again before each answer):
+the kernel asks for a new file's name several times while ``cp`` creates it, and a file registered
+a moment ago by anyone, the feed's follower not yet woken, must still show at its first lookup. On
+PostgreSQL a missing name is asked again each time.
 """
 
 from __future__ import annotations
@@ -217,6 +222,7 @@ class Namespace:
         self._lock = threading.Lock()
         self._files = _Lru(cache_entries)  # id -> FileObject
         self._groups = _Groups(cache_entries)  # (purpose, safe name) -> files, oldest first
+        self._absent = _Lru(cache_entries)  # (purpose, safe name) -> the change token it was missing at
         self._generation = 0  # counts every change seen, ours or a round of the feed
         self._index: tuple[int, float, float, object, int] | None = None  # generation, built, stale at, file, size
         self._stopping = threading.Event()
@@ -232,8 +238,8 @@ class Namespace:
             return None if file.is_expired(time.time()) else file
         file = self.service.live(file_id)
         with self._lock:
-            # Only what exists is kept: a name or id that is not there is asked again each time (one
-            # cheap query), so a file registered elsewhere shows at once, even before the feed says so.
+            # Only what exists is kept: an id that is not there is asked again each time (one cheap
+            # query; unlike a new file's name, nothing asks for a missing id over and over).
             if file is not None and generation == self._generation:  # nothing changed while we asked
                 self._files.store(file_id, file, now)
         return file
@@ -245,15 +251,22 @@ class Namespace:
         with self._lock:
             known, files = self._groups.fresh(key, now)
             generation = self._generation
+            missing, missing_at = self._absent.fresh(key, now)
         if known:
             clock = time.time()
             return [file for file in files if not file.is_expired(clock)]
+        token = self.service.change_token()  # before the query: a commit after it moves the token
+        if missing and token is not None and token == missing_at:
+            return []  # nobody committed anything since it was found missing
         filenames, slash_form = _filenames_shown_as(plain)
         found = self.service.named(purpose, filenames, plain if is_file_id(plain) else None, slash_form)
         files = [file for file in found if safe_name(file) == plain]
         with self._lock:
-            if files and generation == self._generation:  # (see _file: absences are not kept)
-                self._groups.store(key, tuple(files), now)
+            if generation == self._generation:  # nothing changed while we asked
+                if files:
+                    self._groups.store(key, tuple(files), now)
+                elif token is not None:
+                    self._absent.store(key, token, now)
         return files
 
     def _shown_name(self, file: FileObject) -> str:
@@ -274,6 +287,7 @@ class Namespace:
         the groups of ``files`` (their old and new names)."""
         with self._lock:
             self._generation += 1
+            self._absent.clear()
             for file_id in file_ids:
                 cached = self._files.pop(file_id, None)
                 if cached is not None:
@@ -302,6 +316,7 @@ class Namespace:
                 self._generation += 1
                 self._files.clear()
                 self._groups.clear()
+                self._absent.clear()
         paths = [INDEX]
         for file_id in file_ids:
             new = self.service.live(file_id)

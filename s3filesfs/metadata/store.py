@@ -117,6 +117,12 @@ class MetadataStore:
         with self._errors("data_version"):
             return self._engine.data_version()
 
+    def change_token(self) -> int | None:
+        """A number that moves whenever anyone commits a change, this process included, on SQLite
+        (where reading it costs a few microseconds); None on PostgreSQL, or when it cannot be read.
+        An answer found while it stood still is still the answer."""
+        return self._engine.change_token()
+
     def wait_for_changes(self, timeout: float) -> None:
         """Return when another process may have changed something, or after ``timeout`` seconds."""
         self._engine.wait_for_changes(timeout)

@@ -163,6 +163,41 @@ def test_files_of_purposes_not_shown_stay_reachable_by_id(tmp_path, metadata_db)
     assert [json.loads(line)["path"] for line in lines] == [f"by-id/{hidden.id}"]
 
 
+def _insert_plainly(metadata_db, row):
+    """Insert ``row`` the way a Llama Stack server does: its own connection, no feed entry."""
+    with metadata_db.plain() as seed:
+        seed.execute("INSERT INTO openai_files (id, filename, purpose, bytes, created_at, expires_at, "
+                     "access_attributes, owner_principal) VALUES (?, ?, ?, ?, ?, ?, 'null', '')",
+                     [row[k] for k in ("id", "filename", "purpose", "bytes", "created_at", "expires_at")])
+
+
+def test_a_missing_name_is_kept_only_while_nobody_commits(tmp_path, metadata_db):
+    """``cp`` makes the kernel ask for a new file's name two or three times. On SQLite the first
+    answer is kept until anyone commits anything (another program's row shows at the very next
+    lookup, before any round of the feed); PostgreSQL cannot tell, so each lookup asks."""
+    service, namespace = _namespace(tmp_path, metadata_db)
+    asked = []
+    named = service.named
+
+    def counted(*args, **kwargs):
+        asked.append(args)
+        return named(*args, **kwargs)
+
+    service.named = counted
+    for _ in range(3):
+        assert namespace.find("assistants", "soon.txt") is None
+    assert len(asked) == (1 if metadata_db.engine == "sqlite" else 3)
+
+    theirs = file("soon.txt", created_at=int(time.time()))
+    _insert_plainly(metadata_db, theirs.to_row())
+    assert namespace.lookup("assistants", "soon.txt").id == theirs.id
+
+    assert namespace.find("batch", "ours.txt") is None
+    ours = file("ours.txt", created_at=int(time.time()), purpose="batch")
+    service.metadata.insert(ours.to_row())  # this process's own writer, the namespace not told
+    assert namespace.lookup("batch", "ours.txt").id == ours.id
+
+
 def test_a_change_made_elsewhere_reaches_a_cached_lookup_through_the_feed(tmp_path, metadata_db):
     """Another process renames and deletes: one round of the feed names the file, and the
     namespace forgets what it had cached (and says which paths the kernel must forget)."""
@@ -220,10 +255,7 @@ def test_the_feed_finds_rows_of_a_writer_that_does_not_write_it(metadata_db):
     ours = MetadataStore(metadata_db.location)
     feed = ChangeFeed(ours, catch_up_seconds=0)
     row = file("seed.txt", created_at=int(time.time()) - 60).to_row()  # stamped before its upload
-    with metadata_db.plain() as seed:
-        seed.execute("INSERT INTO openai_files (id, filename, purpose, bytes, created_at, expires_at, "
-                     "access_attributes, owner_principal) VALUES (?, ?, ?, ?, ?, ?, 'null', '')",
-                     [row[k] for k in ("id", "filename", "purpose", "bytes", "created_at", "expires_at")])
+    _insert_plainly(metadata_db, row)
     assert row["id"] in feed.next_round().file_ids
     assert row["id"] not in feed.next_round().file_ids
     with metadata_db.plain() as seed:
