@@ -17,6 +17,11 @@ also become visible in commit order, and announces itself with ``NOTIFY``; a rea
 ``LISTEN``s on one connection of its own. PostgreSQL has no cheap token for "another program
 changed the table", so ``data_version`` is None there: readers find rows of writers that do not
 write the feed by their ``created_at`` (see ``feed``).
+
+A statement the store runs over and over (a name lookup: the kernel asks for names all the time)
+can be ``prepare``d: on SQLite, when SQLAlchemy has nothing to convert in it, it is compiled once and
+then run on a pooled connection through the driver itself, which costs a fifth of going through
+SQLAlchemy each time. It is still the one statement of ``store``, not a second spelling of it.
 """
 
 import contextlib
@@ -25,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -32,6 +38,8 @@ from sqlalchemy import URL, Connection, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.base import Executable
 
 from ..errors import StorageError, StorageUnavailable
 from .location import PostgresLocation
@@ -55,6 +63,18 @@ BUSY_STATES = {"55P03", "40001", "40P01", "53300", "57P01", "57P02", "57P03"}
 REFUSALS = ("authentication failed", "pg_hba.conf", "does not exist", "permission denied")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A read statement the store runs over and over (a name lookup), with what the engine made of
+    it once: on SQLite the driver's SQL and the order of its parameters, run without SQLAlchemy's
+    per-call work (a lookup cost 45 µs through it, 9 µs without)."""
+
+    statement: Select
+    sql: str | None = None  # None: run through SQLAlchemy as any other statement
+    order: tuple[str, ...] = ()  # the parameter each ``?`` takes, by name
+    fixed: dict = field(default_factory=dict)  # values the statement carries itself (literals)
+
+
 def _detail(exc: BaseException) -> str:
     """The driver's own words, on one line, without the SQL and parameters SQLAlchemy adds."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -68,6 +88,18 @@ class Engine:
 
     def reading(self) -> contextlib.AbstractContextManager[Connection]:
         raise NotImplementedError
+
+    def prepare(self, statement: Select) -> Prepared:
+        """``statement``, for ``rows`` to run many times."""
+        return Prepared(statement)
+
+    def rows(self, query: Executable | Prepared, parameters: dict | None = None) -> list[dict]:
+        """The rows ``query`` gives, each a dict by column name."""
+        statement = query.statement if isinstance(query, Prepared) else query
+        with self.reading() as conn:
+            result = conn.execute(statement, parameters)
+            keys = list(result.keys())  # once: asking each row for its mapping costs more than the query
+            return [dict(zip(keys, row, strict=True)) for row in result.all()]  # one fetch, not one per row
 
     def writing(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection in a transaction, committed when the block ends, rolled back if it fails."""
@@ -145,6 +177,37 @@ class SqliteEngine(Engine):
     def reading(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             yield conn
+
+    def prepare(self, statement: Select) -> Prepared:
+        dialect = self.engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        binds = compiled.binds.values()
+        # Only a statement whose values and columns the driver takes and gives as they are: nothing
+        # for SQLAlchemy to convert (JSON, say), no list to expand into placeholders.
+        if (compiled.positiontup is None or "POSTCOMPILE" in compiled.string
+                or any(bind.expanding or bind.callable is not None or bind.type.bind_processor(dialect)
+                       for bind in binds)
+                or any(column.type.result_processor(dialect, None) for column in statement.selected_columns)):
+            return Prepared(statement)
+        fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
+        return Prepared(statement, compiled.string, tuple(compiled.positiontup), fixed)
+
+    def rows(self, query: Executable | Prepared, parameters: dict | None = None) -> list[dict]:
+        if not isinstance(query, Prepared) or query.sql is None:
+            return super().rows(query, parameters)
+        given = parameters or {}
+        values = [given[name] if name in given else query.fixed[name] for name in query.order]
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute(query.sql, values)
+                keys = [column[0] for column in cursor.description]
+                return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+            finally:
+                raw.close()  # back to the pool
+        except sqlite3.Error as exc:  # as SQLAlchemy would have raised it, for Engine.error
+            raise DBAPIError.instance(query.sql, values, exc, sqlite3.Error) from exc
 
     @contextlib.contextmanager
     def _writer_connection(self) -> Iterator[Connection]:

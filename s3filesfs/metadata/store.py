@@ -23,7 +23,7 @@ from sqlalchemy.sql.functions import GenericFunction
 from ..access import ANONYMOUS, Identity
 from ..errors import FileTooLarge, StorageError
 from . import schema
-from .engines import Engine, PostgresEngine, SqliteEngine
+from .engines import Engine, PostgresEngine, Prepared, SqliteEngine
 from .location import PostgresLocation
 from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, changes, intents, journal, leases, missing, openai_files
 from .visibility import visible_to
@@ -36,6 +36,9 @@ INTEGER_MAX = 2**31 - 1
 FEED_PAGE = 1000
 # Filenames looked up in one query (well under SQLite's limit of bound parameters).
 NAMES_AT_ONCE = 500
+# Up to this many filenames, a lookup statement has a parameter for each (and is prepared once);
+# more are bound as one list. A shown name stands for one or two filenames.
+FEW_NAMES = 2
 
 
 class byte_length(GenericFunction):  # noqa: N801 (named like the SQL function it stands for)
@@ -80,7 +83,7 @@ class MetadataStore:
                  host: str | None = None):
         # ``host``: the host id that a journal of the previous shape is given to (schema.create_missing).
         self.busy_timeout = busy_timeout
-        self._lookup_queries: dict[tuple, Select] = {}
+        self._lookup_queries: dict[tuple, Prepared] = {}
         self._engine: Engine
         if isinstance(location, PostgresLocation):
             self.location: Path | PostgresLocation = location
@@ -135,10 +138,8 @@ class MetadataStore:
             raise self._engine.error(action, exc) from exc
 
     def _rows(self, action: str, query, parameters: dict | None = None) -> list[dict]:
-        with self._errors(action), self._engine.reading() as conn:
-            result = conn.execute(query, parameters)
-            keys = list(result.keys())  # once: asking each row for its mapping costs more than the query
-            return [dict(zip(keys, row, strict=True)) for row in result.all()]  # one fetch, not one per row
+        with self._errors(action):
+            return self._engine.rows(query, parameters)
 
     # --- openai_files ------------------------------------------------------------------------
 
@@ -318,37 +319,44 @@ class MetadataStore:
         ``/``) those whose filename reads ``slash_form`` once each ``/`` is written ``／``."""
         if not (filenames or file_id is not None or slash_form is not None):
             return []
-        query = self._lookup_query(viewer, names=bool(filenames), by_id=file_id is not None,
+        query = self._lookup_query(viewer, names=len(filenames), by_id=file_id is not None,
                                    slashed=slash_form is not None, in_purpose=True)
-        rows = self._rows("look up name", query, {"now": now, "purpose": purpose, "names": filenames,
-                                                   "file_id": file_id, "slash_form": slash_form})
+        parameters = {"now": now, "purpose": purpose, "file_id": file_id, "slash_form": slash_form}
+        if len(filenames) > FEW_NAMES:
+            parameters["names"] = filenames
+        else:
+            parameters.update((f"name{i}", name) for i, name in enumerate(filenames))
+        rows = self._rows("look up name", query, parameters)
         # Sorted here, not by the query: an ORDER BY lets SQLite prefer the (purpose, created_at)
         # index and scan the whole folder instead of finding the few rows by name.
         return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
 
-    def _lookup_query(self, viewer: Identity, *, names: bool = False, by_id: bool = False, slashed: bool = False,
-                      in_purpose: bool = False) -> Select:
+    def _lookup_query(self, viewer: Identity, *, names: int = 0, by_id: bool = False, slashed: bool = False,
+                      in_purpose: bool = False) -> Prepared:
         """The live rows ``viewer`` sees that match any of the tests asked for (bound at each call:
-        ``names``, ``file_id``, ``slash_form``, within ``purpose``), for ``named`` and ``live``. Built
-        once per shape and viewer: a mount looks names up several times per file it writes, and
-        building the statement cost more than running it."""
-        key = (viewer, names, by_id, slashed, in_purpose)
+        ``names`` filenames, ``file_id``, ``slash_form``, within ``purpose``), for ``named`` and
+        ``live``. Prepared once per shape and viewer: a mount looks names up several times per file
+        it writes, and building the statement cost more than running it."""
+        few = names <= FEW_NAMES
+        key = (viewer, names if few else -1, by_id, slashed, in_purpose)
         query = self._lookup_queries.get(key)
         if query is None:
             c = openai_files.c
             matches: list[ColumnElement[bool]] = []
-            if names:
+            if names and few:  # one parameter each: a list would be expanded into placeholders at each call
+                matches.append(c.filename.in_([bindparam(f"name{i}") for i in range(names)]))
+            elif names:
                 matches.append(c.filename.in_(bindparam("names", expanding=True)))
             if by_id:
                 matches.append(c.id == bindparam("file_id"))
             if slashed:
                 matches.append(func.replace(c.filename, "/", "\uff0f") == bindparam("slash_form"))
-            query = self._live_rows(bindparam("now"), viewer).where(or_(*matches))
+            statement = self._live_rows(bindparam("now"), viewer).where(or_(*matches))
             if in_purpose:
-                query = query.where(c.purpose == bindparam("purpose"))
+                statement = statement.where(c.purpose == bindparam("purpose"))
             if len(self._lookup_queries) >= LOOKUP_QUERIES_KEPT:  # viewers are few: the mount's, the API keys'
                 self._lookup_queries.clear()
-            self._lookup_queries[key] = query
+            query = self._lookup_queries[key] = self._engine.prepare(statement)
         return query
 
     def unusual(self, now: int, purpose: str | None = None, max_bytes: int = 255, *,

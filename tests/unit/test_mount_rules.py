@@ -15,7 +15,7 @@ import pytest
 
 from s3filesfs import config
 from s3filesfs.access import OPERATOR
-from s3filesfs.errors import ConfigError, NameTooLong, NotFound, errno_of
+from s3filesfs.errors import ConfigError, NameTooLong, NotFound, StorageError, errno_of
 from s3filesfs.fs.namespace import decorated_name, parse, safe_name, shown_names
 from s3filesfs.model import PURPOSES, FileObject, new_file_id
 
@@ -196,6 +196,41 @@ def test_a_missing_name_is_kept_only_while_nobody_commits(tmp_path, metadata_db)
     ours = file("ours.txt", created_at=int(time.time()), purpose="batch")
     service.metadata.insert(ours.to_row())  # this process's own writer, the namespace not told
     assert namespace.lookup("batch", "ours.txt").id == ours.id
+
+
+def test_a_prepared_lookup_gives_what_the_statement_gives(metadata_db):
+    """Name lookups run on SQLite without SQLAlchemy's per-call work when it has nothing to convert;
+    every viewer, shape and engine gets the rows the statement itself gives, and a driver's error
+    is a StorageError like any other."""
+    from s3filesfs.access import ANONYMOUS, Identity
+    from s3filesfs.metadata import MetadataStore
+    from s3filesfs.metadata.engines import Engine
+
+    store = MetadataStore(metadata_db.location)
+    team = Identity.of("ana", {"teams": ["ml"]})
+    rows = [file("a/b").to_row(), file("a\uff0fb", created_at=1001).to_row(), file("c.txt", created_at=1002).to_row()]
+    for row, writer in zip(rows, (ANONYMOUS, team, OPERATOR), strict=True):
+        store.insert(row, writer=writer)
+    for viewer in (ANONYMOUS, team, OPERATOR):
+        for shape in ({"names": 1}, {"names": 2, "slashed": True}, {"names": 3, "by_id": True}, {"by_id": True}):
+            query = store._lookup_query(viewer, in_purpose=True, **shape)
+            prepared = query.sql is not None
+            assert prepared is (metadata_db.engine == "sqlite" and shape["names"] <= 2 if "names" in shape
+                                else metadata_db.engine == "sqlite"), (viewer, shape)
+        found = store.named("assistants", ["a/b", "a\uff0fb"], rows[2]["id"], 2000, "a\uff0fb", viewer=viewer)
+        by_sqlalchemy = Engine.rows(store._engine, store._lookup_query(viewer, names=2, by_id=True, slashed=True,
+                                                                        in_purpose=True).statement,
+                                    {"now": 2000, "purpose": "assistants", "name0": "a/b", "name1": "a\uff0fb",
+                                     "file_id": rows[2]["id"], "slash_form": "a\uff0fb"})
+        assert sorted(found, key=lambda r: r["id"]) == sorted(by_sqlalchemy, key=lambda r: r["id"])
+        assert {r["id"] for r in found} == {r["id"] for r in rows if viewer is not ANONYMOUS or r is not rows[1]}
+        assert (store.live(rows[0]["id"], 2000, viewer=viewer) or {}).get("filename") == "a/b"
+    if metadata_db.engine == "sqlite":
+        store.close()
+        Path(metadata_db.location).write_bytes(b"not a database, " * 512)
+        with pytest.raises(StorageError, match="look up name"):
+            store.named("assistants", ["c.txt"], None, 2000, viewer=OPERATOR)
+    store.close()
 
 
 def test_a_change_made_elsewhere_reaches_a_cached_lookup_through_the_feed(tmp_path, metadata_db):
