@@ -171,14 +171,13 @@ class PendingFile:
             raise
         file = FileObject(**{**self._file.to_row(), "bytes": size})
         try:
-            service.metadata.insert(file.to_row(), writer=service.identity)
+            service.metadata.insert(file.to_row(), writer=service.identity, uploaded=True)
         except BaseException:
             service.blobs.delete(file.id)
             service.metadata.intent_remove(file.id)
             raise
         finally:
             service._live.discard(self.id)
-        service.metadata.intent_remove(file.id)
         metrics.uploaded(size)
         if service._stranded:
             service.clean_stranded()  # the store answers again: clean up what it would not take before

@@ -29,6 +29,11 @@ from .schema import FILE_COLUMNS, JOURNAL_COLUMNS, changes, intents, journal, le
 from .visibility import visible_to
 
 _FILE = [openai_files.c[name] for name in FILE_COLUMNS]
+# The statements every upload runs, built once (building one cost about as much as running it).
+_INSERT_FILE = openai_files.insert()
+_APPEND_CHANGE = changes.insert()
+_ADD_INTENT = intents.insert()
+_REMOVE_INTENT = intents.delete().where(intents.c.id == bindparam("intent_id"))
 LOOKUP_QUERIES_KEPT = 64  # statements of MetadataStore._lookup_query kept, by shape and viewer
 # The largest value of PostgreSQL's 32-bit INTEGER, which a table created by the seed has for bytes.
 INTEGER_MAX = 2**31 - 1
@@ -143,9 +148,11 @@ class MetadataStore:
 
     # --- openai_files ------------------------------------------------------------------------
 
-    def insert(self, row: dict, writer: Identity = ANONYMOUS) -> None:
-        """Insert ``row``, owned by ``writer`` (a public row for the anonymous writer)."""
-        self._insert(row, writer)
+    def insert(self, row: dict, writer: Identity = ANONYMOUS, *, uploaded: bool = False) -> None:
+        """Insert ``row``, owned by ``writer`` (a public row for the anonymous writer). ``uploaded``:
+        the row registers an upload recorded by ``intent_add``, whose record goes in the same
+        transaction (a crash leaves the row and no record, or the record and no row)."""
+        self._insert(row, writer, uploaded)
 
     def insert_missing(self, row: dict, writer: Identity = ANONYMOUS) -> bool:
         """Insert ``row`` unless a row with its id is there already (then it is left as it is);
@@ -158,16 +165,18 @@ class MetadataStore:
             raise
         return True
 
-    def _insert(self, row: dict, writer: Identity) -> None:
+    def _insert(self, row: dict, writer: Identity, uploaded: bool = False) -> None:
         values = {name: row[name] for name in FILE_COLUMNS}
         owner, attributes = writer.row_access()
         try:
             with self._errors("insert"), self._engine.writing() as conn:
-                conn.execute(openai_files.insert(), {
+                conn.execute(_INSERT_FILE, {
                     **values, "owner_principal": owner,
                     # JSON.NULL: the JSON 'null' the seed writes, not SQL NULL.
                     "access_attributes": JSON.NULL if attributes is None else attributes})
                 self._changed(conn, values["id"])
+                if uploaded:
+                    conn.execute(_REMOVE_INTENT, {"intent_id": values["id"]})
         except StorageError as exc:
             if isinstance(exc.__cause__, DataError) and (values["bytes"] or 0) > INTEGER_MAX:
                 raise FileTooLarge(values["id"], values["bytes"], self.description) from exc
@@ -270,7 +279,7 @@ class MetadataStore:
     def _changed(self, conn, file_id: str) -> None:
         """Append ``file_id`` to the change feed, in the transaction that changed its row."""
         self._engine.order_changes(conn)
-        conn.execute(changes.insert(), {"file_id": file_id, "at": int(time.time())})
+        conn.execute(_APPEND_CHANGE, {"file_id": file_id, "at": int(time.time())})
         self._engine.announce_changes(conn)
 
     def feed_position(self) -> int:
@@ -399,11 +408,11 @@ class MetadataStore:
 
     def intent_add(self, file_id: str, owner: str, started_at: int) -> None:
         with self._errors("record upload"), self._engine.writing() as conn:
-            conn.execute(intents.insert(), {"id": file_id, "owner": owner, "started_at": started_at})
+            conn.execute(_ADD_INTENT, {"id": file_id, "owner": owner, "started_at": started_at})
 
     def intent_remove(self, file_id: str) -> None:
         with self._errors("forget upload"), self._engine.writing() as conn:
-            conn.execute(intents.delete().where(intents.c.id == file_id))
+            conn.execute(_REMOVE_INTENT, {"intent_id": file_id})
 
     def intents(self) -> list[dict]:
         """Every upload under way or cut off, oldest first."""

@@ -150,7 +150,7 @@ def test_body_that_fails_mid_upload_leaves_nothing(backend):
 def test_failed_row_insert_removes_the_object(backend, monkeypatch):
     service = backend.service
 
-    def broken_insert(row, writer=None):
+    def broken_insert(row, writer=None, **_):
         raise StorageError("metadata database failed (insert): disk I/O error")
 
     monkeypatch.setattr(service.metadata, "insert", broken_insert)

@@ -208,7 +208,7 @@ def test_an_upload_cut_off_by_a_kill_is_removed_by_the_next_retry(folder, tmp_pa
         from s3filesfs.files import open_service
         from s3filesfs import config
         service = open_service(config.load(flags={{"data_dir": {str(tmp_path / "data")!r}}}))
-        service.metadata.insert = lambda row, writer=None: os.kill(os.getpid(), 9)
+        service.metadata.insert = lambda row, writer=None, **_: os.kill(os.getpid(), 9)
         service.create(io.BytesIO(b"orphan"), "orphan.txt", "assistants")
     """)
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
