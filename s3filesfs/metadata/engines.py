@@ -189,8 +189,9 @@ class SqliteEngine(Engine):
                        for bind in binds)
                 or any(column.type.result_processor(dialect, None) for column in statement.selected_columns)):
             return Prepared(statement)
-        fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
-        return Prepared(statement, compiled.string, tuple(compiled.positiontup), fixed)
+        order = tuple(compiled.positiontup)
+        fixed = {name: compiled.binds[name].value for name in order if not compiled.binds[name].required}
+        return Prepared(statement, compiled.string, order, fixed)
 
     def rows(self, query: Executable | Prepared, parameters: dict | None = None) -> list[dict]:
         if not isinstance(query, Prepared) or query.sql is None:
@@ -260,9 +261,9 @@ class SqliteEngine(Engine):
             log.debug("reading the change token: %s", _detail(exc))
             with self._watch_lock:
                 broken, self._watch = self._watch, None  # opened afresh next time
-            if broken is not None:
+            if broken is not None:  # not back to the pool, where a reader could be handed it
                 with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
-                    broken.close()
+                    broken.invalidate()
             return None
 
     def wait_for_changes(self, timeout: float) -> None:
